@@ -1,0 +1,1 @@
+//! One call: a dialog, its media and its agent, as a sans-IO state machine.

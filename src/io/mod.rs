@@ -1,0 +1,2 @@
+//! The only async code: sockets, timers, tasks and HTTP around the sans-IO machines.
+#![allow(clippy::disallowed_methods)]

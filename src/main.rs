@@ -1,0 +1,2 @@
+//! The `voxgate` binary.
+fn main() {}

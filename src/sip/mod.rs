@@ -1,0 +1,7 @@
+//! SIP (RFC 3261) as sans-IO state machines. Messages are rsip types behind [`message`].
+
+pub mod dialog;
+pub mod endpoint;
+pub mod framing;
+pub mod message;
+pub mod transaction;
