@@ -130,7 +130,7 @@ pub enum AgentKind {
 }
 
 /// One `[[agents]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettings {
     /// Name routes refer to.
@@ -140,6 +140,9 @@ pub struct AgentSettings {
     /// Echo: extra delay before the caller hears themselves, milliseconds.
     #[serde(default)]
     pub echo_delay_ms: u32,
+    /// Ring for this long (180 Ringing) before answering, milliseconds; 0 answers at once.
+    #[serde(default)]
+    pub ring_ms: u32,
 }
 
 /// Which part of the INVITE a route matches.
@@ -248,7 +251,11 @@ impl Default for RtpSettings {
 
 impl Default for CallSettings {
     fn default() -> Self {
-        CallSettings { max_concurrent: 500, at_capacity_status: 503, drain_timeout_secs: 30 }
+        CallSettings {
+            max_concurrent: 500,
+            at_capacity_status: 503,
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -266,12 +273,18 @@ fn socket_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr
         Many(Vec<String>),
     }
     let items = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect::<Vec<_>>(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect::<Vec<_>>(),
         OneOrMany::Many(v) => v,
     };
     items
         .iter()
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+        })
         .collect()
 }

@@ -1,1 +1,2 @@
 //! One call: a dialog, its media and its agent, as a sans-IO state machine.
+pub mod route;
