@@ -1,2 +1,849 @@
 //! One call: a dialog, its media and its agent, as a sans-IO state machine.
+//!
+//! ```text
+//!  INVITE ─admit─> AwaitingMedia ─ports─> Ringing ─ring_ms─> Answered ─ACK─> Confirmed
+//!     │                 │                   │ CANCEL → 487       │ no ACK (64·T1) → BYE
+//!     └ 403/404/415/422/486/488/503 (refused before a Call exists, see switchboard)
+//!  Confirmed ─BYE in─> Ended(Completed)        Confirmed ─hang_up─> Ending ─BYE answered─> Ended
+//!  Confirmed ─re-INVITE/UPDATE─> offer/answer, session refresh (RFC 4028), hold/resume
+//! ```
+//! The [`switchboard`] owns the calls and the SIP [`Endpoint`]; every input reaches a call
+//! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
+
 pub mod route;
+pub mod switchboard;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::AgentSettings;
+use crate::media::sdp::{Direction, LocalMedia, Negotiated, Negotiator};
+use crate::media::G711;
+use crate::metrics::CallResult;
+use crate::sip::dialog::{Dialog, DialogError};
+use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
+use crate::sip::message::{self, Request, Response};
+use crate::sip::session_timer::{self, Agreement, SessionTimer, SessionTimerOutput, TimerRequest};
+
+/// A call's number inside one voxgate process (never shown to peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(pub u64);
+
+/// What the media task of a call must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaCommand {
+    /// Send and receive with these parameters (first time, or after a re-negotiation).
+    Configure(MediaParams),
+    /// Stop sending and receiving and release the ports.
+    Stop,
+}
+
+/// Negotiated media, as the media task needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaParams {
+    /// Where the SDP says to send RTP (symmetric RTP may latch elsewhere); `None` on hold.
+    pub remote_rtp: Option<SocketAddr>,
+    /// Where to send RTCP.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// The codec.
+    pub codec: G711,
+    /// Its payload type.
+    pub payload_type: u8,
+    /// RFC 4733 telephone-event payload type, when negotiated.
+    pub telephone_event: Option<u8>,
+    /// Packetisation time.
+    pub ptime: Duration,
+    /// voxgate may send (not on hold from the caller's side).
+    pub send: bool,
+    /// voxgate should expect media.
+    pub receive: bool,
+}
+
+impl MediaParams {
+    fn from_negotiated(negotiated: &Negotiated) -> MediaParams {
+        MediaParams {
+            remote_rtp: negotiated.remote_rtp,
+            remote_rtcp: negotiated.remote_rtcp,
+            codec: negotiated.codec,
+            payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            ptime: negotiated.ptime,
+            send: negotiated.direction.is_sending(),
+            receive: negotiated.direction.is_receiving(),
+        }
+    }
+}
+
+/// What calls ask `io/` to do (drained from the switchboard).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Bind an RTP/RTCP port pair on `local_ip` and start the call's media task with `agent`;
+    /// then report back with `Switchboard::handle_media_allocated`.
+    AllocateMedia {
+        /// The call.
+        call: CallKey,
+        /// The Call-ID, for the media task's log span.
+        call_id: String,
+        /// The trunk's name, for the log span.
+        trunk: String,
+        /// Where to bind.
+        local_ip: IpAddr,
+        /// Who answers.
+        agent: AgentSettings,
+    },
+    /// A command for a call's media task.
+    Media {
+        /// The call.
+        call: CallKey,
+        /// The command.
+        command: MediaCommand,
+    },
+    /// A call ended (for metrics and the media task's end).
+    CallEnded {
+        /// The call.
+        call: CallKey,
+        /// How it ended.
+        result: CallResult,
+    },
+    /// Draining finished: no calls are left.
+    Drained,
+}
+
+/// The call-level settings every call shares.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// `Server` header value.
+    pub user_agent: String,
+    /// RFC 4028 interval voxgate prefers.
+    pub session_expires_secs: u32,
+    /// RFC 4028 floor.
+    pub min_se_secs: u32,
+    /// IP advertised in SDP instead of the local one (NAT).
+    pub public_ip: Option<IpAddr>,
+    /// Host advertised in Contact instead of the local one (NAT).
+    pub public_address: Option<String>,
+    /// Packetisation time voxgate offers.
+    pub ptime: Duration,
+}
+
+/// What a call may touch while it handles an input.
+pub struct Ctx<'a> {
+    /// The current time.
+    pub now: Instant,
+    /// The SIP endpoint to respond and send on.
+    pub endpoint: &'a mut Endpoint,
+    /// Where media commands and ends go.
+    pub outputs: &'a mut VecDeque<Output>,
+    /// Shared settings.
+    pub config: &'a CallConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingMedia,
+    Ringing { answer_at: Instant },
+    Answered,
+    Confirmed,
+    Ending { bye: ClientTxId },
+    Ended,
+}
+
+/// A pending re-INVITE or UPDATE voxgate sent to refresh the session.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    tx: ClientTxId,
+    cseq: u32,
+    is_invite: bool,
+}
+
+/// One call.
+pub struct Call {
+    key: CallKey,
+    span: tracing::Span,
+    state: State,
+    invite: Option<Box<Request>>,
+    invite_tx: ServerTxId,
+    flow: Flow,
+    dialog: Dialog,
+    negotiator: Option<Negotiator>,
+    offer_in_invite: bool,
+    agent: AgentSettings,
+    timer_request: TimerRequest,
+    agreement: Option<Agreement>,
+    session_timer: Option<SessionTimer>,
+    peer_allows_update: bool,
+    refresh: Option<Refresh>,
+    /// re-INVITE received whose answer comes in the ACK (offer-less re-INVITE).
+    awaiting_ack_answer: bool,
+    answered_at: Option<Instant>,
+    /// Client transactions started since the switchboard last asked.
+    started_requests: Vec<ClientTxId>,
+}
+
+/// The pieces a switchboard has checked before it creates a call.
+pub struct NewCall {
+    /// The call's key.
+    pub key: CallKey,
+    /// The INVITE.
+    pub invite: Box<Request>,
+    /// Its server transaction.
+    pub invite_tx: ServerTxId,
+    /// How it arrived.
+    pub flow: Flow,
+    /// The dialog (Early; voxgate's tag chosen).
+    pub dialog: Dialog,
+    /// The agent that answers.
+    pub agent: AgentSettings,
+    /// The trunk's name.
+    pub trunk: String,
+    /// The session-timer headers of the INVITE (already checked against Min-SE).
+    pub timer_request: TimerRequest,
+}
+
+impl Call {
+    /// Creates the call and asks `io/` for media ports.
+    pub fn start(ctx: &mut Ctx<'_>, new: NewCall) -> Call {
+        let call_id = new.dialog.id().call_id.clone();
+        let span = tracing::info_span!("call", call_id = %call_id, trunk = %new.trunk);
+        let offer_in_invite = !new.invite.body().is_empty();
+        let peer_allows_update = allows_update(&new.invite);
+        let local_ip = new.flow.local.ip();
+        span.in_scope(|| {
+            tracing::info!(
+                from = new.invite.header("From").unwrap_or(""),
+                to = new.invite.header("To").unwrap_or(""),
+                agent = %new.agent.name,
+                peer = %new.flow.remote,
+                "incoming call"
+            )
+        });
+        ctx.outputs.push_back(Output::AllocateMedia {
+            call: new.key,
+            call_id,
+            trunk: new.trunk,
+            local_ip,
+            agent: new.agent.clone(),
+        });
+        Call {
+            key: new.key,
+            span,
+            state: State::AwaitingMedia,
+            invite: Some(new.invite),
+            invite_tx: new.invite_tx,
+            flow: new.flow,
+            dialog: new.dialog,
+            negotiator: None,
+            offer_in_invite,
+            agent: new.agent,
+            timer_request: new.timer_request,
+            agreement: None,
+            session_timer: None,
+            peer_allows_update,
+            refresh: None,
+            awaiting_ack_answer: false,
+            answered_at: None,
+            started_requests: Vec::new(),
+        }
+    }
+
+    /// Client transactions this call started since the last call (the switchboard maps their
+    /// responses back to the call).
+    pub fn take_started_requests(&mut self) -> Vec<ClientTxId> {
+        std::mem::take(&mut self.started_requests)
+    }
+
+    /// The call's key.
+    pub fn key(&self) -> CallKey {
+        self.key
+    }
+
+    /// The dialog.
+    pub fn dialog(&self) -> &Dialog {
+        &self.dialog
+    }
+
+    /// The INVITE's server transaction.
+    pub fn invite_tx(&self) -> ServerTxId {
+        self.invite_tx
+    }
+
+    /// The call has ended and can be forgotten.
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// The call has been answered (2xx sent).
+    pub fn is_answered(&self) -> bool {
+        matches!(self.state, State::Answered | State::Confirmed | State::Ending { .. })
+    }
+
+    /// `io/` bound the media ports (or failed to): build the SDP and ring or answer.
+    pub fn handle_media_allocated(&mut self, ctx: &mut Ctx<'_>, local_rtp: Result<SocketAddr, String>) {
+        let _entered = self.span.clone().entered();
+        if self.state != State::AwaitingMedia {
+            return;
+        }
+        let local_rtp = match local_rtp {
+            Ok(address) => address,
+            Err(reason) => {
+                tracing::error!(%reason, "no RTP port available; refusing the call with 503");
+                self.refuse(ctx, 503, "Service Unavailable", None, CallResult::Rejected);
+                return;
+            }
+        };
+        let sdp_ip = ctx.config.public_ip.unwrap_or(local_rtp.ip());
+        let mut local = LocalMedia::new(sdp_ip, local_rtp.port());
+        local.ptime = ctx.config.ptime;
+        let negotiator = Negotiator::new(local);
+        self.negotiator = Some(negotiator);
+        if self.offer_in_invite {
+            let Some(invite) = self.invite.as_ref() else { return };
+            if let Some(status) = unsupported_body(invite) {
+                self.refuse(ctx, status, "Unsupported Media Type", Some(("Accept", "application/sdp")), CallResult::Rejected);
+                return;
+            }
+        }
+        if self.agent.ring_ms > 0 {
+            let ringing = self.invite_response(180, None);
+            ctx.endpoint.respond(ctx.now, self.invite_tx, 180, ringing);
+            self.state =
+                State::Ringing { answer_at: ctx.now + Duration::from_millis(self.agent.ring_ms.into()) };
+        } else {
+            self.answer(ctx);
+        }
+    }
+
+    fn answer(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(negotiator) = self.negotiator.as_mut() else { return };
+        let Some(invite) = self.invite.as_ref() else { return };
+        let sdp = if self.offer_in_invite {
+            match negotiator.handle_offer(sdp_body(invite)) {
+                Ok((answer, negotiated)) => {
+                    tracing::info!(
+                        codec = ?negotiated.codec,
+                        remote_rtp = ?negotiated.remote_rtp,
+                        ptime_ms = negotiated.ptime.as_millis() as u64,
+                        "media negotiated"
+                    );
+                    ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::Configure(MediaParams::from_negotiated(&negotiated)),
+                    });
+                    answer
+                }
+                Err(error) => {
+                    tracing::info!(%error, "offer refused");
+                    let status = error.status();
+                    self.refuse(ctx, status, "Not Acceptable Here", None, CallResult::Rejected);
+                    return;
+                }
+            }
+        } else {
+            // RFC 3264 §4 / RFC 3261 §13.2.1: no offer in the INVITE → offer in the 2xx, answer
+            // in the ACK.
+            negotiator.create_offer()
+        };
+        let agreement = match session_timer::negotiate(
+            &self.timer_request,
+            ctx.config.session_expires_secs,
+            ctx.config.min_se_secs,
+        ) {
+            Ok(agreement) => agreement,
+            // The switchboard already refused intervals below Min-SE with 422.
+            Err(_) => None,
+        };
+        self.agreement = agreement;
+        let ok = self.invite_response(200, Some(sdp));
+        ctx.endpoint.respond(ctx.now, self.invite_tx, 200, ok);
+        self.dialog.confirm();
+        self.state = State::Answered;
+        self.answered_at = Some(ctx.now);
+        if let Some(agreement) = agreement {
+            self.session_timer = Some(SessionTimer::start(ctx.now, agreement));
+        }
+        tracing::info!(agent = %self.agent.name, "call answered");
+    }
+
+    /// Builds a response to the INVITE with voxgate's tag, Contact, Allow and Supported.
+    fn invite_response(&self, status: u16, sdp: Option<Bytes>) -> Bytes {
+        let Some(invite) = self.invite.as_ref() else { return Bytes::new() };
+        let mut builder = message::response(invite, status)
+            .to_tag(&self.dialog.id().local_tag)
+            .header("Contact", &self.contact())
+            .header("Allow", ALLOW)
+            .header("Supported", SUPPORTED);
+        if let (200, Some(agreement)) = (status, self.agreement) {
+            builder = builder.header("Session-Expires", &agreement.header_value());
+            if self.timer_request.supports_timer {
+                // RFC 4028 §9: Require: timer only when the UAC supports it.
+                builder = builder.header("Require", "timer");
+            }
+        }
+        if let Some(sdp) = sdp {
+            builder = builder.body("application/sdp", sdp);
+        }
+        builder.build()
+    }
+
+    fn contact(&self) -> String {
+        let transport = match self.flow.transport {
+            message::Transport::Udp => "",
+            message::Transport::Tcp => ";transport=tcp",
+        };
+        format!("<sip:voxgate@{}{transport}>", self.advertised_host_port())
+    }
+
+    fn advertised_host_port(&self) -> String {
+        crate::sip::endpoint::host_literal(self.flow.local.ip()) + &format!(":{}", self.flow.local.port())
+    }
+
+    /// Refuses the INVITE with a final error response and ends the call.
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        status: u16,
+        reason: &str,
+        header: Option<(&str, &str)>,
+        result: CallResult,
+    ) {
+        if let Some(invite) = self.invite.as_ref() {
+            let mut builder = message::response(invite, status)
+                .reason(reason)
+                .to_tag(&self.dialog.id().local_tag)
+                .header("Server", &ctx.config.user_agent);
+            if let Some((name, value)) = header {
+                builder = builder.header(name, value);
+            }
+            ctx.endpoint.respond(ctx.now, self.invite_tx, status, builder.build());
+        }
+        self.end(ctx, result);
+    }
+
+    /// A CANCEL matched this call's INVITE (the endpoint already answered the CANCEL 200).
+    pub fn handle_cancel(&mut self, ctx: &mut Ctx<'_>) {
+        let _entered = self.span.clone().entered();
+        if matches!(self.state, State::AwaitingMedia | State::Ringing { .. }) {
+            tracing::info!("caller cancelled before answer");
+            self.refuse(ctx, 487, "Request Terminated", None, CallResult::Cancelled);
+        }
+    }
+
+    /// The ACK for voxgate's 2xx arrived (a new transaction, matched by dialog).
+    pub fn handle_ack(&mut self, ctx: &mut Ctx<'_>, ack: &Request) {
+        let _entered = self.span.clone().entered();
+        let carries_answer =
+            (self.state == State::Answered && !self.offer_in_invite) || self.awaiting_ack_answer;
+        if self.state == State::Answered {
+            self.state = State::Confirmed;
+            self.invite = None;
+            tracing::debug!("ACK received; call confirmed");
+        }
+        if carries_answer {
+            self.awaiting_ack_answer = false;
+            let Some(negotiator) = self.negotiator.as_mut() else { return };
+            match negotiator.handle_answer(sdp_body(ack)) {
+                Ok(negotiated) => ctx.outputs.push_back(Output::Media {
+                    call: self.key,
+                    command: MediaCommand::Configure(MediaParams::from_negotiated(&negotiated)),
+                }),
+                Err(error) => {
+                    // RFC 3261 §13.2.2.4 / RFC 3264: no usable answer in the ACK — end the call.
+                    tracing::warn!(%error, "ACK carried no usable SDP answer; hanging up");
+                    self.hang_up(ctx, "no SDP answer in ACK", CallResult::Failed);
+                }
+            }
+        }
+    }
+
+    /// The INVITE server transaction saw no ACK: RFC 3261 §13.3.1.4 says end the dialog with BYE.
+    pub fn handle_ack_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let _entered = self.span.clone().entered();
+        if self.state == State::Answered {
+            tracing::warn!("no ACK for our 200 OK; hanging up");
+            self.hang_up(ctx, "no ACK", CallResult::Failed);
+        }
+    }
+
+    /// An in-dialog request (re-INVITE, UPDATE, BYE, INFO, OPTIONS …).
+    pub fn handle_request(&mut self, ctx: &mut Ctx<'_>, tx: ServerTxId, request: &Request) {
+        let _entered = self.span.clone().entered();
+        let method = request.method().to_string();
+        let contact = request.contact_uri();
+        if let Err(error) = self.dialog.handle_request(&method, request.cseq().seq, contact.as_deref()) {
+            let status = error.status();
+            let reason = match error {
+                DialogError::CSeqOutOfOrder { .. } => "Server Internal Error (CSeq out of order)",
+                DialogError::Terminated => "Call/Transaction Does Not Exist",
+            };
+            self.reply(ctx, tx, request, status, Some(reason), &[], None);
+            return;
+        }
+        match method.as_str() {
+            "BYE" => {
+                self.reply(ctx, tx, request, 200, None, &[], None);
+                tracing::info!("caller hung up");
+                self.end(ctx, CallResult::Completed);
+            }
+            "INVITE" | "UPDATE" => self.handle_offer_request(ctx, tx, request, &method),
+            "INFO" | "OPTIONS" => {
+                let allow = [("Allow", ALLOW), ("Supported", SUPPORTED)];
+                self.reply(ctx, tx, request, 200, None, &allow, None);
+            }
+            _ => {
+                self.reply(ctx, tx, request, 405, None, &[("Allow", ALLOW)], None);
+            }
+        }
+    }
+
+    /// A re-INVITE or UPDATE: maybe an offer (hold, resume, codec change), maybe only a session
+    /// refresh (RFC 4028).
+    fn handle_offer_request(&mut self, ctx: &mut Ctx<'_>, tx: ServerTxId, request: &Request, method: &str) {
+        if self.refresh.is_some() && method == "INVITE" || self.awaiting_ack_answer {
+            // RFC 3261 §14.2: an offer while ours is pending → 491 Request Pending.
+            self.reply(ctx, tx, request, 491, None, &[], None);
+            return;
+        }
+        let timer_request = timer_request_of(request);
+        let agreement = match session_timer::negotiate(
+            &timer_request,
+            ctx.config.session_expires_secs,
+            ctx.config.min_se_secs,
+        ) {
+            Ok(agreement) => agreement,
+            Err(too_small) => {
+                let min_se = too_small.min_se.to_string();
+                self.reply(ctx, tx, request, 422, None, &[("Min-SE", &min_se)], None);
+                return;
+            }
+        };
+        let Some(negotiator) = self.negotiator.as_mut() else {
+            self.reply(ctx, tx, request, 500, None, &[], None);
+            return;
+        };
+        let body = if !request.body().is_empty() {
+            if let Some(status) = unsupported_body(request) {
+                self.reply(ctx, tx, request, status, None, &[("Accept", "application/sdp")], None);
+                return;
+            }
+            match negotiator.handle_offer(sdp_body(request)) {
+                Ok((answer, negotiated)) => {
+                    tracing::info!(
+                        direction = ?negotiated.direction,
+                        remote_rtp = ?negotiated.remote_rtp,
+                        "media re-negotiated by {method}"
+                    );
+                    ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::Configure(MediaParams::from_negotiated(&negotiated)),
+                    });
+                    Some(answer)
+                }
+                Err(error) => {
+                    // RFC 3261 §14.2: a refused re-offer leaves the session as it was.
+                    tracing::info!(%error, "re-offer refused with 488");
+                    self.reply(ctx, tx, request, 488, None, &[], None);
+                    return;
+                }
+            }
+        } else if method == "INVITE" {
+            // An offer-less re-INVITE: offer in the 200, answer in the ACK.
+            self.awaiting_ack_answer = true;
+            Some(negotiator.create_offer())
+        } else {
+            None
+        };
+        self.agreement = agreement;
+        let mut headers: Vec<(&str, String)> = vec![
+            ("Contact", self.contact()),
+            ("Allow", ALLOW.to_owned()),
+            ("Supported", SUPPORTED.to_owned()),
+        ];
+        if let Some(agreement) = agreement {
+            headers.push(("Session-Expires", agreement.header_value()));
+            if timer_request.supports_timer {
+                headers.push(("Require", "timer".to_owned()));
+            }
+            match self.session_timer.as_mut() {
+                Some(timer) => timer.handle_refreshed(ctx.now, agreement),
+                None => self.session_timer = Some(SessionTimer::start(ctx.now, agreement)),
+            }
+        } else {
+            self.session_timer = None;
+        }
+        let header_refs: Vec<(&str, &str)> =
+            headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        self.reply(ctx, tx, request, 200, None, &header_refs, body);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &self,
+        ctx: &mut Ctx<'_>,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        reason: Option<&str>,
+        headers: &[(&str, &str)],
+        sdp: Option<Bytes>,
+    ) {
+        let mut builder = message::response(request, status)
+            .to_tag(&self.dialog.id().local_tag)
+            .header("Server", &ctx.config.user_agent);
+        if let Some(reason) = reason {
+            builder = builder.reason(reason);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(sdp) = sdp {
+            builder = builder.body("application/sdp", sdp);
+        }
+        ctx.endpoint.respond(ctx.now, tx, status, builder.build());
+    }
+
+    /// A response to a request this call sent (BYE, session refresh).
+    pub fn handle_response(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId, response: &Response) {
+        let _entered = self.span.clone().entered();
+        let status = response.status();
+        if let State::Ending { bye } = self.state {
+            if bye == tx && status >= 200 {
+                tracing::debug!(status, "BYE answered");
+                self.finish();
+                return;
+            }
+        }
+        let Some(refresh) = self.refresh else { return };
+        if refresh.tx != tx || status < 200 {
+            return;
+        }
+        self.refresh = None;
+        if refresh.is_invite && (200..300).contains(&status) {
+            let ack = self.dialog.ack_for(refresh.cseq);
+            ctx.endpoint.send_ack(&self.flow, &ack);
+            if let Some(negotiator) = self.negotiator.as_mut() {
+                if let Err(error) = negotiator.handle_answer(sdp_body(response)) {
+                    tracing::warn!(%error, "refresh answer unusable; keeping the previous media");
+                }
+            }
+        }
+        match status {
+            200..=299 => {
+                if let (Some(timer), Some(agreement)) = (self.session_timer.as_mut(), self.agreement) {
+                    timer.handle_refreshed(ctx.now, agreement);
+                }
+                tracing::debug!("session refreshed");
+            }
+            // RFC 4028 §10: 408/481 to a refresh means the session is gone.
+            408 | 481 => {
+                tracing::warn!(status, "session refresh failed; the dialog is gone");
+                self.hang_up(ctx, "session refresh failed", CallResult::Failed);
+            }
+            _ => tracing::warn!(status, "session refresh refused; will retry before expiry"),
+        }
+    }
+
+    /// A request this call sent got no answer (Timer B / F).
+    pub fn handle_request_timeout(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId) {
+        let _entered = self.span.clone().entered();
+        if let State::Ending { bye } = self.state {
+            if bye == tx {
+                tracing::warn!("BYE got no answer; forgetting the call");
+                self.finish();
+                return;
+            }
+        }
+        if self.refresh.is_some_and(|refresh| refresh.tx == tx) {
+            self.refresh = None;
+            tracing::warn!("session refresh got no answer; hanging up");
+            self.hang_up(ctx, "session refresh timed out", CallResult::Failed);
+        }
+    }
+
+    /// Ends the call from voxgate's side: BYE when answered, 480/503 before.
+    pub fn hang_up(&mut self, ctx: &mut Ctx<'_>, why: &str, result: CallResult) {
+        let _entered = self.span.clone().entered();
+        match self.state {
+            State::AwaitingMedia | State::Ringing { .. } => {
+                tracing::info!(why, "refusing the call before answer");
+                self.refuse(ctx, 503, "Service Unavailable", None, result);
+            }
+            State::Answered | State::Confirmed => {
+                tracing::info!(why, "hanging up");
+                let bye = self.dialog.next_request("BYE");
+                let tx = ctx.endpoint.send_request(ctx.now, &self.flow, &bye, None);
+                self.started_requests.push(tx);
+                self.dialog.terminate();
+                self.state = State::Ending { bye: tx };
+                ctx.outputs.push_back(Output::Media { call: self.key, command: MediaCommand::Stop });
+                ctx.outputs.push_back(Output::CallEnded { call: self.key, result });
+            }
+            State::Ending { .. } | State::Ended => {}
+        }
+    }
+
+    /// Ends the call now (BYE received, refused, cancelled).
+    fn end(&mut self, ctx: &mut Ctx<'_>, result: CallResult) {
+        if matches!(self.state, State::Ending { .. } | State::Ended) {
+            return;
+        }
+        self.dialog.terminate();
+        let duration = self.answered_at.map(|at| ctx.now.saturating_duration_since(at));
+        tracing::info!(result = result.as_str(), duration_secs = duration.map(|d| d.as_secs()), "call ended");
+        ctx.outputs.push_back(Output::Media { call: self.key, command: MediaCommand::Stop });
+        ctx.outputs.push_back(Output::CallEnded { call: self.key, result });
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Ended;
+        self.invite = None;
+        self.session_timer = None;
+    }
+
+    /// The media task or agent ended the call (e.g. RTP timeout).
+    pub fn handle_media_ended(&mut self, ctx: &mut Ctx<'_>, why: &str) {
+        self.hang_up(ctx, why, CallResult::Completed);
+    }
+
+    /// Fires the ring and session timers.
+    pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let _entered = self.span.clone().entered();
+        if let State::Ringing { answer_at } = self.state {
+            if ctx.now >= answer_at {
+                self.answer(ctx);
+            }
+        }
+        let Some(timer) = self.session_timer.as_mut() else { return };
+        match timer.handle_timeout(ctx.now) {
+            Some(SessionTimerOutput::Refresh) => self.send_refresh(ctx),
+            Some(SessionTimerOutput::Expired) => {
+                tracing::warn!("session expired: the caller's side stopped refreshing (RFC 4028)");
+                self.hang_up(ctx, "session expired", CallResult::Failed);
+            }
+            None => {}
+        }
+    }
+
+    fn send_refresh(&mut self, ctx: &mut Ctx<'_>) {
+        if self.state != State::Confirmed || self.refresh.is_some() {
+            return;
+        }
+        let Some(agreement) = self.agreement else { return };
+        // RFC 4028 §7.4: UPDATE without a body is the cheapest refresh when the peer allows it.
+        let method = if self.peer_allows_update { "UPDATE" } else { "INVITE" };
+        let mut request = self.dialog.next_request(method);
+        request.headers.push(("Session-Expires", agreement.header_value()));
+        request.headers.push(("Supported", SUPPORTED.to_owned()));
+        let body = if method == "INVITE" {
+            self.negotiator.as_mut().map(|negotiator| ("application/sdp", negotiator.create_offer()))
+        } else {
+            None
+        };
+        let tx = ctx.endpoint.send_request(ctx.now, &self.flow, &request, body);
+        self.started_requests.push(tx);
+        tracing::debug!(method, "refreshing the session");
+        self.refresh = Some(Refresh { tx, cseq: request.cseq, is_invite: method == "INVITE" });
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ring = match self.state {
+            State::Ringing { answer_at } => Some(answer_at),
+            _ => None,
+        };
+        let session = self.session_timer.as_ref().and_then(SessionTimer::poll_timeout);
+        ring.into_iter().chain(session).min()
+    }
+
+    /// The call's media direction after negotiation (for tests and logs).
+    pub fn direction(&self) -> Option<Direction> {
+        self.negotiator.as_ref()?.negotiated().map(|negotiated| negotiated.direction)
+    }
+}
+
+/// The session-timer headers of a request.
+pub fn timer_request_of(request: &Request) -> TimerRequest {
+    let supported: Vec<&str> =
+        request.headers_named("Supported").chain(request.headers_named("Require")).collect();
+    TimerRequest::from_headers(request.header("Session-Expires"), request.header("Min-SE"), supported)
+}
+
+fn allows_update(request: &Request) -> bool {
+    request
+        .headers_named("Allow")
+        .flat_map(|value| value.split(','))
+        .any(|method| method.trim().eq_ignore_ascii_case("UPDATE"))
+}
+
+/// 415 when a body is present that is neither SDP nor multipart carrying SDP.
+fn unsupported_body(request: &Request) -> Option<u16> {
+    let content_type = request.content_type().unwrap_or("application/sdp").to_ascii_lowercase();
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_owned();
+    match media_type.as_str() {
+        "application/sdp" => None,
+        "multipart/mixed" | "multipart/alternative" | "multipart/related"
+            if find_sdp_part(request.body(), &content_type).is_some() =>
+        {
+            None
+        }
+        _ => Some(415),
+    }
+}
+
+/// The SDP in a request or response body (the SDP part of a multipart body, RFC 5621).
+fn sdp_body<M: HasBody>(message: &M) -> &[u8] {
+    let body = message.body_bytes();
+    let content_type = message.content_type_value().unwrap_or("").to_ascii_lowercase();
+    if content_type.starts_with("multipart/") {
+        return find_sdp_part(body, &content_type).unwrap_or(body);
+    }
+    body
+}
+
+/// Messages with a body and a Content-Type.
+pub trait HasBody {
+    /// The body.
+    fn body_bytes(&self) -> &[u8];
+    /// The Content-Type value.
+    fn content_type_value(&self) -> Option<&str>;
+}
+
+impl HasBody for Request {
+    fn body_bytes(&self) -> &[u8] {
+        self.body()
+    }
+    fn content_type_value(&self) -> Option<&str> {
+        self.content_type()
+    }
+}
+
+impl HasBody for Response {
+    fn body_bytes(&self) -> &[u8] {
+        self.body()
+    }
+    fn content_type_value(&self) -> Option<&str> {
+        self.content_type()
+    }
+}
+
+fn find_sdp_part<'a>(body: &'a [u8], content_type: &str) -> Option<&'a [u8]> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|param| param.trim().strip_prefix("boundary="))
+        .next()?
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let text = std::str::from_utf8(body).ok()?;
+    for part in text.split(delimiter.as_str()).skip(1) {
+        let (headers, content) = part.split_once("\r\n\r\n")?;
+        if headers.to_ascii_lowercase().contains("application/sdp") {
+            let start = content.as_ptr() as usize - text.as_ptr() as usize;
+            let end = start + content.trim_end_matches("\r\n").len();
+            return body.get(start..end);
+        }
+    }
+    None
+}

@@ -1,1 +1,703 @@
-//! (placeholder)
+//! The SIP endpoint: demultiplexes received messages into transactions, answers what needs no
+//! transaction user (unparseable requests, unknown methods, stray CANCELs), routes responses per
+//! RFC 3261 §18.2.2 / RFC 3581, and sends requests through client transactions.
+//!
+//! ```text
+//!  handle_inbound ──parse──> request ──match §17.2.3──> server transaction (absorb retransmit)
+//!                    │                 └─ new ──> Event::Request / Event::Ack / Event::Cancelled
+//!                    └─────> response ──match §17.1.3──> client transaction ──> Event::Response
+//!  respond / send_request / send_ack ──> transactions ──> poll_transmit()
+//! ```
+//! Sans-IO: inputs carry `now`; outputs are drained with [`Endpoint::poll_event`] and
+//! [`Endpoint::poll_transmit`]; [`Endpoint::poll_timeout`] says when to call
+//! [`Endpoint::handle_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::sip::dialog::OutgoingRequest;
+use crate::sip::message::{self, Message, Request, Response, Rport, Transport};
+use crate::sip::transaction::invite_client::InviteClient;
+use crate::sip::transaction::invite_server::InviteServer;
+use crate::sip::transaction::key::TransactionKey;
+use crate::sip::transaction::non_invite_client::NonInviteClient;
+use crate::sip::transaction::non_invite_server::NonInviteServer;
+use crate::sip::transaction::{ClientOutput, ServerOutput, Timers};
+
+/// The methods voxgate implements, for `Allow` headers.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+
+/// Option tags voxgate supports (RFC 4028 session timers).
+pub const SUPPORTED: &str = "timer";
+
+/// A TCP connection, as numbered by `io/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// How a message arrived, and so how to reach its sender again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The peer's address (the datagram's source, or the connection's peer).
+    pub remote: SocketAddr,
+    /// voxgate's local address facing the peer (used in Via, Contact and SDP).
+    pub local: SocketAddr,
+    /// The connection for TCP.
+    pub connection: Option<ConnectionId>,
+}
+
+/// Where to send a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A resolved address.
+    Addr(SocketAddr),
+    /// A host name to resolve (A/AAAA) and a port.
+    Host(String, u16),
+}
+
+/// A message for `io/` to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The destination.
+    pub target: Target,
+    /// Reuse this TCP connection when it is still open.
+    pub connection: Option<ConnectionId>,
+    /// The serialised message.
+    pub bytes: Bytes,
+}
+
+/// A server transaction, as handed to the transaction user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerTxId(pub u64);
+
+/// A client transaction started by [`Endpoint::send_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientTxId(pub u64);
+
+/// What the endpoint tells the transaction user.
+#[derive(Debug)]
+pub enum Event {
+    /// A new request; answer it with [`Endpoint::respond`] on `tx`.
+    Request {
+        /// The server transaction to respond on.
+        tx: ServerTxId,
+        /// The request, its top Via already stamped with `received`/`rport`.
+        request: Box<Request>,
+        /// How it arrived.
+        flow: Flow,
+    },
+    /// An ACK outside any server transaction: the ACK for a 2xx (§13.3.1.4).
+    Ack {
+        /// The ACK.
+        request: Box<Request>,
+        /// How it arrived.
+        flow: Flow,
+    },
+    /// A CANCEL matched a pending INVITE; the endpoint already answered the CANCEL 200.
+    Cancelled {
+        /// The INVITE's server transaction: answer it 487.
+        invite: ServerTxId,
+    },
+    /// The INVITE server transaction saw no ACK for its final response (Timer H / Timer L).
+    AckTimedOut {
+        /// The INVITE's server transaction.
+        invite: ServerTxId,
+    },
+    /// A response to a request voxgate sent.
+    Response {
+        /// The client transaction.
+        tx: ClientTxId,
+        /// The response.
+        response: Box<Response>,
+    },
+    /// A request voxgate sent got no final response in time (Timer B / Timer F).
+    RequestTimedOut {
+        /// The client transaction.
+        tx: ClientTxId,
+    },
+}
+
+/// Counters for `io/` to export.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Messages that could not be parsed (dropped, or answered 400 when possible).
+    pub parse_errors: u64,
+    /// Requests received, by method name.
+    pub requests_in: HashMap<String, u64>,
+    /// Responses received, by CSeq method.
+    pub responses_in: HashMap<String, u64>,
+}
+
+/// Fixed settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// RFC 3261 timer base values.
+    pub timers: Timers,
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
+    /// Value of `Server` and `User-Agent`.
+    pub user_agent: String,
+    /// Host advertised instead of the local address (NAT), if configured.
+    pub public_address: Option<String>,
+}
+
+enum ServerMachine {
+    Invite(InviteServer),
+    NonInvite(NonInviteServer),
+}
+
+struct ServerEntry {
+    id: ServerTxId,
+    machine: ServerMachine,
+    reply: Flow,
+    reply_target: Target,
+}
+
+enum ClientMachine {
+    Invite(InviteClient<Response>),
+    NonInvite(NonInviteClient<Response>),
+}
+
+struct ClientEntry {
+    id: ClientTxId,
+    machine: ClientMachine,
+    flow: Flow,
+    target: Target,
+}
+
+/// The SIP endpoint: transaction tables and message routing.
+pub struct Endpoint {
+    config: EndpointConfig,
+    servers: HashMap<TransactionKey, ServerEntry>,
+    server_keys: HashMap<ServerTxId, TransactionKey>,
+    clients: HashMap<TransactionKey, ClientEntry>,
+    next_id: u64,
+    events: VecDeque<Event>,
+    transmits: VecDeque<Transmit>,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// A new endpoint with empty tables.
+    pub fn new(config: EndpointConfig) -> Endpoint {
+        Endpoint {
+            config,
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            clients: HashMap::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// The endpoint's settings.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// Transactions in the tables (server, client), for tests and leak checks.
+    pub fn transaction_counts(&self) -> (usize, usize) {
+        (self.servers.len(), self.clients.len())
+    }
+
+    /// Takes one message (a UDP datagram or one framed TCP message) that arrived on `flow`.
+    pub fn handle_inbound(&mut self, now: Instant, bytes: &[u8], flow: Flow) {
+        match message::parse(bytes, flow.transport, self.config.max_message_bytes) {
+            Ok(Message::Request(request)) => self.handle_request(now, request, flow),
+            Ok(Message::Response(response)) => self.handle_response(now, response),
+            Err(rejected) => {
+                self.stats.parse_errors += 1;
+                let Some(fallback) = rejected.fallback.as_ref() else {
+                    tracing::debug!(from = %flow.remote, error = %rejected.error, "dropped unparseable SIP message");
+                    return;
+                };
+                // Never answer a response or an ACK (§17.2.1: ACK gets no response).
+                let method = fallback.method.as_deref().unwrap_or("");
+                if method.is_empty() || method.eq_ignore_ascii_case("ACK") {
+                    return;
+                }
+                let status = rejected.error.status();
+                let reason = rejected.error.reason();
+                tracing::info!(from = %flow.remote, %status, %reason, "refused malformed SIP request");
+                let mut extra = vec![("Server", self.config.user_agent.clone())];
+                if status == 405 || status == 501 {
+                    extra.push(("Allow", ALLOW.to_owned()));
+                }
+                let extra_refs: Vec<(&str, String)> =
+                    extra.iter().map(|(name, value)| (*name, value.clone())).collect();
+                if let Some(bytes) =
+                    message::response_for_rejected(fallback, status, &reason, &extra_refs)
+                {
+                    // Stateless answer to the source (the message could not be parsed far enough
+                    // to trust its Via's sent-by).
+                    self.transmits.push_back(Transmit {
+                        transport: flow.transport,
+                        target: Target::Addr(flow.remote),
+                        connection: flow.connection,
+                        bytes,
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, mut request: Request, flow: Flow) {
+        let method = request.method().to_string();
+        *self.stats.requests_in.entry(method.clone()).or_default() += 1;
+        // RFC 3261 §18.2.1 / RFC 3581: record where the request really came from.
+        request.stamp_source(flow.remote.ip(), flow.remote.port());
+        let top = request.top_via().clone();
+        let key = TransactionKey::server(
+            top.branch.as_deref().unwrap_or(""),
+            &top.sent_by(),
+            &method,
+        );
+        if method == "ACK" {
+            if let Some(entry) = self.servers.get_mut(&key) {
+                if let ServerMachine::Invite(machine) = &mut entry.machine {
+                    let was_2xx = machine.handle_ack(now);
+                    if !was_2xx {
+                        // §17.2.1: the ACK for a non-2xx final belongs to the transaction.
+                        self.drain_server(&key);
+                        return;
+                    }
+                }
+                self.drain_server(&key);
+            }
+            self.events.push_back(Event::Ack { request: Box::new(request), flow });
+            return;
+        }
+        if let Some(entry) = self.servers.get_mut(&key) {
+            // §17.2.1 / §17.2.2: a retransmission is absorbed; the last response goes out again.
+            match &mut entry.machine {
+                ServerMachine::Invite(machine) => machine.handle_retransmission(now),
+                ServerMachine::NonInvite(machine) => machine.handle_retransmission(now),
+            }
+            self.drain_server(&key);
+            return;
+        }
+        let reliable = flow.transport == Transport::Tcp;
+        let id = ServerTxId(self.take_id());
+        let machine = if method == "INVITE" {
+            ServerMachine::Invite(InviteServer::new(now, &self.config.timers, reliable))
+        } else {
+            ServerMachine::NonInvite(NonInviteServer::new(now, &self.config.timers, reliable))
+        };
+        let reply_target = response_target(request.top_via(), &flow);
+        self.servers
+            .insert(key.clone(), ServerEntry { id, machine, reply: flow, reply_target });
+        self.server_keys.insert(id, key.clone());
+        if method == "INVITE" {
+            // §17.2.1: a 100 Trying right away stops the caller's INVITE retransmissions.
+            let trying = message::response(&request, 100)
+                .header("Server", &self.config.user_agent)
+                .build();
+            self.respond(now, id, 100, trying);
+        }
+        if method == "CANCEL" {
+            self.handle_cancel(now, id, &request, &key);
+            return;
+        }
+        if let Some(status) = self.precheck(&request) {
+            let mut builder = message::response(&request, status.0)
+                .reason(status.1)
+                .header("Server", &self.config.user_agent);
+            if let Some((name, value)) = status.2 {
+                builder = builder.header(name, &value);
+            }
+            let bytes = builder.build();
+            self.respond(now, id, status.0, bytes);
+            return;
+        }
+        self.events.push_back(Event::Request { tx: id, request: Box::new(request), flow });
+    }
+
+    /// Checks every request must pass before the transaction user sees it: the URI scheme
+    /// (416, §8.2.2.1) and Require option tags (420, §8.2.2.3).
+    fn precheck(&self, request: &Request) -> Option<(u16, &'static str, Option<(&'static str, String)>)> {
+        let scheme = request.uri_scheme();
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+            return Some((416, "Unsupported URI Scheme", None));
+        }
+        let unsupported: Vec<String> = request
+            .headers_named("Require")
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty() && !tag.eq_ignore_ascii_case(SUPPORTED))
+            .map(str::to_owned)
+            .collect();
+        if !unsupported.is_empty() {
+            return Some((420, "Bad Extension", Some(("Unsupported", unsupported.join(", ")))));
+        }
+        None
+    }
+
+    fn handle_cancel(&mut self, now: Instant, id: ServerTxId, request: &Request, key: &TransactionKey) {
+        let invite_key = key.cancelled_invite();
+        let invite = self.servers.get(&invite_key).and_then(|entry| match &entry.machine {
+            ServerMachine::Invite(machine) if !machine.has_final_response() => Some(entry.id),
+            _ => None,
+        });
+        // §9.2: 200 to a CANCEL that matched a pending INVITE, 481 otherwise.
+        let status = if invite.is_some() { 200 } else { 481 };
+        let bytes = message::response(request, status)
+            .header("Server", &self.config.user_agent)
+            .build();
+        self.respond(now, id, status, bytes);
+        if let Some(invite) = invite {
+            self.events.push_back(Event::Cancelled { invite });
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, response: Response) {
+        let method = response.cseq().method.to_string();
+        *self.stats.responses_in.entry(method.clone()).or_default() += 1;
+        let Some(branch) = response.vias().first().and_then(|via| via.branch.clone()) else {
+            return;
+        };
+        let key = TransactionKey::client(&branch, &method);
+        let Some(entry) = self.clients.get_mut(&key) else {
+            // §18.1.2: a response matching no transaction is discarded (stray 2xx retransmits
+            // for an ACKed re-INVITE land here too).
+            tracing::debug!(%branch, status = response.status(), "discarded response matching no transaction");
+            return;
+        };
+        let status = response.status();
+        match &mut entry.machine {
+            ClientMachine::Invite(machine) => {
+                let ack_target = entry.target.clone();
+                let _ = ack_target;
+                machine.handle_response(now, status, response, |response| {
+                    message::ack_for_non_2xx(response)
+                });
+            }
+            ClientMachine::NonInvite(machine) => machine.handle_response(now, status, response),
+        }
+        self.drain_client(&key);
+    }
+
+    /// Sends a response on server transaction `tx` (retransmissions are the transaction's job).
+    pub fn respond(&mut self, now: Instant, tx: ServerTxId, status: u16, bytes: Bytes) {
+        let Some(key) = self.server_keys.get(&tx).cloned() else {
+            tracing::debug!(?tx, status, "response for a finished transaction dropped");
+            return;
+        };
+        if let Some(entry) = self.servers.get_mut(&key) {
+            match &mut entry.machine {
+                ServerMachine::Invite(machine) if status < 200 => {
+                    machine.send_provisional(now, bytes)
+                }
+                ServerMachine::Invite(machine) => machine.send_final(now, status, bytes),
+                ServerMachine::NonInvite(machine) => machine.send_response(now, status, bytes),
+            }
+        }
+        self.drain_server(&key);
+    }
+
+    /// Sends an in-dialog or out-of-dialog request on a new client transaction toward `flow`'s
+    /// peer (or the request's own target), adding Via and User-Agent.
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        flow: &Flow,
+        request: &OutgoingRequest,
+        body: Option<(&str, Bytes)>,
+    ) -> ClientTxId {
+        let branch = message::new_branch();
+        let target = request_target(request, flow);
+        let bytes = self.build_request(flow, request, &branch, body);
+        let reliable = flow.transport == Transport::Tcp;
+        let id = ClientTxId(self.take_id());
+        let machine = if request.method == "INVITE" {
+            ClientMachine::Invite(InviteClient::start(now, bytes, &self.config.timers, reliable))
+        } else {
+            ClientMachine::NonInvite(NonInviteClient::start(
+                now,
+                bytes,
+                &self.config.timers,
+                reliable,
+            ))
+        };
+        let key = TransactionKey::client(&branch, &request.method);
+        self.clients.insert(key.clone(), ClientEntry { id, machine, flow: *flow, target });
+        self.drain_client(&key);
+        id
+    }
+
+    /// Sends the ACK for a 2xx to a re-INVITE voxgate sent (§13.2.2.4: not a transaction).
+    pub fn send_ack(&mut self, flow: &Flow, request: &OutgoingRequest) {
+        let branch = message::new_branch();
+        let target = request_target(request, flow);
+        let bytes = self.build_request(flow, request, &branch, None);
+        self.transmits.push_back(Transmit {
+            transport: flow.transport,
+            target,
+            connection: flow.connection,
+            bytes,
+        });
+    }
+
+    fn build_request(
+        &self,
+        flow: &Flow,
+        request: &OutgoingRequest,
+        branch: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Bytes {
+        let transport = match flow.transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        };
+        let via = format!("SIP/2.0/{transport} {};branch={branch};rport", self.advertised(flow));
+        let mut builder = message::request(&request.method, &request.request_uri).header("Via", &via);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        builder = builder.header("User-Agent", &self.config.user_agent);
+        if let Some((content_type, body)) = body {
+            builder = builder.body(content_type, body);
+        }
+        builder.build()
+    }
+
+    /// The host:port voxgate advertises toward a flow's peer (Via, Contact).
+    pub fn advertised(&self, flow: &Flow) -> String {
+        let host = match &self.config.public_address {
+            Some(host) => host.clone(),
+            None => host_literal(flow.local.ip()),
+        };
+        format!("{host}:{}", flow.local.port())
+    }
+
+    /// Feeds expired timers to every transaction and drops terminated ones.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due_servers: Vec<TransactionKey> = self
+            .servers
+            .iter()
+            .filter(|(_, entry)| server_deadline(&entry.machine).is_some_and(|at| at <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due_servers {
+            if let Some(entry) = self.servers.get_mut(&key) {
+                match &mut entry.machine {
+                    ServerMachine::Invite(machine) => machine.handle_timeout(now),
+                    ServerMachine::NonInvite(machine) => machine.handle_timeout(now),
+                }
+            }
+            self.drain_server(&key);
+        }
+        let due_clients: Vec<TransactionKey> = self
+            .clients
+            .iter()
+            .filter(|(_, entry)| client_deadline(&entry.machine).is_some_and(|at| at <= now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due_clients {
+            if let Some(entry) = self.clients.get_mut(&key) {
+                match &mut entry.machine {
+                    ClientMachine::Invite(machine) => machine.handle_timeout(now),
+                    ClientMachine::NonInvite(machine) => machine.handle_timeout(now),
+                }
+            }
+            self.drain_client(&key);
+        }
+    }
+
+    /// The earliest transaction timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let servers = self.servers.values().filter_map(|entry| server_deadline(&entry.machine));
+        let clients = self.clients.values().filter_map(|entry| client_deadline(&entry.machine));
+        servers.chain(clients).min()
+    }
+
+    /// The next event for the transaction user.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next message to put on the wire.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn drain_server(&mut self, key: &TransactionKey) {
+        let Some(entry) = self.servers.get_mut(key) else { return };
+        let mut terminated = false;
+        loop {
+            let output = match &mut entry.machine {
+                ServerMachine::Invite(machine) => machine.poll_output(),
+                ServerMachine::NonInvite(machine) => machine.poll_output(),
+            };
+            match output {
+                Some(ServerOutput::Transmit(bytes)) => self.transmits.push_back(Transmit {
+                    transport: entry.reply.transport,
+                    target: entry.reply_target.clone(),
+                    connection: entry.reply.connection,
+                    bytes,
+                }),
+                Some(ServerOutput::TimedOut) => {
+                    if matches!(entry.machine, ServerMachine::Invite(_)) {
+                        self.events.push_back(Event::AckTimedOut { invite: entry.id });
+                    }
+                }
+                Some(ServerOutput::Terminated) => terminated = true,
+                None => break,
+            }
+        }
+        if terminated {
+            if let Some(entry) = self.servers.remove(key) {
+                self.server_keys.remove(&entry.id);
+            }
+        }
+    }
+
+    fn drain_client(&mut self, key: &TransactionKey) {
+        let Some(entry) = self.clients.get_mut(key) else { return };
+        let mut terminated = false;
+        loop {
+            let output = match &mut entry.machine {
+                ClientMachine::Invite(machine) => machine.poll_output(),
+                ClientMachine::NonInvite(machine) => machine.poll_output(),
+            };
+            match output {
+                Some(ClientOutput::Transmit(bytes)) => self.transmits.push_back(Transmit {
+                    transport: entry.flow.transport,
+                    target: entry.target.clone(),
+                    connection: entry.flow.connection,
+                    bytes,
+                }),
+                Some(ClientOutput::Response(response)) => self
+                    .events
+                    .push_back(Event::Response { tx: entry.id, response: Box::new(response) }),
+                Some(ClientOutput::TimedOut) => {
+                    self.events.push_back(Event::RequestTimedOut { tx: entry.id })
+                }
+                Some(ClientOutput::Terminated) => terminated = true,
+                None => break,
+            }
+        }
+        if terminated {
+            self.clients.remove(key);
+        }
+    }
+}
+
+fn server_deadline(machine: &ServerMachine) -> Option<Instant> {
+    match machine {
+        ServerMachine::Invite(machine) => machine.poll_timeout(),
+        ServerMachine::NonInvite(machine) => machine.poll_timeout(),
+    }
+}
+
+fn client_deadline(machine: &ClientMachine) -> Option<Instant> {
+    match machine {
+        ClientMachine::Invite(machine) => machine.poll_timeout(),
+        ClientMachine::NonInvite(machine) => machine.poll_timeout(),
+    }
+}
+
+/// RFC 3261 §18.2.2 with RFC 3581: where responses to a request go.
+fn response_target(top_via: &message::Via, flow: &Flow) -> Target {
+    if flow.transport == Transport::Tcp {
+        // Reliable transports answer on the connection the request came in on.
+        return Target::Addr(flow.remote);
+    }
+    let port = match top_via.rport {
+        // RFC 3581 §4: rport present → the source port.
+        Rport::Requested | Rport::Value(_) => flow.remote.port(),
+        Rport::Absent => top_via.port.unwrap_or(5060),
+    };
+    // `received` is the source IP whenever sent-by differs from it, so the source IP is always right.
+    Target::Addr(SocketAddr::new(flow.remote.ip(), port))
+}
+
+/// Where a request voxgate sends goes: the first Route (loose routing), else the Request-URI.
+fn request_target(request: &OutgoingRequest, flow: &Flow) -> Target {
+    let uri = request
+        .headers
+        .iter()
+        .find(|(name, _)| *name == "Route")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or(&request.request_uri);
+    match uri_host_port(uri) {
+        Some((host, port)) => match host.parse::<IpAddr>() {
+            Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+            Err(_) => Target::Host(host, port),
+        },
+        None => Target::Addr(flow.remote),
+    }
+}
+
+/// The host and port of a SIP URI (in a name-addr or bare), IPv6 brackets removed.
+pub fn uri_host_port(value: &str) -> Option<(String, u16)> {
+    let uri = match (value.find('<'), value.find('>')) {
+        (Some(start), Some(end)) if start < end => &value[start + 1..end],
+        _ => value.trim(),
+    };
+    let rest = uri.strip_prefix("sips:").or_else(|| uri.strip_prefix("sip:"))?;
+    let rest = rest.split([';', '?']).next()?;
+    let hostport = rest.rsplit_once('@').map(|(_, hostport)| hostport).unwrap_or(rest);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(5060);
+        return Some((host.to_owned(), port));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()?),
+        None => (hostport, 5060),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port))
+}
+
+/// An IP as it appears in a SIP URI or Via (IPv6 in brackets).
+pub fn host_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_host_port_handles_name_addr_params_and_ipv6() {
+        assert_eq!(uri_host_port("sip:alice@192.0.2.1:5070"), Some(("192.0.2.1".into(), 5070)));
+        assert_eq!(uri_host_port("<sip:p1.example.com;lr>"), Some(("p1.example.com".into(), 5060)));
+        assert_eq!(uri_host_port("\"A\" <sip:a@[2001:db8::1]:5080;transport=tcp>"), Some(("2001:db8::1".into(), 5080)));
+        assert_eq!(uri_host_port("tel:+15551234"), None);
+        assert_eq!(uri_host_port("sip:host:notaport"), None);
+    }
+
+    #[test]
+    fn host_literal_brackets_v6_and_unmaps_v4() {
+        assert_eq!(host_literal("::1".parse().unwrap()), "[::1]");
+        assert_eq!(host_literal("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+}

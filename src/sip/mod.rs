@@ -4,4 +4,5 @@ pub mod dialog;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod session_timer;
 pub mod transaction;

@@ -1,0 +1,389 @@
+//! The switchboard: voxgate's SIP transaction user. It owns the [`Endpoint`] and the table of
+//! [`Call`]s, admits or refuses new INVITEs (trunk, capacity, drain, session timer), answers
+//! out-of-dialog OPTIONS, and hands in-dialog traffic to the call it belongs to.
+//!
+//! Sans-IO like everything it owns: `handle_*(now, …)` in, [`Switchboard::poll_output`] and
+//! [`Switchboard::poll_transmit`] out, [`Switchboard::poll_timeout`] for the next wake-up.
+//!
+//! Draining (SIGTERM): new INVITEs get 503, OPTIONS 503 (so dispatchers stop sending), active
+//! calls go on until the drain deadline, then get BYE; when none is left, [`Output::Drained`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::call::route::Router;
+use crate::call::{Call, CallConfig, CallKey, Ctx, NewCall, Output};
+use crate::config::Settings;
+use crate::metrics::CallResult;
+use crate::sip::dialog::{Dialog, DialogId, UasSetup};
+use crate::sip::endpoint::{
+    ClientTxId, Endpoint, EndpointConfig, Event, Flow, ServerTxId, Transmit, ALLOW, SUPPORTED,
+};
+use crate::sip::message::{self, Request};
+use crate::sip::session_timer;
+
+/// The SIP transaction user: admission, routing and the call table.
+pub struct Switchboard {
+    endpoint: Endpoint,
+    config: CallConfig,
+    router: Router,
+    max_concurrent: usize,
+    at_capacity_status: u16,
+    calls: HashMap<CallKey, Call>,
+    dialogs: HashMap<DialogId, CallKey>,
+    invites: HashMap<ServerTxId, CallKey>,
+    requests: HashMap<ClientTxId, CallKey>,
+    outputs: VecDeque<Output>,
+    next_key: u64,
+    drain_deadline: Option<Instant>,
+    drained_reported: bool,
+}
+
+impl Switchboard {
+    /// Builds the switchboard from validated settings.
+    pub fn new(settings: &Settings) -> Switchboard {
+        let endpoint = Endpoint::new(EndpointConfig {
+            timers: settings.timers(),
+            max_message_bytes: settings.sip.max_message_bytes,
+            user_agent: settings.sip.user_agent.clone(),
+            public_address: settings.sip.public_address.clone(),
+        });
+        let config = CallConfig {
+            user_agent: settings.sip.user_agent.clone(),
+            session_expires_secs: settings.sip.session_expires_secs,
+            min_se_secs: settings.sip.min_se_secs,
+            public_ip: settings.sip.public_address.as_deref().and_then(|host| host.parse().ok()),
+            public_address: settings.sip.public_address.clone(),
+            ptime: std::time::Duration::from_millis(settings.rtp.ptime_ms.into()),
+        };
+        Switchboard {
+            endpoint,
+            config,
+            router: Router::new(settings),
+            max_concurrent: settings.calls.max_concurrent,
+            at_capacity_status: settings.calls.at_capacity_status,
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            invites: HashMap::new(),
+            requests: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_key: 1,
+            drain_deadline: None,
+            drained_reported: false,
+        }
+    }
+
+    /// Calls in the table (ringing, up or hanging up).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The endpoint, for its statistics.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// One SIP message arrived on `flow`.
+    pub fn handle_inbound(&mut self, now: Instant, bytes: &[u8], flow: Flow) {
+        self.endpoint.handle_inbound(now, bytes, flow);
+        self.dispatch_events(now);
+    }
+
+    /// `io/` bound (or failed to bind) the media ports for `call`.
+    pub fn handle_media_allocated(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        local_rtp: Result<SocketAddr, String>,
+    ) {
+        self.with_call(now, call, |call, ctx| call.handle_media_allocated(ctx, local_rtp));
+        self.dispatch_events(now);
+    }
+
+    /// The media task of `call` ended on its own (e.g. no RTP for too long).
+    pub fn handle_media_ended(&mut self, now: Instant, call: CallKey, why: &str) {
+        self.with_call(now, call, |call, ctx| call.handle_media_ended(ctx, why));
+        self.dispatch_events(now);
+    }
+
+    /// Starts draining: refuse new calls, BYE the rest at `deadline`.
+    pub fn begin_drain(&mut self, now: Instant, deadline: Instant) {
+        tracing::info!(
+            active_calls = self.calls.len(),
+            "draining: refusing new calls, waiting for active calls to finish"
+        );
+        self.drain_deadline = Some(deadline);
+        self.check_drained(now);
+    }
+
+    /// Fires every due timer (transactions and calls).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.endpoint.handle_timeout(now);
+        self.dispatch_events(now);
+        let due: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            self.with_call(now, key, |call, ctx| call.handle_timeout(ctx));
+        }
+        if self.drain_deadline.is_some_and(|deadline| deadline <= now) {
+            let keys: Vec<CallKey> = self.calls.keys().copied().collect();
+            for key in keys {
+                self.with_call(now, key, |call, ctx| {
+                    call.hang_up(ctx, "voxgate is shutting down", CallResult::Completed)
+                });
+            }
+        }
+        self.dispatch_events(now);
+        self.check_drained(now);
+    }
+
+    /// The earliest timer of the endpoint, any call, or the drain deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let calls = self.calls.values().filter_map(Call::poll_timeout);
+        let drain = self.drain_deadline.filter(|_| !self.calls.is_empty());
+        self.endpoint.poll_timeout().into_iter().chain(calls).chain(drain).min()
+    }
+
+    /// The next message for the wire.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.endpoint.poll_transmit()
+    }
+
+    /// The next command for `io/`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn dispatch_events(&mut self, now: Instant) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Request { tx, request, flow } => self.handle_request(now, tx, request, flow),
+                Event::Ack { request, .. } => {
+                    if let Some(key) = self.dialog_of(&request) {
+                        self.with_call(now, key, |call, ctx| call.handle_ack(ctx, &request));
+                    }
+                }
+                Event::Cancelled { invite } => {
+                    if let Some(key) = self.invites.get(&invite).copied() {
+                        self.with_call(now, key, |call, ctx| call.handle_cancel(ctx));
+                    }
+                }
+                Event::AckTimedOut { invite } => {
+                    if let Some(key) = self.invites.get(&invite).copied() {
+                        self.with_call(now, key, |call, ctx| call.handle_ack_timeout(ctx));
+                    }
+                }
+                Event::Response { tx, response } => {
+                    if let Some(key) = self.requests.remove(&tx) {
+                        let keep = response.status() < 200;
+                        self.with_call(now, key, |call, ctx| {
+                            call.handle_response(ctx, tx, &response)
+                        });
+                        if keep {
+                            self.requests.insert(tx, key);
+                        }
+                    }
+                }
+                Event::RequestTimedOut { tx } => {
+                    if let Some(key) = self.requests.remove(&tx) {
+                        self.with_call(now, key, |call, ctx| call.handle_request_timeout(ctx, tx));
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, tx: ServerTxId, request: Box<Request>, flow: Flow) {
+        let method = request.method().to_string();
+        if request.to_tag().is_some() {
+            match self.dialog_of(&request) {
+                Some(key) => {
+                    self.with_call(now, key, |call, ctx| call.handle_request(ctx, tx, &request))
+                }
+                None => self.reply(now, tx, &request, 481, "Call/Transaction Does Not Exist", &[]),
+            }
+            return;
+        }
+        match method.as_str() {
+            "INVITE" => self.handle_new_invite(now, tx, request, flow),
+            "OPTIONS" => {
+                // A keepalive from PBXs and dispatchers: 503 while draining takes voxgate out of
+                // their rotation before it goes away.
+                let status = if self.drain_deadline.is_some() { 503 } else { 200 };
+                let headers = [
+                    ("Allow", ALLOW),
+                    ("Accept", "application/sdp"),
+                    ("Supported", SUPPORTED),
+                ];
+                self.reply(now, tx, &request, status, "", &headers);
+            }
+            "BYE" | "INFO" | "UPDATE" | "PRACK" => {
+                self.reply(now, tx, &request, 481, "Call/Transaction Does Not Exist", &[])
+            }
+            _ => self.reply(now, tx, &request, 405, "Method Not Allowed", &[("Allow", ALLOW)]),
+        }
+    }
+
+    fn handle_new_invite(&mut self, now: Instant, tx: ServerTxId, request: Box<Request>, flow: Flow) {
+        let call_id = request.call_id().to_owned();
+        let span = tracing::info_span!("call", call_id = %call_id);
+        let _entered = span.enter();
+        if self.drain_deadline.is_some() {
+            tracing::info!(peer = %flow.remote, "refused new call: voxgate is shutting down");
+            let headers = [("Retry-After", "30")];
+            self.reply(now, tx, &request, 503, "Service Unavailable (shutting down)", &headers);
+            return;
+        }
+        let routed = match self.router.route(
+            flow.remote.ip(),
+            request.request_uri_user().as_deref(),
+            request.to_user().as_deref(),
+        ) {
+            Ok(routed) => routed,
+            Err(error) => {
+                tracing::warn!(peer = %flow.remote, %error, "refused new call");
+                let status = error.status();
+                let reason = if status == 403 { "Forbidden" } else { "Not Found" };
+                self.reply(now, tx, &request, status, reason, &[]);
+                return;
+            }
+        };
+        if self.calls.len() >= self.max_concurrent {
+            tracing::warn!(limit = self.max_concurrent, "refused new call: at calls.max_concurrent");
+            let status = self.at_capacity_status;
+            let reason = if status == 486 { "Busy Here" } else { "Service Unavailable" };
+            self.reply(now, tx, &request, status, reason, &[]);
+            return;
+        }
+        let timer_request = crate::call::timer_request_of(&request);
+        if let Err(too_small) = session_timer::negotiate(
+            &timer_request,
+            self.config.session_expires_secs,
+            self.config.min_se_secs,
+        ) {
+            tracing::info!(requested = too_small.requested, "refused Session-Expires below Min-SE");
+            let min_se = too_small.min_se.to_string();
+            self.reply(now, tx, &request, 422, "Session Interval Too Small", &[("Min-SE", &min_se)]);
+            return;
+        }
+        let Some(remote_tag) = request.from_tag().map(str::to_owned) else {
+            self.reply(now, tx, &request, 400, "Bad Request (From tag missing)", &[]);
+            return;
+        };
+        let key = CallKey(self.next_key);
+        self.next_key += 1;
+        let local_tag = message::new_tag();
+        let contact_host = match &self.config.public_address {
+            Some(host) => format!("{host}:{}", flow.local.port()),
+            None => self.endpoint.advertised(&flow),
+        };
+        let dialog = Dialog::new_uas(
+            UasSetup {
+                call_id: call_id.clone(),
+                from: request.header("From").unwrap_or_default().to_owned(),
+                remote_tag,
+                to: request.header("To").unwrap_or_default().to_owned(),
+                local_tag,
+                remote_seq: request.cseq().seq,
+                remote_target: request
+                    .contact_uri()
+                    .unwrap_or_else(|| request.uri().to_string()),
+                record_route: request.record_route(),
+                local_contact: format!("voxgate@{contact_host}"),
+            },
+            rand::random::<u32>() & 0x0fff_ffff,
+        );
+        self.dialogs.insert(dialog.id().clone(), key);
+        self.invites.insert(tx, key);
+        let new = NewCall {
+            key,
+            invite: request,
+            invite_tx: tx,
+            flow,
+            dialog,
+            agent: routed.agent,
+            trunk: routed.trunk,
+            timer_request,
+        };
+        let mut ctx = Ctx {
+            now,
+            endpoint: &mut self.endpoint,
+            outputs: &mut self.outputs,
+            config: &self.config,
+        };
+        let call = Call::start(&mut ctx, new);
+        self.calls.insert(key, call);
+    }
+
+    fn dialog_of(&self, request: &Request) -> Option<CallKey> {
+        let id = DialogId {
+            call_id: request.call_id().to_owned(),
+            local_tag: request.to_tag()?.to_owned(),
+            remote_tag: request.from_tag()?.to_owned(),
+        };
+        self.dialogs.get(&id).copied()
+    }
+
+    /// Runs `f` on a call with a context, then records client transactions it started and
+    /// forgets the call if it ended.
+    fn with_call(&mut self, now: Instant, key: CallKey, f: impl FnOnce(&mut Call, &mut Ctx<'_>)) {
+        let Some(call) = self.calls.get_mut(&key) else { return };
+        let mut ctx = Ctx {
+            now,
+            endpoint: &mut self.endpoint,
+            outputs: &mut self.outputs,
+            config: &self.config,
+        };
+        f(call, &mut ctx);
+        for tx in call.take_started_requests() {
+            self.requests.insert(tx, key);
+        }
+        if call.is_ended() {
+            let dialog = call.dialog().id().clone();
+            let invite = call.invite_tx();
+            self.calls.remove(&key);
+            self.dialogs.remove(&dialog);
+            self.invites.remove(&invite);
+            self.requests.retain(|_, owner| *owner != key);
+        }
+    }
+
+    fn reply(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) {
+        let mut builder =
+            message::response(request, status).header("Server", &self.config.user_agent);
+        if !reason.is_empty() {
+            builder = builder.reason(reason);
+        }
+        if status >= 200 && request.to_tag().is_none() {
+            // §8.2.6.2: a final response outside a dialog carries a To-tag.
+            builder = builder.to_tag(&message::new_tag());
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let bytes: Bytes = builder.build();
+        self.endpoint.respond(now, tx, status, bytes);
+    }
+
+    fn check_drained(&mut self, _now: Instant) {
+        if self.drain_deadline.is_some() && self.calls.is_empty() && !self.drained_reported {
+            self.drained_reported = true;
+            self.outputs.push_back(Output::Drained);
+        }
+    }
+}
