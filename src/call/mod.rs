@@ -10,6 +10,7 @@
 //! The [`switchboard`] owns the calls and the SIP [`Endpoint`]; every input reaches a call
 //! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
 
+pub mod agent;
 pub mod route;
 pub mod switchboard;
 

@@ -1,0 +1,271 @@
+//! A call's media task: its RTP/RTCP sockets, the jitter buffer, the agent and the paced sender.
+//!
+//! Started by the core when a call is admitted (ports first, so the SDP can name them), then
+//! configured by [`MediaCommand`]s as offer/answer completes or changes (hold, resume). One
+//! tick per ptime from a monotonic clock: pop the jitter buffer, give the frame to the agent,
+//! send the next playout frame (silence when there is nothing to say, to keep NAT pinholes
+//! and the far jitter buffer steady).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::CoreInput;
+use crate::call::agent::EchoAgent;
+use crate::call::{CallKey, MediaCommand, MediaParams};
+use crate::config::{AgentKind, AgentSettings};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::media::playout::PlayoutQueue;
+use crate::media::rtp::{parse_rtp, OutboundStream, SymmetricLatch};
+use crate::media::{Ssrc, G711};
+use crate::metrics::Metrics;
+
+/// What the core knows when it starts a call's media.
+pub struct MediaSetup {
+    /// The call.
+    pub call: CallKey,
+    /// For the log span.
+    pub call_id: String,
+    /// For the log span.
+    pub trunk: String,
+    /// Where to bind the RTP/RTCP pair.
+    pub bind_ip: IpAddr,
+    /// Who answers.
+    pub agent: AgentSettings,
+    /// Jitter-buffer bounds.
+    pub jitter_min: Duration,
+    /// Jitter-buffer bounds.
+    pub jitter_max: Duration,
+    /// RTCP report interval.
+    pub rtcp_interval: Duration,
+}
+
+/// The core's handle on a running media task.
+pub struct MediaHandle {
+    /// The bound RTP address (RTCP is the next port).
+    pub local_rtp: SocketAddr,
+    commands: mpsc::Sender<MediaCommand>,
+}
+
+impl MediaHandle {
+    /// Sends a command without waiting (the channel is deep enough for signalling rates).
+    pub fn command(&self, command: MediaCommand) {
+        if self.commands.try_send(command).is_err() {
+            tracing::warn!("media task not accepting commands");
+        }
+    }
+}
+
+/// Even RTP ports from the configured range, handed out round-robin.
+pub struct PortPool {
+    min: u16,
+    max: u16,
+    cursor: u16,
+}
+
+impl PortPool {
+    /// The pool for `[min, max]` (RTP on even ports, RTCP on the next odd one).
+    pub fn new(min: u16, max: u16) -> PortPool {
+        let min = min + (min % 2);
+        PortPool { min, max, cursor: min }
+    }
+
+    /// Binds an RTP/RTCP pair on `ip`, trying each even port once.
+    fn bind_pair(&mut self, ip: IpAddr) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+        let pairs = ((self.max.saturating_sub(self.min)) / 2 + 1).max(1);
+        for _ in 0..pairs {
+            let port = self.cursor;
+            self.cursor = if port.saturating_add(2) > self.max.saturating_sub(1) { self.min } else { port + 2 };
+            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else { continue };
+            let Ok(rtcp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)) else { continue };
+            return Ok((rtp, rtcp));
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free RTP port pair in rtp.port_min..port_max"))
+    }
+}
+
+/// Binds the call's ports and starts its media task.
+pub fn spawn(
+    setup: MediaSetup,
+    pool: &mut PortPool,
+    metrics: Metrics,
+    core_tx: mpsc::Sender<CoreInput>,
+) -> std::io::Result<MediaHandle> {
+    let (rtp, rtcp) = pool.bind_pair(setup.bind_ip)?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
+    let local_rtp = rtp.local_addr()?;
+    let rtp = UdpSocket::from_std(rtp)?;
+    let rtcp = UdpSocket::from_std(rtcp)?;
+    let (commands, commands_rx) = mpsc::channel(32);
+    let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
+    let task = MediaTask::new(setup, rtp, rtcp, metrics);
+    tokio::spawn(task.run(commands_rx, core_tx).instrument(span));
+    Ok(MediaHandle { local_rtp, commands })
+}
+
+struct MediaTask {
+    call: CallKey,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    agent: AgentSettings,
+    jitter_min: Duration,
+    jitter_max: Duration,
+    metrics: Metrics,
+    params: Option<MediaParams>,
+    jitter: JitterBuffer,
+    playout: PlayoutQueue,
+    outbound: OutboundStream,
+    latch: SymmetricLatch,
+    echo: EchoAgent,
+    reported_lost: u64,
+    packets_in: u64,
+    packets_out: u64,
+}
+
+impl MediaTask {
+    fn new(setup: MediaSetup, rtp: UdpSocket, rtcp: UdpSocket, metrics: Metrics) -> MediaTask {
+        let ptime = Duration::from_millis(20);
+        MediaTask {
+            call: setup.call,
+            rtp,
+            rtcp,
+            jitter: JitterBuffer::new(jitter_config(setup.jitter_min, setup.jitter_max, ptime, G711::Pcmu)),
+            playout: PlayoutQueue::new(G711::Pcmu, ptime),
+            outbound: OutboundStream::new(Ssrc(rand::random()), 0, 8_000),
+            latch: SymmetricLatch::new(None, &[0]),
+            echo: EchoAgent::new(Duration::from_millis(setup.agent.echo_delay_ms.into()), ptime),
+            agent: setup.agent,
+            jitter_min: setup.jitter_min,
+            jitter_max: setup.jitter_max,
+            metrics,
+            params: None,
+            reported_lost: 0,
+            packets_in: 0,
+            packets_out: 0,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>, core_tx: mpsc::Sender<CoreInput>) {
+        let mut ptime = Duration::from_millis(20);
+        let mut ticker = tokio::time::interval(ptime);
+        // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut sample = tokio::time::interval(Duration::from_secs(1));
+        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut buffer = vec![0u8; 2_048];
+        let mut rtcp_buffer = vec![0u8; 1_500];
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(MediaCommand::Configure(params)) => {
+                        if params.ptime != ptime && !params.ptime.is_zero() {
+                            ptime = params.ptime;
+                            ticker = tokio::time::interval(ptime);
+                            ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                        }
+                        self.configure(params);
+                    }
+                    Some(MediaCommand::Stop) | None => break,
+                },
+                received = self.rtp.recv_from(&mut buffer) => {
+                    if let Ok((length, from)) = received {
+                        self.handle_rtp(&buffer[..length], from);
+                    }
+                }
+                received = self.rtcp.recv_from(&mut rtcp_buffer) => {
+                    // RTCP from the caller is read so the socket never fills; reports come with
+                    // the RTCP module.
+                    let _ = received;
+                }
+                _ = ticker.tick() => self.tick(ptime),
+                _ = sample.tick() => self.sample_metrics(),
+            }
+        }
+        self.sample_metrics();
+        tracing::debug!(packets_in = self.packets_in, packets_out = self.packets_out, "media stopped");
+        let _ = core_tx;
+    }
+
+    fn configure(&mut self, params: MediaParams) {
+        let codec_changed = self.params.as_ref().is_none_or(|old| old.codec != params.codec || old.ptime != params.ptime);
+        if codec_changed {
+            self.jitter = JitterBuffer::new(jitter_config(self.jitter_min, self.jitter_max, params.ptime, params.codec));
+            self.playout = PlayoutQueue::new(params.codec, params.ptime);
+            self.echo = EchoAgent::new(Duration::from_millis(self.agent.echo_delay_ms.into()), params.ptime);
+        }
+        self.outbound.set_payload_type(params.payload_type);
+        let mut accepted = vec![params.payload_type];
+        accepted.extend(params.telephone_event);
+        let signalled_changed = self.params.as_ref().is_none_or(|old| old.remote_rtp != params.remote_rtp);
+        if signalled_changed {
+            self.latch = SymmetricLatch::new(params.remote_rtp, &accepted);
+        }
+        tracing::debug!(?params, "media configured");
+        self.params = Some(params);
+    }
+
+    fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr) {
+        let Some(params) = self.params.as_ref() else { return };
+        let Ok(packet) = parse_rtp(datagram) else { return };
+        if !self.latch.handle_packet(from, &packet) {
+            return;
+        }
+        self.packets_in += 1;
+        self.metrics.rtp_packets_total.with_label_values(&["in"]).inc();
+        if Some(packet.payload_type) == params.telephone_event || !params.receive {
+            return;
+        }
+        self.jitter.push(std::time::Instant::now(), packet);
+    }
+
+    fn tick(&mut self, ptime: Duration) {
+        let Some(params) = self.params.as_ref() else { return };
+        let now = std::time::Instant::now();
+        let heard = match self.jitter.pop(now) {
+            Playout::Frame(frame) | Playout::Concealed(frame) => Some(frame),
+            Playout::Buffering | Playout::Empty => None,
+        };
+        match self.agent.kind {
+            AgentKind::Echo => {
+                if let Some(frame) = self.echo.handle_frame(heard) {
+                    self.playout.push(&frame);
+                }
+            }
+        }
+        let frame = self.playout.pop();
+        let (true, Some(remote)) = (params.send, self.latch.remote()) else { return };
+        let samples = (ptime.as_micros() * 8 / 1_000) as u32;
+        let packet = self.outbound.packetize(&frame.payload, frame.marker, samples);
+        match self.rtp.try_send_to(&packet, remote) {
+            Ok(_) => {
+                self.packets_out += 1;
+                self.metrics.rtp_packets_total.with_label_values(&["out"]).inc();
+            }
+            Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
+        }
+    }
+
+    fn sample_metrics(&mut self) {
+        if self.params.is_none() || self.packets_in == 0 {
+            return;
+        }
+        let stats = self.jitter.stats();
+        let lost = stats.lost;
+        if lost > self.reported_lost {
+            self.metrics.rtp_packets_lost_total.inc_by(lost - self.reported_lost);
+            self.reported_lost = lost;
+        }
+        self.metrics.jitter_buffer_delay_seconds.observe(self.jitter.current_delay().as_secs_f64());
+        self.metrics.rtp_interarrival_jitter_seconds.observe(stats.jitter().as_secs_f64());
+        let _ = self.call;
+    }
+}
+
+fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> JitterConfig {
+    JitterConfig { min_delay: min, max_delay: max, ptime, codec, clock_rate: 8_000 }
+}
