@@ -16,9 +16,9 @@
 //! `handle_transport_error`. Out: [`ClientOutput`] via `poll_output`, next wake-up via
 //! `poll_timeout`. The ACK for a non-2xx belongs to this transaction (same branch, hop-by-hop): it
 //! is built once by the caller's `build_ack` and resent on every retransmitted final. The ACK for a
-//! 2xx is the TU's (a new transaction, RFC 3261 §13.2.2.4), so every 2xx — including retransmissions
-//! and forked answers, RFC 6026 §8.4 — goes to the TU while Accepted. In Proceeding nothing bounds
-//! the wait for a final response: the TU does, with CANCEL (RFC 3261 §9.1).
+//! 2xx is the TU's (a new transaction, RFC 3261 §13.2.2.4), so every 2xx — including
+//! retransmissions and forked answers, RFC 6026 §8.4 — goes to the TU while Accepted. In
+//! Proceeding nothing bounds the wait for a final response: the TU does, with CANCEL (§9.1).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

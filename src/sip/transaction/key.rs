@@ -3,8 +3,8 @@
 //! - Server side (§17.2.3): a request matches a server transaction when the top Via `branch`
 //!   (starting with the magic cookie `z9hG4bK`), the top Via `sent-by`, and the method are those
 //!   of the request that created it — except that an ACK matches the INVITE it acknowledges, so its
-//!   key uses method `INVITE`. A CANCEL has its own transaction (key method `CANCEL`); the INVITE it
-//!   cancels is found with [`TransactionKey::cancelled_invite`] (§9.2).
+//!   key uses method `INVITE`. A CANCEL has its own transaction (key method `CANCEL`); the
+//!   INVITE it cancels is found with [`TransactionKey::cancelled_invite`] (§9.2).
 //! - Client side (§17.1.3): a response matches a client transaction when its top Via `branch` and
 //!   its CSeq method are those of the request; sent-by plays no part, so it is left empty.
 //!

@@ -28,17 +28,19 @@
 //! Over a reliable transport (TCP, TLS) nothing is retransmitted, and Timers D, I, J and K are
 //! zero: the machine goes straight to Terminated.
 //!
-//! How the endpoint uses them: it keeps two tables, client and server, from [`TransactionKey`] to a
-//! machine. A received response is keyed with [`TransactionKey::client`] (top Via branch + CSeq
-//! method) and handed to its client machine; a received request is keyed with
+//! How the endpoint uses them: it keeps two tables, client and server, from [`TransactionKey`] to
+//! a machine. A received response is keyed with [`TransactionKey::client`] (top Via branch + CSeq
+//! method) and handed to its client machine. A received request is keyed with
 //! [`TransactionKey::server`] (branch + sent-by + method, ACK folded into INVITE): a hit is a
-//! retransmission (`handle_retransmission`) or the ACK (`handle_ack`), a miss creates a new server
-//! machine and passes the request to the TU. The ACK for a 2xx carries a new branch (RFC 3261
-//! §17.1.1.3), so it misses the table: the endpoint finds that INVITE server transaction through the
-//! dialog instead and calls `handle_ack` on it to stop the 2xx retransmissions. After every input
-//! (message, TU action, timeout) the endpoint drains `poll_output()` — `Transmit` goes to the
-//! transport, `Response`/`TimedOut`/`TransportFailed` to the TU, `Terminated` removes the entry —
-//! then sleeps until the earliest `poll_timeout()` and calls `handle_timeout(now)`.
+//! retransmission (`handle_retransmission`) or the ACK (`handle_ack`); a miss creates a new server
+//! machine and passes the request to the TU — except an ACK, which never creates one. The ACK for
+//! a 2xx carries a new branch (RFC 3261 §17.1.1.3), so it misses the table: the endpoint finds
+//! the INVITE server transaction through the dialog and calls `handle_ack` on it to stop the 2xx
+//! retransmissions. A CANCEL gets its own [`NonInviteServer`]; its INVITE is found with
+//! [`TransactionKey::cancelled_invite`]. After every input (message, TU action, timeout) the
+//! endpoint drains `poll_output()` — `Transmit` goes to the transport, `Response`, `TimedOut` and
+//! `TransportFailed` to the TU, `Terminated` removes the entry — then sleeps until the earliest
+//! `poll_timeout()` and calls `handle_timeout(now)`.
 //!
 //! [`Timers`] must have a non-zero T1 (config validation's job): the retransmission intervals are
 //! multiples of it.

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! In: `start`, `handle_response(now, status, R)`, `handle_timeout`, `handle_transport_error`.
-//! Out: [`ClientOutput`] via `poll_output`, next wake-up via `poll_timeout`. Retransmitted finals in
-//! Completed are absorbed; anything after Terminated is ignored.
+//! Out: [`ClientOutput`] via `poll_output`, next wake-up via `poll_timeout`. Retransmitted
+//! finals in Completed are absorbed; anything after Terminated is ignored.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
