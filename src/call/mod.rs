@@ -182,6 +182,8 @@ pub struct Call {
     answered_at: Option<Instant>,
     /// Client transactions started since the switchboard last asked.
     started_requests: Vec<ClientTxId>,
+    /// The INVITE server transaction whose 2xx still waits for its ACK.
+    awaiting_ack: Option<ServerTxId>,
 }
 
 /// The pieces a switchboard has checked before it creates a call.
@@ -247,6 +249,7 @@ impl Call {
             awaiting_ack_answer: false,
             answered_at: None,
             started_requests: Vec::new(),
+            awaiting_ack: None,
         }
     }
 
@@ -269,6 +272,11 @@ impl Call {
     /// The INVITE's server transaction.
     pub fn invite_tx(&self) -> ServerTxId {
         self.invite_tx
+    }
+
+    /// The (re-)INVITE transaction whose 2xx is still being retransmitted until an ACK.
+    pub fn awaiting_ack(&self) -> Option<ServerTxId> {
+        self.awaiting_ack
     }
 
     /// The call has ended and can be forgotten.
@@ -359,6 +367,7 @@ impl Call {
         self.agreement = agreement;
         let ok = self.invite_response(200, Some(sdp));
         ctx.endpoint.respond(ctx.now, self.invite_tx, 200, ok);
+        self.awaiting_ack = Some(self.invite_tx);
         self.dialog.confirm();
         self.state = State::Answered;
         self.answered_at = Some(ctx.now);
@@ -437,6 +446,7 @@ impl Call {
         let _entered = self.span.clone().entered();
         let carries_answer =
             (self.state == State::Answered && !self.offer_in_invite) || self.awaiting_ack_answer;
+        self.awaiting_ack = None;
         if self.state == State::Answered {
             self.state = State::Confirmed;
             self.invite = None;
@@ -462,7 +472,7 @@ impl Call {
     /// The INVITE server transaction saw no ACK: RFC 3261 §13.3.1.4 says end the dialog with BYE.
     pub fn handle_ack_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let _entered = self.span.clone().entered();
-        if self.state == State::Answered {
+        if self.awaiting_ack.take().is_some() {
             tracing::warn!("no ACK for our 200 OK; hanging up");
             self.hang_up(ctx, "no ACK", CallResult::Failed);
         }
@@ -577,6 +587,9 @@ impl Call {
         let header_refs: Vec<(&str, &str)> =
             headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
         self.reply(ctx, tx, request, 200, None, &header_refs, body);
+        if method == "INVITE" {
+            self.awaiting_ack = Some(tx);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

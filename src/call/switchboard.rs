@@ -167,6 +167,9 @@ impl Switchboard {
                 Event::Request { tx, request, flow } => self.handle_request(now, tx, request, flow),
                 Event::Ack { request, .. } => {
                     if let Some(key) = self.dialog_of(&request) {
+                        if let Some(invite) = self.calls.get(&key).and_then(Call::awaiting_ack) {
+                            self.endpoint.handle_2xx_ack(now, invite);
+                        }
                         self.with_call(now, key, |call, ctx| call.handle_ack(ctx, &request));
                     }
                 }
@@ -205,6 +208,9 @@ impl Switchboard {
         if request.to_tag().is_some() {
             match self.dialog_of(&request) {
                 Some(key) => {
+                    if method == "INVITE" {
+                        self.invites.insert(tx, key);
+                    }
                     self.with_call(now, key, |call, ctx| call.handle_request(ctx, tx, &request))
                 }
                 None => self.reply(now, tx, &request, 481, "Call/Transaction Does Not Exist", &[]),
@@ -351,6 +357,7 @@ impl Switchboard {
             self.calls.remove(&key);
             self.dialogs.remove(&dialog);
             self.invites.remove(&invite);
+            self.invites.retain(|_, owner| *owner != key);
             self.requests.retain(|_, owner| *owner != key);
         }
     }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::sip::dialog::OutgoingRequest;
 use crate::sip::message::{self, Message, Request, Response, Rport, Transport};
 use crate::sip::transaction::invite_client::InviteClient;
-use crate::sip::transaction::invite_server::InviteServer;
+use crate::sip::transaction::invite_server::{InviteServer, InviteServerState};
 use crate::sip::transaction::key::TransactionKey;
 use crate::sip::transaction::non_invite_client::NonInviteClient;
 use crate::sip::transaction::non_invite_server::NonInviteServer;
@@ -169,6 +169,8 @@ struct ClientEntry {
     machine: ClientMachine,
     flow: Flow,
     target: Target,
+    request_uri: String,
+    routes: Vec<String>,
 }
 
 /// The SIP endpoint: transaction tables and message routing.
@@ -258,7 +260,7 @@ impl Endpoint {
         let method = request.method().to_string();
         *self.stats.requests_in.entry(method.clone()).or_default() += 1;
         // RFC 3261 §18.2.1 / RFC 3581: record where the request really came from.
-        request.stamp_source(flow.remote.ip(), flow.remote.port());
+        request.stamp_source(flow.remote);
         let top = request.top_via().clone();
         let key = TransactionKey::server(
             top.branch.as_deref().unwrap_or(""),
@@ -268,15 +270,16 @@ impl Endpoint {
         if method == "ACK" {
             if let Some(entry) = self.servers.get_mut(&key) {
                 if let ServerMachine::Invite(machine) = &mut entry.machine {
-                    let was_2xx = machine.handle_ack(now);
-                    if !was_2xx {
+                    let for_2xx = machine.handle_ack(now);
+                    self.drain_server(&key);
+                    if !for_2xx {
                         // §17.2.1: the ACK for a non-2xx final belongs to the transaction.
-                        self.drain_server(&key);
                         return;
                     }
                 }
-                self.drain_server(&key);
             }
+            // §13.3.1.4: the ACK for a 2xx is a new transaction; the dialog layer matches it
+            // and calls `handle_2xx_ack` to stop the 2xx retransmissions.
             self.events.push_back(Event::Ack { request: Box::new(request), flow });
             return;
         }
@@ -348,7 +351,9 @@ impl Endpoint {
     fn handle_cancel(&mut self, now: Instant, id: ServerTxId, request: &Request, key: &TransactionKey) {
         let invite_key = key.cancelled_invite();
         let invite = self.servers.get(&invite_key).and_then(|entry| match &entry.machine {
-            ServerMachine::Invite(machine) if !machine.has_final_response() => Some(entry.id),
+            ServerMachine::Invite(machine) if machine.state() == InviteServerState::Proceeding => {
+                Some(entry.id)
+            }
             _ => None,
         });
         // §9.2: 200 to a CANCEL that matched a pending INVITE, 481 otherwise.
@@ -378,10 +383,9 @@ impl Endpoint {
         let status = response.status();
         match &mut entry.machine {
             ClientMachine::Invite(machine) => {
-                let ack_target = entry.target.clone();
-                let _ = ack_target;
+                let (uri, routes) = (&entry.request_uri, &entry.routes);
                 machine.handle_response(now, status, response, |response| {
-                    message::ack_for_non_2xx(response)
+                    ack_for_non_2xx(uri, routes, response)
                 });
             }
             ClientMachine::NonInvite(machine) => machine.handle_response(now, status, response),
@@ -403,6 +407,18 @@ impl Endpoint {
                 ServerMachine::Invite(machine) => machine.send_final(now, status, bytes),
                 ServerMachine::NonInvite(machine) => machine.send_response(now, status, bytes),
             }
+        }
+        self.drain_server(&key);
+    }
+
+    /// The ACK for the 2xx sent on INVITE transaction `invite` arrived (matched by dialog):
+    /// stop retransmitting the 2xx (RFC 6026 Accepted state).
+    pub fn handle_2xx_ack(&mut self, now: Instant, invite: ServerTxId) {
+        let Some(key) = self.server_keys.get(&invite).cloned() else { return };
+        if let Some(ServerEntry { machine: ServerMachine::Invite(machine), .. }) =
+            self.servers.get_mut(&key)
+        {
+            machine.handle_ack(now);
         }
         self.drain_server(&key);
     }
@@ -432,7 +448,21 @@ impl Endpoint {
             ))
         };
         let key = TransactionKey::client(&branch, &request.method);
-        self.clients.insert(key.clone(), ClientEntry { id, machine, flow: *flow, target });
+        let routes = request
+            .headers
+            .iter()
+            .filter(|(name, _)| *name == "Route")
+            .map(|(_, value)| value.clone())
+            .collect();
+        let entry = ClientEntry {
+            id,
+            machine,
+            flow: *flow,
+            target,
+            request_uri: request.request_uri.clone(),
+            routes,
+        };
+        self.clients.insert(key.clone(), entry);
         self.drain_client(&key);
         id
     }
@@ -554,7 +584,7 @@ impl Endpoint {
                     connection: entry.reply.connection,
                     bytes,
                 }),
-                Some(ServerOutput::TimedOut) => {
+                Some(ServerOutput::TimedOut | ServerOutput::TransportFailed) => {
                     if matches!(entry.machine, ServerMachine::Invite(_)) {
                         self.events.push_back(Event::AckTimedOut { invite: entry.id });
                     }
@@ -588,7 +618,7 @@ impl Endpoint {
                 Some(ClientOutput::Response(response)) => self
                     .events
                     .push_back(Event::Response { tx: entry.id, response: Box::new(response) }),
-                Some(ClientOutput::TimedOut) => {
+                Some(ClientOutput::TimedOut | ClientOutput::TransportFailed) => {
                     self.events.push_back(Event::RequestTimedOut { tx: entry.id })
                 }
                 Some(ClientOutput::Terminated) => terminated = true,
@@ -613,6 +643,25 @@ fn client_deadline(machine: &ClientMachine) -> Option<Instant> {
         ClientMachine::Invite(machine) => machine.poll_timeout(),
         ClientMachine::NonInvite(machine) => machine.poll_timeout(),
     }
+}
+
+/// The ACK for a non-2xx final response (§17.1.1.3): the INVITE's Request-URI and Route set, the
+/// response's Via (ours, same branch), From, To (with the tag), Call-ID and CSeq number.
+fn ack_for_non_2xx(request_uri: &str, routes: &[String], response: &Response) -> Bytes {
+    let mut builder = message::request("ACK", request_uri);
+    if let Some(via) = response.vias().first() {
+        builder = builder.header("Via", &via.to_header_value());
+    }
+    for route in routes {
+        builder = builder.header("Route", route);
+    }
+    builder
+        .header("From", response.from())
+        .header("To", response.to())
+        .header("Call-ID", response.call_id())
+        .header("CSeq", &format!("{} ACK", response.cseq().seq))
+        .header("Max-Forwards", "70")
+        .build()
 }
 
 /// RFC 3261 §18.2.2 with RFC 3581: where responses to a request go.
