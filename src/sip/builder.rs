@@ -30,13 +30,14 @@ pub fn response_for_rejected(
     }
     let mut out = format!("SIP/2.0 {status} {}\r\n", one_line(reason));
     for via in &fallback.vias {
-        let _ = write!(out, "Via: {via}\r\n");
+        let _ = write!(out, "Via: {}\r\n", one_line(via));
     }
     if let Some(from) = &fallback.from {
-        let _ = write!(out, "From: {from}\r\n");
+        let _ = write!(out, "From: {}\r\n", one_line(from));
     }
-    if let Some(to) = &fallback.to {
-        match check_name_addr("To", to) {
+    // A bare CR can survive the tolerant scan; never let it reach the wire.
+    if let Some(to) = fallback.to.as_deref().map(one_line) {
+        match check_name_addr("To", &to) {
             Ok(None) => {
                 // §8.2.6.2: the To tag must not change across retransmissions of the same
                 // request, and this answer is stateless, so derive it from the request.
@@ -53,10 +54,10 @@ pub fn response_for_rejected(
         }
     }
     if let Some(call_id) = &fallback.call_id {
-        let _ = write!(out, "Call-ID: {call_id}\r\n");
+        let _ = write!(out, "Call-ID: {}\r\n", one_line(call_id));
     }
     if let Some(cseq) = &fallback.cseq {
-        let _ = write!(out, "CSeq: {cseq}\r\n");
+        let _ = write!(out, "CSeq: {}\r\n", one_line(cseq));
     }
     for (name, value) in extra_headers {
         let _ = write!(out, "{}: {}\r\n", one_line(name), one_line(value));

@@ -1163,6 +1163,28 @@ mod tests {
     }
 
     #[test]
+    fn empty_quoted_param_value_is_rejected_not_a_panic() {
+        let text = base("OPTIONS", "OPTIONS", "").replace(
+            "From: <sip:a@example.com>;tag=1",
+            "From: <sip:a@example.com>;x=\"",
+        );
+        assert_eq!(rejected(&text).error.reason(), "Bad Request (Invalid From)");
+    }
+
+    #[test]
+    fn fallback_response_never_carries_bare_cr() {
+        let fallback = FallbackHeaders {
+            vias: vec!["SIP/2.0/UDP h;branch=z9hG4bK1\rInjected: yes".into()],
+            to: Some("<sip:a@b>\r".into()),
+            call_id: Some("x\ry".into()),
+            ..Default::default()
+        };
+        let bytes = response_for_rejected(&fallback, 400, "Bad\r\nRequest", &[]).unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(text.matches('\r').count(), text.matches("\r\n").count());
+    }
+
+    #[test]
     fn tags_are_parsed_with_whitespace() {
         let text = base("OPTIONS", "OPTIONS", "").replace(
             "From: <sip:a@example.com>;tag=1",

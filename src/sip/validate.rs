@@ -217,7 +217,7 @@ pub(super) fn check_name_addr(
         }
         if let Some(param_value) = param_value {
             let well_formed = match param_value.strip_prefix('"') {
-                Some(quoted) => quoted_end(quoted) == Some(quoted.len() - 1),
+                Some(quoted) => quoted_end(quoted).is_some_and(|end| end + 1 == quoted.len()),
                 None => !param_value.is_empty() && !param_value.contains([' ', '\t', '"']),
             };
             if !well_formed {
