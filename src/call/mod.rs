@@ -329,7 +329,7 @@ impl Call {
         let Some(negotiator) = self.negotiator.as_mut() else { return };
         let Some(invite) = self.invite.as_ref() else { return };
         let sdp = if self.offer_in_invite {
-            match negotiator.handle_offer(sdp_body(invite)) {
+            match negotiator.handle_offer(sdp_body(invite.as_ref())) {
                 Ok((answer, negotiated)) => {
                     tracing::info!(
                         codec = ?negotiated.codec,
@@ -610,7 +610,7 @@ impl Call {
             builder = builder.reason(reason);
         }
         for (name, value) in headers {
-            builder = builder.header(name, value);
+            builder = builder.header(name, *value);
         }
         if let Some(sdp) = sdp {
             builder = builder.body("application/sdp", sdp);

@@ -381,7 +381,7 @@ impl Switchboard {
             builder = builder.to_tag(&message::new_tag());
         }
         for (name, value) in headers {
-            builder = builder.header(name, value);
+            builder = builder.header(name, *value);
         }
         let bytes: Bytes = builder.build();
         self.endpoint.respond(now, tx, status, bytes);
