@@ -266,9 +266,9 @@ pub struct Negotiator {
 impl Negotiator {
     /// A negotiator in `Idle` with a random `o=` session id; the version starts at the same value.
     pub fn new(local: LocalMedia) -> Self {
-        // RFC 4566 §5.2 suggests an NTP timestamp; any random 62-bit value is unique enough and
-        // leaves room to increment the version for the life of the call.
-        let session_id = rand::random::<u64>() >> 2;
+        // RFC 4566 §5.2 only asks for uniqueness; 31 bits keeps the id and version inside a
+        // signed 32-bit integer, which some older PBXs parse them into.
+        let session_id = u64::from(rand::random::<u32>() >> 1);
         Self::with_session_id(local, session_id)
     }
 
