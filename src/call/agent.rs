@@ -23,7 +23,10 @@ impl EchoAgent {
         } else {
             (delay.as_micros() / ptime.as_micros()) as usize
         };
-        EchoAgent { delay_frames, line: VecDeque::with_capacity(delay_frames + 1) }
+        EchoAgent {
+            delay_frames,
+            line: VecDeque::with_capacity(delay_frames + 1),
+        }
     }
 
     /// Takes the frame heard from the caller this tick (`None` when nothing was heard) and

@@ -210,7 +210,8 @@ impl Call {
     /// Creates the call and asks `io/` for media ports.
     pub fn start(ctx: &mut Ctx<'_>, new: NewCall) -> Call {
         let call_id = new.dialog.id().call_id.clone();
-        let span = tracing::info_span!("call", call_id = %call_id, trunk = %new.trunk);
+        let span =
+            tracing::info_span!(parent: None, "call", call_id = %call_id, trunk = %new.trunk);
         let offer_in_invite = !new.invite.body().is_empty();
         let peer_allows_update = allows_update(&new.invite);
         let local_ip = new.flow.local.ip();
@@ -286,11 +287,18 @@ impl Call {
 
     /// The call has been answered (2xx sent).
     pub fn is_answered(&self) -> bool {
-        matches!(self.state, State::Answered | State::Confirmed | State::Ending { .. })
+        matches!(
+            self.state,
+            State::Answered | State::Confirmed | State::Ending { .. }
+        )
     }
 
     /// `io/` bound the media ports (or failed to): build the SDP and ring or answer.
-    pub fn handle_media_allocated(&mut self, ctx: &mut Ctx<'_>, local_rtp: Result<SocketAddr, String>) {
+    pub fn handle_media_allocated(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        local_rtp: Result<SocketAddr, String>,
+    ) {
         let _entered = self.span.clone().entered();
         if self.state != State::AwaitingMedia {
             return;
@@ -309,25 +317,38 @@ impl Call {
         let negotiator = Negotiator::new(local);
         self.negotiator = Some(negotiator);
         if self.offer_in_invite {
-            let Some(invite) = self.invite.as_ref() else { return };
+            let Some(invite) = self.invite.as_ref() else {
+                return;
+            };
             if let Some(status) = unsupported_body(invite) {
-                self.refuse(ctx, status, "Unsupported Media Type", Some(("Accept", "application/sdp")), CallResult::Rejected);
+                self.refuse(
+                    ctx,
+                    status,
+                    "Unsupported Media Type",
+                    Some(("Accept", "application/sdp")),
+                    CallResult::Rejected,
+                );
                 return;
             }
         }
         if self.agent.ring_ms > 0 {
             let ringing = self.invite_response(180, None);
             ctx.endpoint.respond(ctx.now, self.invite_tx, 180, ringing);
-            self.state =
-                State::Ringing { answer_at: ctx.now + Duration::from_millis(self.agent.ring_ms.into()) };
+            self.state = State::Ringing {
+                answer_at: ctx.now + Duration::from_millis(self.agent.ring_ms.into()),
+            };
         } else {
             self.answer(ctx);
         }
     }
 
     fn answer(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(negotiator) = self.negotiator.as_mut() else { return };
-        let Some(invite) = self.invite.as_ref() else { return };
+        let Some(negotiator) = self.negotiator.as_mut() else {
+            return;
+        };
+        let Some(invite) = self.invite.as_ref() else {
+            return;
+        };
         let sdp = if self.offer_in_invite {
             match negotiator.handle_offer(sdp_body(invite.as_ref())) {
                 Ok((answer, negotiated)) => {
@@ -346,7 +367,13 @@ impl Call {
                 Err(error) => {
                     tracing::info!(%error, "offer refused");
                     let status = error.status();
-                    self.refuse(ctx, status, "Not Acceptable Here", None, CallResult::Rejected);
+                    self.refuse(
+                        ctx,
+                        status,
+                        "Not Acceptable Here",
+                        None,
+                        CallResult::Rejected,
+                    );
                     return;
                 }
             }
@@ -379,7 +406,9 @@ impl Call {
 
     /// Builds a response to the INVITE with voxgate's tag, Contact, Allow and Supported.
     fn invite_response(&self, status: u16, sdp: Option<Bytes>) -> Bytes {
-        let Some(invite) = self.invite.as_ref() else { return Bytes::new() };
+        let Some(invite) = self.invite.as_ref() else {
+            return Bytes::new();
+        };
         let mut builder = message::response(invite, status)
             .to_tag(&self.dialog.id().local_tag)
             .header("Contact", &self.contact())
@@ -407,7 +436,8 @@ impl Call {
     }
 
     fn advertised_host_port(&self) -> String {
-        crate::sip::endpoint::host_literal(self.flow.local.ip()) + &format!(":{}", self.flow.local.port())
+        crate::sip::endpoint::host_literal(self.flow.local.ip())
+            + &format!(":{}", self.flow.local.port())
     }
 
     /// Refuses the INVITE with a final error response and ends the call.
@@ -427,7 +457,8 @@ impl Call {
             if let Some((name, value)) = header {
                 builder = builder.header(name, value);
             }
-            ctx.endpoint.respond(ctx.now, self.invite_tx, status, builder.build());
+            ctx.endpoint
+                .respond(ctx.now, self.invite_tx, status, builder.build());
         }
         self.end(ctx, result);
     }
@@ -454,7 +485,9 @@ impl Call {
         }
         if carries_answer {
             self.awaiting_ack_answer = false;
-            let Some(negotiator) = self.negotiator.as_mut() else { return };
+            let Some(negotiator) = self.negotiator.as_mut() else {
+                return;
+            };
             match negotiator.handle_answer(sdp_body(ack)) {
                 Ok(negotiated) => ctx.outputs.push_back(Output::Media {
                     call: self.key,
@@ -483,7 +516,10 @@ impl Call {
         let _entered = self.span.clone().entered();
         let method = request.method().to_string();
         let contact = request.contact_uri();
-        if let Err(error) = self.dialog.handle_request(&method, request.cseq().seq, contact.as_deref()) {
+        if let Err(error) =
+            self.dialog
+                .handle_request(&method, request.cseq().seq, contact.as_deref())
+        {
             let status = error.status();
             let reason = match error {
                 DialogError::CSeqOutOfOrder { .. } => "Server Internal Error (CSeq out of order)",
@@ -511,7 +547,13 @@ impl Call {
 
     /// A re-INVITE or UPDATE: maybe an offer (hold, resume, codec change), maybe only a session
     /// refresh (RFC 4028).
-    fn handle_offer_request(&mut self, ctx: &mut Ctx<'_>, tx: ServerTxId, request: &Request, method: &str) {
+    fn handle_offer_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tx: ServerTxId,
+        request: &Request,
+        method: &str,
+    ) {
         if self.refresh.is_some() && method == "INVITE" || self.awaiting_ack_answer {
             // RFC 3261 §14.2: an offer while ours is pending → 491 Request Pending.
             self.reply(ctx, tx, request, 491, None, &[], None);
@@ -536,7 +578,15 @@ impl Call {
         };
         let body = if !request.body().is_empty() {
             if let Some(status) = unsupported_body(request) {
-                self.reply(ctx, tx, request, status, None, &[("Accept", "application/sdp")], None);
+                self.reply(
+                    ctx,
+                    tx,
+                    request,
+                    status,
+                    None,
+                    &[("Accept", "application/sdp")],
+                    None,
+                );
                 return;
             }
             match negotiator.handle_offer(sdp_body(request)) {
@@ -584,8 +634,10 @@ impl Call {
         } else {
             self.session_timer = None;
         }
-        let header_refs: Vec<(&str, &str)> =
-            headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let header_refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
         self.reply(ctx, tx, request, 200, None, &header_refs, body);
         if method == "INVITE" {
             self.awaiting_ack = Some(tx);
@@ -645,7 +697,9 @@ impl Call {
         }
         match status {
             200..=299 => {
-                if let (Some(timer), Some(agreement)) = (self.session_timer.as_mut(), self.agreement) {
+                if let (Some(timer), Some(agreement)) =
+                    (self.session_timer.as_mut(), self.agreement)
+                {
                     timer.handle_refreshed(ctx.now, agreement);
                 }
                 tracing::debug!("session refreshed");
@@ -691,8 +745,14 @@ impl Call {
                 self.started_requests.push(tx);
                 self.dialog.terminate();
                 self.state = State::Ending { bye: tx };
-                ctx.outputs.push_back(Output::Media { call: self.key, command: MediaCommand::Stop });
-                ctx.outputs.push_back(Output::CallEnded { call: self.key, result });
+                ctx.outputs.push_back(Output::Media {
+                    call: self.key,
+                    command: MediaCommand::Stop,
+                });
+                ctx.outputs.push_back(Output::CallEnded {
+                    call: self.key,
+                    result,
+                });
             }
             State::Ending { .. } | State::Ended => {}
         }
@@ -704,10 +764,22 @@ impl Call {
             return;
         }
         self.dialog.terminate();
-        let duration = self.answered_at.map(|at| ctx.now.saturating_duration_since(at));
-        tracing::info!(result = result.as_str(), duration_secs = duration.map(|d| d.as_secs()), "call ended");
-        ctx.outputs.push_back(Output::Media { call: self.key, command: MediaCommand::Stop });
-        ctx.outputs.push_back(Output::CallEnded { call: self.key, result });
+        let duration = self
+            .answered_at
+            .map(|at| ctx.now.saturating_duration_since(at));
+        tracing::info!(
+            result = result.as_str(),
+            duration_secs = duration.map(|d| d.as_secs()),
+            "call ended"
+        );
+        ctx.outputs.push_back(Output::Media {
+            call: self.key,
+            command: MediaCommand::Stop,
+        });
+        ctx.outputs.push_back(Output::CallEnded {
+            call: self.key,
+            result,
+        });
         self.finish();
     }
 
@@ -730,7 +802,9 @@ impl Call {
                 self.answer(ctx);
             }
         }
-        let Some(timer) = self.session_timer.as_mut() else { return };
+        let Some(timer) = self.session_timer.as_mut() else {
+            return;
+        };
         match timer.handle_timeout(ctx.now) {
             Some(SessionTimerOutput::Refresh) => self.send_refresh(ctx),
             Some(SessionTimerOutput::Expired) => {
@@ -745,21 +819,37 @@ impl Call {
         if self.state != State::Confirmed || self.refresh.is_some() {
             return;
         }
-        let Some(agreement) = self.agreement else { return };
+        let Some(agreement) = self.agreement else {
+            return;
+        };
         // RFC 4028 §7.4: UPDATE without a body is the cheapest refresh when the peer allows it.
-        let method = if self.peer_allows_update { "UPDATE" } else { "INVITE" };
+        let method = if self.peer_allows_update {
+            "UPDATE"
+        } else {
+            "INVITE"
+        };
         let mut request = self.dialog.next_request(method);
-        request.headers.push(("Session-Expires", agreement.header_value()));
+        request
+            .headers
+            .push(("Session-Expires", agreement.header_value()));
         request.headers.push(("Supported", SUPPORTED.to_owned()));
         let body = if method == "INVITE" {
-            self.negotiator.as_mut().map(|negotiator| ("application/sdp", negotiator.create_offer()))
+            self.negotiator
+                .as_mut()
+                .map(|negotiator| ("application/sdp", negotiator.create_offer()))
         } else {
             None
         };
-        let tx = ctx.endpoint.send_request(ctx.now, &self.flow, &request, body);
+        let tx = ctx
+            .endpoint
+            .send_request(ctx.now, &self.flow, &request, body);
         self.started_requests.push(tx);
         tracing::debug!(method, "refreshing the session");
-        self.refresh = Some(Refresh { tx, cseq: request.cseq, is_invite: method == "INVITE" });
+        self.refresh = Some(Refresh {
+            tx,
+            cseq: request.cseq,
+            is_invite: method == "INVITE",
+        });
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
@@ -768,21 +858,33 @@ impl Call {
             State::Ringing { answer_at } => Some(answer_at),
             _ => None,
         };
-        let session = self.session_timer.as_ref().and_then(SessionTimer::poll_timeout);
+        let session = self
+            .session_timer
+            .as_ref()
+            .and_then(SessionTimer::poll_timeout);
         ring.into_iter().chain(session).min()
     }
 
     /// The call's media direction after negotiation (for tests and logs).
     pub fn direction(&self) -> Option<Direction> {
-        self.negotiator.as_ref()?.negotiated().map(|negotiated| negotiated.direction)
+        self.negotiator
+            .as_ref()?
+            .negotiated()
+            .map(|negotiated| negotiated.direction)
     }
 }
 
 /// The session-timer headers of a request.
 pub fn timer_request_of(request: &Request) -> TimerRequest {
-    let supported: Vec<&str> =
-        request.headers_named("Supported").chain(request.headers_named("Require")).collect();
-    TimerRequest::from_headers(request.header("Session-Expires"), request.header("Min-SE"), supported)
+    let supported: Vec<&str> = request
+        .headers_named("Supported")
+        .chain(request.headers_named("Require"))
+        .collect();
+    TimerRequest::from_headers(
+        request.header("Session-Expires"),
+        request.header("Min-SE"),
+        supported,
+    )
 }
 
 fn allows_update(request: &Request) -> bool {
@@ -794,8 +896,16 @@ fn allows_update(request: &Request) -> bool {
 
 /// 415 when a body is present that is neither SDP nor multipart carrying SDP.
 fn unsupported_body(request: &Request) -> Option<u16> {
-    let content_type = request.content_type().unwrap_or("application/sdp").to_ascii_lowercase();
-    let media_type = content_type.split(';').next().unwrap_or("").trim().to_owned();
+    let content_type = request
+        .content_type()
+        .unwrap_or("application/sdp")
+        .to_ascii_lowercase();
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     match media_type.as_str() {
         "application/sdp" => None,
         "multipart/mixed" | "multipart/alternative" | "multipart/related"
@@ -810,7 +920,10 @@ fn unsupported_body(request: &Request) -> Option<u16> {
 /// The SDP in a request or response body (the SDP part of a multipart body, RFC 5621).
 fn sdp_body<M: HasBody>(message: &M) -> &[u8] {
     let body = message.body_bytes();
-    let content_type = message.content_type_value().unwrap_or("").to_ascii_lowercase();
+    let content_type = message
+        .content_type_value()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if content_type.starts_with("multipart/") {
         return find_sdp_part(body, &content_type).unwrap_or(body);
     }

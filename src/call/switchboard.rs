@@ -55,7 +55,11 @@ impl Switchboard {
             user_agent: settings.sip.user_agent.clone(),
             session_expires_secs: settings.sip.session_expires_secs,
             min_se_secs: settings.sip.min_se_secs,
-            public_ip: settings.sip.public_address.as_deref().and_then(|host| host.parse().ok()),
+            public_ip: settings
+                .sip
+                .public_address
+                .as_deref()
+                .and_then(|host| host.parse().ok()),
             public_address: settings.sip.public_address.clone(),
             ptime: std::time::Duration::from_millis(settings.rtp.ptime_ms.into()),
         };
@@ -99,7 +103,9 @@ impl Switchboard {
         call: CallKey,
         local_rtp: Result<SocketAddr, String>,
     ) {
-        self.with_call(now, call, |call, ctx| call.handle_media_allocated(ctx, local_rtp));
+        self.with_call(now, call, |call, ctx| {
+            call.handle_media_allocated(ctx, local_rtp)
+        });
         self.dispatch_events(now);
     }
 
@@ -148,7 +154,12 @@ impl Switchboard {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(Call::poll_timeout);
         let drain = self.drain_deadline.filter(|_| !self.calls.is_empty());
-        self.endpoint.poll_timeout().into_iter().chain(calls).chain(drain).min()
+        self.endpoint
+            .poll_timeout()
+            .into_iter()
+            .chain(calls)
+            .chain(drain)
+            .min()
     }
 
     /// The next message for the wire.
@@ -213,7 +224,14 @@ impl Switchboard {
                     }
                     self.with_call(now, key, |call, ctx| call.handle_request(ctx, tx, &request))
                 }
-                None => self.reply(now, tx, &request, 481, "Call/Transaction Does Not Exist", &[]),
+                None => self.reply(
+                    now,
+                    tx,
+                    &request,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    &[],
+                ),
             }
             return;
         }
@@ -222,7 +240,11 @@ impl Switchboard {
             "OPTIONS" => {
                 // A keepalive from PBXs and dispatchers: 503 while draining takes voxgate out of
                 // their rotation before it goes away.
-                let status = if self.drain_deadline.is_some() { 503 } else { 200 };
+                let status = if self.drain_deadline.is_some() {
+                    503
+                } else {
+                    200
+                };
                 let headers = [
                     ("Allow", ALLOW),
                     ("Accept", "application/sdp"),
@@ -230,21 +252,46 @@ impl Switchboard {
                 ];
                 self.reply(now, tx, &request, status, "", &headers);
             }
-            "BYE" | "INFO" | "UPDATE" | "PRACK" => {
-                self.reply(now, tx, &request, 481, "Call/Transaction Does Not Exist", &[])
-            }
-            _ => self.reply(now, tx, &request, 405, "Method Not Allowed", &[("Allow", ALLOW)]),
+            "BYE" | "INFO" | "UPDATE" | "PRACK" => self.reply(
+                now,
+                tx,
+                &request,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            ),
+            _ => self.reply(
+                now,
+                tx,
+                &request,
+                405,
+                "Method Not Allowed",
+                &[("Allow", ALLOW)],
+            ),
         }
     }
 
-    fn handle_new_invite(&mut self, now: Instant, tx: ServerTxId, request: Box<Request>, flow: Flow) {
+    fn handle_new_invite(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: Box<Request>,
+        flow: Flow,
+    ) {
         let call_id = request.call_id().to_owned();
         let span = tracing::info_span!("call", call_id = %call_id);
         let _entered = span.enter();
         if self.drain_deadline.is_some() {
             tracing::info!(peer = %flow.remote, "refused new call: voxgate is shutting down");
             let headers = [("Retry-After", "30")];
-            self.reply(now, tx, &request, 503, "Service Unavailable (shutting down)", &headers);
+            self.reply(
+                now,
+                tx,
+                &request,
+                503,
+                "Service Unavailable (shutting down)",
+                &headers,
+            );
             return;
         }
         let routed = match self.router.route(
@@ -256,15 +303,26 @@ impl Switchboard {
             Err(error) => {
                 tracing::warn!(peer = %flow.remote, %error, "refused new call");
                 let status = error.status();
-                let reason = if status == 403 { "Forbidden" } else { "Not Found" };
+                let reason = if status == 403 {
+                    "Forbidden"
+                } else {
+                    "Not Found"
+                };
                 self.reply(now, tx, &request, status, reason, &[]);
                 return;
             }
         };
         if self.calls.len() >= self.max_concurrent {
-            tracing::warn!(limit = self.max_concurrent, "refused new call: at calls.max_concurrent");
+            tracing::warn!(
+                limit = self.max_concurrent,
+                "refused new call: at calls.max_concurrent"
+            );
             let status = self.at_capacity_status;
-            let reason = if status == 486 { "Busy Here" } else { "Service Unavailable" };
+            let reason = if status == 486 {
+                "Busy Here"
+            } else {
+                "Service Unavailable"
+            };
             self.reply(now, tx, &request, status, reason, &[]);
             return;
         }
@@ -274,13 +332,30 @@ impl Switchboard {
             self.config.session_expires_secs,
             self.config.min_se_secs,
         ) {
-            tracing::info!(requested = too_small.requested, "refused Session-Expires below Min-SE");
+            tracing::info!(
+                requested = too_small.requested,
+                "refused Session-Expires below Min-SE"
+            );
             let min_se = too_small.min_se.to_string();
-            self.reply(now, tx, &request, 422, "Session Interval Too Small", &[("Min-SE", &min_se)]);
+            self.reply(
+                now,
+                tx,
+                &request,
+                422,
+                "Session Interval Too Small",
+                &[("Min-SE", &min_se)],
+            );
             return;
         }
         let Some(remote_tag) = request.from_tag().map(str::to_owned) else {
-            self.reply(now, tx, &request, 400, "Bad Request (From tag missing)", &[]);
+            self.reply(
+                now,
+                tx,
+                &request,
+                400,
+                "Bad Request (From tag missing)",
+                &[],
+            );
             return;
         };
         let key = CallKey(self.next_key);
@@ -340,7 +415,9 @@ impl Switchboard {
     /// Runs `f` on a call with a context, then records client transactions it started and
     /// forgets the call if it ended.
     fn with_call(&mut self, now: Instant, key: CallKey, f: impl FnOnce(&mut Call, &mut Ctx<'_>)) {
-        let Some(call) = self.calls.get_mut(&key) else { return };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         let mut ctx = Ctx {
             now,
             endpoint: &mut self.endpoint,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
 use super::CoreInput;
@@ -71,20 +71,38 @@ impl PortPool {
     /// The pool for `[min, max]` (RTP on even ports, RTCP on the next odd one).
     pub fn new(min: u16, max: u16) -> PortPool {
         let min = min + (min % 2);
-        PortPool { min, max, cursor: min }
+        PortPool {
+            min,
+            max,
+            cursor: min,
+        }
     }
 
     /// Binds an RTP/RTCP pair on `ip`, trying each even port once.
-    fn bind_pair(&mut self, ip: IpAddr) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    fn bind_pair(
+        &mut self,
+        ip: IpAddr,
+    ) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
         let pairs = ((self.max.saturating_sub(self.min)) / 2 + 1).max(1);
         for _ in 0..pairs {
             let port = self.cursor;
-            self.cursor = if port.saturating_add(2) > self.max.saturating_sub(1) { self.min } else { port + 2 };
-            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else { continue };
-            let Ok(rtcp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)) else { continue };
+            self.cursor = if port.saturating_add(2) > self.max.saturating_sub(1) {
+                self.min
+            } else {
+                port + 2
+            };
+            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
+                continue;
+            };
+            let Ok(rtcp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)) else {
+                continue;
+            };
             return Ok((rtp, rtcp));
         }
-        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free RTP port pair in rtp.port_min..port_max"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free RTP port pair in rtp.port_min..port_max",
+        ))
     }
 }
 
@@ -105,7 +123,10 @@ pub fn spawn(
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
     let task = MediaTask::new(setup, rtp, rtcp, metrics);
     tokio::spawn(task.run(commands_rx, core_tx).instrument(span));
-    Ok(MediaHandle { local_rtp, commands })
+    Ok(MediaHandle {
+        local_rtp,
+        commands,
+    })
 }
 
 struct MediaTask {
@@ -134,11 +155,19 @@ impl MediaTask {
             call: setup.call,
             rtp,
             rtcp,
-            jitter: JitterBuffer::new(jitter_config(setup.jitter_min, setup.jitter_max, ptime, G711::Pcmu)),
+            jitter: JitterBuffer::new(jitter_config(
+                setup.jitter_min,
+                setup.jitter_max,
+                ptime,
+                G711::Pcmu,
+            )),
             playout: PlayoutQueue::new(G711::Pcmu, ptime),
             outbound: OutboundStream::new(Ssrc(rand::random()), 0, 8_000),
             latch: SymmetricLatch::new(None, &[0]),
-            echo: EchoAgent::new(Duration::from_millis(setup.agent.echo_delay_ms.into()), ptime),
+            echo: EchoAgent::new(
+                Duration::from_millis(setup.agent.echo_delay_ms.into()),
+                ptime,
+            ),
             agent: setup.agent,
             jitter_min: setup.jitter_min,
             jitter_max: setup.jitter_max,
@@ -150,7 +179,11 @@ impl MediaTask {
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>, core_tx: mpsc::Sender<CoreInput>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<MediaCommand>,
+        core_tx: mpsc::Sender<CoreInput>,
+    ) {
         let mut ptime = Duration::from_millis(20);
         let mut ticker = tokio::time::interval(ptime);
         // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
@@ -187,21 +220,39 @@ impl MediaTask {
             }
         }
         self.sample_metrics();
-        tracing::debug!(packets_in = self.packets_in, packets_out = self.packets_out, "media stopped");
+        tracing::debug!(
+            packets_in = self.packets_in,
+            packets_out = self.packets_out,
+            "media stopped"
+        );
         let _ = core_tx;
     }
 
     fn configure(&mut self, params: MediaParams) {
-        let codec_changed = self.params.as_ref().is_none_or(|old| old.codec != params.codec || old.ptime != params.ptime);
+        let codec_changed = self
+            .params
+            .as_ref()
+            .is_none_or(|old| old.codec != params.codec || old.ptime != params.ptime);
         if codec_changed {
-            self.jitter = JitterBuffer::new(jitter_config(self.jitter_min, self.jitter_max, params.ptime, params.codec));
+            self.jitter = JitterBuffer::new(jitter_config(
+                self.jitter_min,
+                self.jitter_max,
+                params.ptime,
+                params.codec,
+            ));
             self.playout = PlayoutQueue::new(params.codec, params.ptime);
-            self.echo = EchoAgent::new(Duration::from_millis(self.agent.echo_delay_ms.into()), params.ptime);
+            self.echo = EchoAgent::new(
+                Duration::from_millis(self.agent.echo_delay_ms.into()),
+                params.ptime,
+            );
         }
         self.outbound.set_payload_type(params.payload_type);
         let mut accepted = vec![params.payload_type];
         accepted.extend(params.telephone_event);
-        let signalled_changed = self.params.as_ref().is_none_or(|old| old.remote_rtp != params.remote_rtp);
+        let signalled_changed = self
+            .params
+            .as_ref()
+            .is_none_or(|old| old.remote_rtp != params.remote_rtp);
         if signalled_changed {
             self.latch = SymmetricLatch::new(params.remote_rtp, &accepted);
         }
@@ -210,13 +261,20 @@ impl MediaTask {
     }
 
     fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr) {
-        let Some(params) = self.params.as_ref() else { return };
-        let Ok(packet) = parse_rtp(datagram) else { return };
+        let Some(params) = self.params.as_ref() else {
+            return;
+        };
+        let Ok(packet) = parse_rtp(datagram) else {
+            return;
+        };
         if !self.latch.handle_packet(from, &packet) {
             return;
         }
         self.packets_in += 1;
-        self.metrics.rtp_packets_total.with_label_values(&["in"]).inc();
+        self.metrics
+            .rtp_packets_total
+            .with_label_values(&["in"])
+            .inc();
         if Some(packet.payload_type) == params.telephone_event || !params.receive {
             return;
         }
@@ -224,7 +282,9 @@ impl MediaTask {
     }
 
     fn tick(&mut self, ptime: Duration) {
-        let Some(params) = self.params.as_ref() else { return };
+        let Some(params) = self.params.as_ref() else {
+            return;
+        };
         let now = std::time::Instant::now();
         let heard = match self.jitter.pop(now) {
             Playout::Frame(frame) | Playout::Concealed(frame) => Some(frame),
@@ -238,13 +298,20 @@ impl MediaTask {
             }
         }
         let frame = self.playout.pop();
-        let (true, Some(remote)) = (params.send, self.latch.remote()) else { return };
+        let (true, Some(remote)) = (params.send, self.latch.remote()) else {
+            return;
+        };
         let samples = (ptime.as_micros() * 8 / 1_000) as u32;
-        let packet = self.outbound.packetize(&frame.payload, frame.marker, samples);
+        let packet = self
+            .outbound
+            .packetize(&frame.payload, frame.marker, samples);
         match self.rtp.try_send_to(&packet, remote) {
             Ok(_) => {
                 self.packets_out += 1;
-                self.metrics.rtp_packets_total.with_label_values(&["out"]).inc();
+                self.metrics
+                    .rtp_packets_total
+                    .with_label_values(&["out"])
+                    .inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
         }
@@ -257,15 +324,27 @@ impl MediaTask {
         let stats = self.jitter.stats();
         let lost = stats.lost;
         if lost > self.reported_lost {
-            self.metrics.rtp_packets_lost_total.inc_by(lost - self.reported_lost);
+            self.metrics
+                .rtp_packets_lost_total
+                .inc_by(lost - self.reported_lost);
             self.reported_lost = lost;
         }
-        self.metrics.jitter_buffer_delay_seconds.observe(self.jitter.current_delay().as_secs_f64());
-        self.metrics.rtp_interarrival_jitter_seconds.observe(stats.jitter().as_secs_f64());
+        self.metrics
+            .jitter_buffer_delay_seconds
+            .observe(self.jitter.current_delay().as_secs_f64());
+        self.metrics
+            .rtp_interarrival_jitter_seconds
+            .observe(stats.interarrival_jitter_duration.as_secs_f64());
         let _ = self.call;
     }
 }
 
 fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> JitterConfig {
-    JitterConfig { min_delay: min, max_delay: max, ptime, codec, clock_rate: 8_000 }
+    JitterConfig {
+        min_delay: min,
+        max_delay: max,
+        ptime,
+        codec,
+        clock_rate: 8_000,
+    }
 }

@@ -67,16 +67,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(8_192);
-    let transports = Transports::bind(&settings, core_tx.clone(), metrics.clone(), shutdown.clone())
-        .await
-        .context("binding SIP transports")?;
+    let transports = Transports::bind(
+        &settings,
+        core_tx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("binding SIP transports")?;
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(listen) = settings.metrics.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the metrics endpoint on {listen}"))?;
         tracing::info!(%listen, "serving /metrics and /healthz");
-        tokio::spawn(metrics_http::serve(listener, metrics.clone(), draining.clone(), shutdown.clone()));
+        tokio::spawn(metrics_http::serve(
+            listener,
+            metrics.clone(),
+            draining.clone(),
+            shutdown.clone(),
+        ));
     }
     for address in transports.local_addresses() {
         tracing::info!(%address, "listening for SIP on UDP and TCP");
@@ -195,7 +205,13 @@ impl Core {
             while let Some(output) = self.switchboard.poll_output() {
                 progressed = true;
                 match output {
-                    Output::AllocateMedia { call, call_id, trunk, local_ip, agent } => {
+                    Output::AllocateMedia {
+                        call,
+                        call_id,
+                        trunk,
+                        local_ip,
+                        agent,
+                    } => {
                         let bind_ip = self.settings.rtp.bind_address.unwrap_or(local_ip);
                         let result = call_task::spawn(
                             call_task::MediaSetup {
@@ -204,9 +220,15 @@ impl Core {
                                 trunk,
                                 bind_ip,
                                 agent,
-                                jitter_min: Duration::from_millis(self.settings.rtp.jitter_min_ms.into()),
-                                jitter_max: Duration::from_millis(self.settings.rtp.jitter_max_ms.into()),
-                                rtcp_interval: Duration::from_secs(self.settings.rtp.rtcp_interval_secs.into()),
+                                jitter_min: Duration::from_millis(
+                                    self.settings.rtp.jitter_min_ms.into(),
+                                ),
+                                jitter_max: Duration::from_millis(
+                                    self.settings.rtp.jitter_max_ms.into(),
+                                ),
+                                rtcp_interval: Duration::from_secs(
+                                    self.settings.rtp.rtcp_interval_secs.into(),
+                                ),
                             },
                             &mut self.ports,
                             self.metrics.clone(),
@@ -220,7 +242,8 @@ impl Core {
                             }
                             Err(error) => Err(error.to_string()),
                         };
-                        self.switchboard.handle_media_allocated(Instant::now(), call, local);
+                        self.switchboard
+                            .handle_media_allocated(Instant::now(), call, local);
                     }
                     Output::Media { call, command } => {
                         let stop = command == MediaCommand::Stop;
@@ -244,9 +267,13 @@ impl Core {
                 break;
             }
         }
-        self.metrics.calls_active.set(self.switchboard.active_calls() as i64);
+        self.metrics
+            .calls_active
+            .set(self.switchboard.active_calls() as i64);
         let parse_errors = self.switchboard.endpoint().stats().parse_errors;
-        self.metrics.sip_parse_errors_total.inc_by(parse_errors - self.last_parse_errors);
+        self.metrics
+            .sip_parse_errors_total
+            .inc_by(parse_errors - self.last_parse_errors);
         self.last_parse_errors = parse_errors;
         drained
     }

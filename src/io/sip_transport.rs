@@ -52,12 +52,19 @@ impl Transports {
             let socket = UdpSocket::bind(address)
                 .await
                 .with_context(|| format!("binding SIP UDP on {address}"))?;
-            let local = socket.local_addr().context("reading the UDP socket's address")?;
+            let local = socket
+                .local_addr()
+                .context("reading the UDP socket's address")?;
             let listener = TcpListener::bind(local)
                 .await
                 .with_context(|| format!("binding SIP TCP on {local}"))?;
             let socket = Arc::new(socket);
-            tokio::spawn(udp_loop(socket.clone(), core_tx.clone(), metrics.clone(), shutdown.clone()));
+            tokio::spawn(udp_loop(
+                socket.clone(),
+                core_tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
             tokio::spawn(accept_loop(
                 listener,
                 core_tx.clone(),
@@ -86,7 +93,12 @@ impl Transports {
     }
 
     /// Records a TCP connection's writer.
-    pub fn connection_opened(&mut self, id: ConnectionId, peer: SocketAddr, writer: mpsc::Sender<Bytes>) {
+    pub fn connection_opened(
+        &mut self,
+        id: ConnectionId,
+        peer: SocketAddr,
+        writer: mpsc::Sender<Bytes>,
+    ) {
         self.connections.insert(id, (peer, writer));
         self.by_peer.insert(peer, id);
     }
@@ -110,15 +122,24 @@ impl Transports {
 
     fn udp_socket_for(&self, target: IpAddr) -> Option<Arc<UdpSocket>> {
         let same_family = |socket: &&Arc<UdpSocket>| {
-            socket.local_addr().map(|local| local.is_ipv4() == target.is_ipv4()).unwrap_or(false)
+            socket
+                .local_addr()
+                .map(|local| local.is_ipv4() == target.is_ipv4())
+                .unwrap_or(false)
         };
-        self.udp.iter().find(same_family).or(self.udp.first()).cloned()
+        self.udp
+            .iter()
+            .find(same_family)
+            .or(self.udp.first())
+            .cloned()
     }
 
     fn send_udp(&mut self, transmit: Transmit) {
         match transmit.target {
             Target::Addr(address) => {
-                let Some(socket) = self.udp_socket_for(address.ip()) else { return };
+                let Some(socket) = self.udp_socket_for(address.ip()) else {
+                    return;
+                };
                 if let Err(error) = socket.try_send_to(&transmit.bytes, address) {
                     tracing::warn!(%address, %error, "could not send SIP over UDP");
                 }
@@ -126,10 +147,16 @@ impl Transports {
             Target::Host(host, port) => {
                 let sockets = self.udp.clone();
                 tokio::spawn(async move {
-                    let Some(address) = resolve(&host, port).await else { return };
+                    let Some(address) = resolve(&host, port).await else {
+                        return;
+                    };
                     let socket = sockets
                         .iter()
-                        .find(|s| s.local_addr().map(|l| l.is_ipv4() == address.is_ipv4()).unwrap_or(false))
+                        .find(|s| {
+                            s.local_addr()
+                                .map(|l| l.is_ipv4() == address.is_ipv4())
+                                .unwrap_or(false)
+                        })
                         .or(sockets.first());
                     if let Some(socket) = socket {
                         if let Err(error) = socket.send_to(&transmit.bytes, address).await {
@@ -142,17 +169,20 @@ impl Transports {
     }
 
     fn send_tcp(&mut self, transmit: Transmit) {
-        let existing = transmit.connection.filter(|id| self.connections.contains_key(id)).or_else(|| {
-            match &transmit.target {
+        let existing = transmit
+            .connection
+            .filter(|id| self.connections.contains_key(id))
+            .or_else(|| match &transmit.target {
                 Target::Addr(address) => self.by_peer.get(address).copied(),
                 Target::Host(..) => None,
-            }
-        });
+            });
         if let Some((_, writer)) = existing.and_then(|id| self.connections.get(&id)) {
             if writer.try_send(transmit.bytes.clone()).is_ok() {
                 return;
             }
-            tracing::warn!("TCP connection is backed up; message dropped (the transaction retries)");
+            tracing::warn!(
+                "TCP connection is backed up; message dropped (the transaction retries)"
+            );
             return;
         }
         let core_tx = self.core_tx.clone();
@@ -172,7 +202,9 @@ impl Transports {
                     let id = ConnectionId(ids.fetch_add(1, Ordering::Relaxed));
                     run_connection(stream, id, core_tx, max, Some(transmit.bytes), shutdown).await;
                 }
-                Err(error) => tracing::warn!(%address, %error, "could not open a SIP TCP connection"),
+                Err(error) => {
+                    tracing::warn!(%address, %error, "could not open a SIP TCP connection")
+                }
             }
         });
     }
@@ -194,7 +226,9 @@ async fn udp_loop(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let Ok(bound) = socket.local_addr() else { return };
+    let Ok(bound) = socket.local_addr() else {
+        return;
+    };
     let mut local_ips: HashMap<IpAddr, IpAddr> = HashMap::new();
     let mut buffer = vec![0u8; 65_536];
     loop {
@@ -212,7 +246,12 @@ async fn udp_loop(
         };
         let local = SocketAddr::new(local_ip_toward(bound, remote, &mut local_ips), bound.port());
         let bytes = Bytes::copy_from_slice(&buffer[..length]);
-        let flow = Flow { transport: Transport::Udp, remote, local, connection: None };
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            connection: None,
+        };
         if core_tx.try_send(CoreInput::Sip { bytes, flow }).is_err() {
             metrics.sip_parse_errors_total.inc();
             tracing::warn!(%remote, "SIP core overloaded; datagram dropped");
@@ -222,7 +261,11 @@ async fn udp_loop(
 
 /// The local IP a peer reaches us on: the bound IP, or for a wildcard bind the source address the
 /// kernel would pick toward the peer (cached per peer IP).
-fn local_ip_toward(bound: SocketAddr, remote: SocketAddr, cache: &mut HashMap<IpAddr, IpAddr>) -> IpAddr {
+fn local_ip_toward(
+    bound: SocketAddr,
+    remote: SocketAddr,
+    cache: &mut HashMap<IpAddr, IpAddr>,
+) -> IpAddr {
     if !bound.ip().is_unspecified() {
         return bound.ip();
     }
@@ -263,7 +306,14 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _)) => {
                 let id = ConnectionId(ids.fetch_add(1, Ordering::Relaxed));
-                tokio::spawn(run_connection(stream, id, core_tx.clone(), max, None, shutdown.clone()));
+                tokio::spawn(run_connection(
+                    stream,
+                    id,
+                    core_tx.clone(),
+                    max,
+                    None,
+                    shutdown.clone(),
+                ));
             }
             Err(error) => tracing::warn!(%error, "TCP accept failed"),
         }
@@ -279,12 +329,18 @@ async fn run_connection(
     first: Option<Bytes>,
     shutdown: CancellationToken,
 ) {
-    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(256);
     if core_tx
-        .send(CoreInput::ConnectionOpened { id, peer: remote, writer: writer_tx.clone() })
+        .send(CoreInput::ConnectionOpened {
+            id,
+            peer: remote,
+            writer: writer_tx.clone(),
+        })
         .await
         .is_err()
     {
@@ -302,7 +358,12 @@ async fn run_connection(
     });
     let mut framer = StreamFramer::new(max);
     let mut buffer = vec![0u8; 16 * 1024];
-    let flow = Flow { transport: Transport::Tcp, remote, local, connection: Some(id) };
+    let flow = Flow {
+        transport: Transport::Tcp,
+        remote,
+        local,
+        connection: Some(id),
+    };
     'read: loop {
         let read = tokio::select! {
             read = reader.read(&mut buffer) => read,
@@ -361,7 +422,10 @@ mod tests {
 
     #[test]
     fn method_of_reads_request_line_and_response_cseq() {
-        assert_eq!(method_of(b"OPTIONS sip:a SIP/2.0\r\n\r\n").as_deref(), Some("OPTIONS"));
+        assert_eq!(
+            method_of(b"OPTIONS sip:a SIP/2.0\r\n\r\n").as_deref(),
+            Some("OPTIONS")
+        );
         let response = b"SIP/2.0 200 OK\r\nVia: x\r\nCSeq: 7 INVITE\r\n\r\n";
         assert_eq!(method_of(response).as_deref(), Some("INVITE"));
         assert_eq!(method_of(b"SIP/2.0 200 OK\r\n\r\n"), None);

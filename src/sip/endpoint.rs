@@ -238,8 +238,10 @@ impl Endpoint {
                 if status == 405 || status == 501 {
                     extra.push(("Allow", ALLOW.to_owned()));
                 }
-                let extra_refs: Vec<(&str, String)> =
-                    extra.iter().map(|(name, value)| (*name, value.clone())).collect();
+                let extra_refs: Vec<(&str, String)> = extra
+                    .iter()
+                    .map(|(name, value)| (*name, value.clone()))
+                    .collect();
                 if let Some(bytes) =
                     message::response_for_rejected(fallback, status, &reason, &extra_refs)
                 {
@@ -262,11 +264,8 @@ impl Endpoint {
         // RFC 3261 §18.2.1 / RFC 3581: record where the request really came from.
         request.stamp_source(flow.remote);
         let top = request.top_via().clone();
-        let key = TransactionKey::server(
-            top.branch.as_deref().unwrap_or(""),
-            &top.sent_by(),
-            &method,
-        );
+        let key =
+            TransactionKey::server(top.branch.as_deref().unwrap_or(""), &top.sent_by(), &method);
         if method == "ACK" {
             if let Some(entry) = self.servers.get_mut(&key) {
                 if let ServerMachine::Invite(machine) = &mut entry.machine {
@@ -280,7 +279,10 @@ impl Endpoint {
             }
             // §13.3.1.4: the ACK for a 2xx is a new transaction; the dialog layer matches it
             // and calls `handle_2xx_ack` to stop the 2xx retransmissions.
-            self.events.push_back(Event::Ack { request: Box::new(request), flow });
+            self.events.push_back(Event::Ack {
+                request: Box::new(request),
+                flow,
+            });
             return;
         }
         if let Some(entry) = self.servers.get_mut(&key) {
@@ -300,8 +302,15 @@ impl Endpoint {
             ServerMachine::NonInvite(NonInviteServer::new(now, &self.config.timers, reliable))
         };
         let reply_target = response_target(request.top_via(), &flow);
-        self.servers
-            .insert(key.clone(), ServerEntry { id, machine, reply: flow, reply_target });
+        self.servers.insert(
+            key.clone(),
+            ServerEntry {
+                id,
+                machine,
+                reply: flow,
+                reply_target,
+            },
+        );
         self.server_keys.insert(id, key.clone());
         if method == "INVITE" {
             // §17.2.1: a 100 Trying right away stops the caller's INVITE retransmissions.
@@ -325,12 +334,19 @@ impl Endpoint {
             self.respond(now, id, status.0, bytes);
             return;
         }
-        self.events.push_back(Event::Request { tx: id, request: Box::new(request), flow });
+        self.events.push_back(Event::Request {
+            tx: id,
+            request: Box::new(request),
+            flow,
+        });
     }
 
     /// Checks every request must pass before the transaction user sees it: the URI scheme
     /// (416, §8.2.2.1) and Require option tags (420, §8.2.2.3).
-    fn precheck(&self, request: &Request) -> Option<(u16, &'static str, Option<(&'static str, String)>)> {
+    fn precheck(
+        &self,
+        request: &Request,
+    ) -> Option<(u16, &'static str, Option<(&'static str, String)>)> {
         let scheme = request.uri_scheme();
         if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
             return Some((416, "Unsupported URI Scheme", None));
@@ -343,19 +359,34 @@ impl Endpoint {
             .map(str::to_owned)
             .collect();
         if !unsupported.is_empty() {
-            return Some((420, "Bad Extension", Some(("Unsupported", unsupported.join(", ")))));
+            return Some((
+                420,
+                "Bad Extension",
+                Some(("Unsupported", unsupported.join(", "))),
+            ));
         }
         None
     }
 
-    fn handle_cancel(&mut self, now: Instant, id: ServerTxId, request: &Request, key: &TransactionKey) {
+    fn handle_cancel(
+        &mut self,
+        now: Instant,
+        id: ServerTxId,
+        request: &Request,
+        key: &TransactionKey,
+    ) {
         let invite_key = key.cancelled_invite();
-        let invite = self.servers.get(&invite_key).and_then(|entry| match &entry.machine {
-            ServerMachine::Invite(machine) if machine.state() == InviteServerState::Proceeding => {
-                Some(entry.id)
-            }
-            _ => None,
-        });
+        let invite = self
+            .servers
+            .get(&invite_key)
+            .and_then(|entry| match &entry.machine {
+                ServerMachine::Invite(machine)
+                    if machine.state() == InviteServerState::Proceeding =>
+                {
+                    Some(entry.id)
+                }
+                _ => None,
+            });
         // §9.2: 200 to a CANCEL that matched a pending INVITE, 481 otherwise.
         let status = if invite.is_some() { 200 } else { 481 };
         let bytes = message::response(request, status)
@@ -414,9 +445,13 @@ impl Endpoint {
     /// The ACK for the 2xx sent on INVITE transaction `invite` arrived (matched by dialog):
     /// stop retransmitting the 2xx (RFC 6026 Accepted state).
     pub fn handle_2xx_ack(&mut self, now: Instant, invite: ServerTxId) {
-        let Some(key) = self.server_keys.get(&invite).cloned() else { return };
-        if let Some(ServerEntry { machine: ServerMachine::Invite(machine), .. }) =
-            self.servers.get_mut(&key)
+        let Some(key) = self.server_keys.get(&invite).cloned() else {
+            return;
+        };
+        if let Some(ServerEntry {
+            machine: ServerMachine::Invite(machine),
+            ..
+        }) = self.servers.get_mut(&key)
         {
             machine.handle_ack(now);
         }
@@ -438,7 +473,12 @@ impl Endpoint {
         let reliable = flow.transport == Transport::Tcp;
         let id = ClientTxId(self.take_id());
         let machine = if request.method == "INVITE" {
-            ClientMachine::Invite(InviteClient::start(now, bytes, &self.config.timers, reliable))
+            ClientMachine::Invite(InviteClient::start(
+                now,
+                bytes,
+                &self.config.timers,
+                reliable,
+            ))
         } else {
             ClientMachine::NonInvite(NonInviteClient::start(
                 now,
@@ -491,8 +531,12 @@ impl Endpoint {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
         };
-        let via = format!("SIP/2.0/{transport} {};branch={branch};rport", self.advertised(flow));
-        let mut builder = message::request(&request.method, &request.request_uri).header("Via", &via);
+        let via = format!(
+            "SIP/2.0/{transport} {};branch={branch};rport",
+            self.advertised(flow)
+        );
+        let mut builder =
+            message::request(&request.method, &request.request_uri).header("Via", &via);
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
@@ -548,8 +592,14 @@ impl Endpoint {
 
     /// The earliest transaction timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let servers = self.servers.values().filter_map(|entry| server_deadline(&entry.machine));
-        let clients = self.clients.values().filter_map(|entry| client_deadline(&entry.machine));
+        let servers = self
+            .servers
+            .values()
+            .filter_map(|entry| server_deadline(&entry.machine));
+        let clients = self
+            .clients
+            .values()
+            .filter_map(|entry| client_deadline(&entry.machine));
         servers.chain(clients).min()
     }
 
@@ -570,7 +620,9 @@ impl Endpoint {
     }
 
     fn drain_server(&mut self, key: &TransactionKey) {
-        let Some(entry) = self.servers.get_mut(key) else { return };
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
         let mut terminated = false;
         loop {
             let output = match &mut entry.machine {
@@ -586,7 +638,8 @@ impl Endpoint {
                 }),
                 Some(ServerOutput::TimedOut | ServerOutput::TransportFailed) => {
                     if matches!(entry.machine, ServerMachine::Invite(_)) {
-                        self.events.push_back(Event::AckTimedOut { invite: entry.id });
+                        self.events
+                            .push_back(Event::AckTimedOut { invite: entry.id });
                     }
                 }
                 Some(ServerOutput::Terminated) => terminated = true,
@@ -601,7 +654,9 @@ impl Endpoint {
     }
 
     fn drain_client(&mut self, key: &TransactionKey) {
-        let Some(entry) = self.clients.get_mut(key) else { return };
+        let Some(entry) = self.clients.get_mut(key) else {
+            return;
+        };
         let mut terminated = false;
         loop {
             let output = match &mut entry.machine {
@@ -615,12 +670,13 @@ impl Endpoint {
                     connection: entry.flow.connection,
                     bytes,
                 }),
-                Some(ClientOutput::Response(response)) => self
+                Some(ClientOutput::Response(response)) => self.events.push_back(Event::Response {
+                    tx: entry.id,
+                    response: Box::new(response),
+                }),
+                Some(ClientOutput::TimedOut | ClientOutput::TransportFailed) => self
                     .events
-                    .push_back(Event::Response { tx: entry.id, response: Box::new(response) }),
-                Some(ClientOutput::TimedOut | ClientOutput::TransportFailed) => {
-                    self.events.push_back(Event::RequestTimedOut { tx: entry.id })
-                }
+                    .push_back(Event::RequestTimedOut { tx: entry.id }),
                 Some(ClientOutput::Terminated) => terminated = true,
                 None => break,
             }
@@ -702,12 +758,20 @@ pub fn uri_host_port(value: &str) -> Option<(String, u16)> {
         (Some(start), Some(end)) if start < end => &value[start + 1..end],
         _ => value.trim(),
     };
-    let rest = uri.strip_prefix("sips:").or_else(|| uri.strip_prefix("sip:"))?;
+    let rest = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))?;
     let rest = rest.split([';', '?']).next()?;
-    let hostport = rest.rsplit_once('@').map(|(_, hostport)| hostport).unwrap_or(rest);
+    let hostport = rest
+        .rsplit_once('@')
+        .map(|(_, hostport)| hostport)
+        .unwrap_or(rest);
     if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(5060);
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5060);
         return Some((host.to_owned(), port));
     }
     let (host, port) = match hostport.rsplit_once(':') {
@@ -737,9 +801,18 @@ mod tests {
 
     #[test]
     fn uri_host_port_handles_name_addr_params_and_ipv6() {
-        assert_eq!(uri_host_port("sip:alice@192.0.2.1:5070"), Some(("192.0.2.1".into(), 5070)));
-        assert_eq!(uri_host_port("<sip:p1.example.com;lr>"), Some(("p1.example.com".into(), 5060)));
-        assert_eq!(uri_host_port("\"A\" <sip:a@[2001:db8::1]:5080;transport=tcp>"), Some(("2001:db8::1".into(), 5080)));
+        assert_eq!(
+            uri_host_port("sip:alice@192.0.2.1:5070"),
+            Some(("192.0.2.1".into(), 5070))
+        );
+        assert_eq!(
+            uri_host_port("<sip:p1.example.com;lr>"),
+            Some(("p1.example.com".into(), 5060))
+        );
+        assert_eq!(
+            uri_host_port("\"A\" <sip:a@[2001:db8::1]:5080;transport=tcp>"),
+            Some(("2001:db8::1".into(), 5080))
+        );
         assert_eq!(uri_host_port("tel:+15551234"), None);
         assert_eq!(uri_host_port("sip:host:notaport"), None);
     }
