@@ -382,15 +382,13 @@ impl Call {
             // in the ACK.
             negotiator.create_offer()
         };
-        let agreement = match session_timer::negotiate(
+        // The switchboard already refused intervals below Min-SE with 422.
+        let agreement = session_timer::negotiate(
             &self.timer_request,
             ctx.config.session_expires_secs,
             ctx.config.min_se_secs,
-        ) {
-            Ok(agreement) => agreement,
-            // The switchboard already refused intervals below Min-SE with 422.
-            Err(_) => None,
-        };
+        )
+        .unwrap_or_default();
         self.agreement = agreement;
         let ok = self.invite_response(200, Some(sdp));
         ctx.endpoint.respond(ctx.now, self.invite_tx, 200, ok);
@@ -411,11 +409,11 @@ impl Call {
         };
         let mut builder = message::response(invite, status)
             .to_tag(&self.dialog.id().local_tag)
-            .header("Contact", &self.contact())
+            .header("Contact", self.contact())
             .header("Allow", ALLOW)
             .header("Supported", SUPPORTED);
         if let (200, Some(agreement)) = (status, self.agreement) {
-            builder = builder.header("Session-Expires", &agreement.header_value());
+            builder = builder.header("Session-Expires", agreement.header_value());
             if self.timer_request.supports_timer {
                 // RFC 4028 §9: Require: timer only when the UAC supports it.
                 builder = builder.header("Require", "timer");

@@ -33,6 +33,9 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 /// Option tags voxgate supports (RFC 4028 session timers).
 pub const SUPPORTED: &str = "timer";
 
+/// A status, reason phrase and optional extra header for a request refused before the TU.
+type Refusal = (u16, &'static str, Option<(&'static str, String)>);
+
 /// A TCP connection, as numbered by `io/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
@@ -343,10 +346,7 @@ impl Endpoint {
 
     /// Checks every request must pass before the transaction user sees it: the URI scheme
     /// (416, §8.2.2.1) and Require option tags (420, §8.2.2.3).
-    fn precheck(
-        &self,
-        request: &Request,
-    ) -> Option<(u16, &'static str, Option<(&'static str, String)>)> {
+    fn precheck(&self, request: &Request) -> Option<Refusal> {
         let scheme = request.uri_scheme();
         if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
             return Some((416, "Unsupported URI Scheme", None));
@@ -706,7 +706,7 @@ fn client_deadline(machine: &ClientMachine) -> Option<Instant> {
 fn ack_for_non_2xx(request_uri: &str, routes: &[String], response: &Response) -> Bytes {
     let mut builder = message::request("ACK", request_uri);
     if let Some(via) = response.vias().first() {
-        builder = builder.header("Via", &via.to_header_value());
+        builder = builder.header("Via", via.to_header_value());
     }
     for route in routes {
         builder = builder.header("Route", route);
@@ -715,7 +715,7 @@ fn ack_for_non_2xx(request_uri: &str, routes: &[String], response: &Response) ->
         .header("From", response.from())
         .header("To", response.to())
         .header("Call-ID", response.call_id())
-        .header("CSeq", &format!("{} ACK", response.cseq().seq))
+        .header("CSeq", format!("{} ACK", response.cseq().seq))
         .header("Max-Forwards", "70")
         .build()
 }

@@ -55,7 +55,7 @@ impl TimerRequest {
             Some(value) => parse_session_expires(value),
             None => (None, None),
         };
-        let min_se = min_se.and_then(|value| leading_number(value));
+        let min_se = min_se.and_then(leading_number);
         let supports_timer = supported
             .into_iter()
             .flat_map(|value| value.split(','))
