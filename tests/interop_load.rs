@@ -57,3 +57,16 @@ fn fifty_concurrent_calls_over_udp() {
 fn fifty_concurrent_calls_over_tcp() {
     concurrent_calls(Transport::TcpPerCall);
 }
+
+/// Not a test: writes the PCMU pcap `scripts/load.sh` plays (`VOXGATE_PCAP_OUT`,
+/// `VOXGATE_PCAP_PACKETS`), so the load script needs no other tool to make audio.
+#[test]
+#[ignore = "helper for scripts/load.sh"]
+fn write_load_pcap() {
+    let out = std::env::var("VOXGATE_PCAP_OUT").expect("VOXGATE_PCAP_OUT");
+    let packets = std::env::var("VOXGATE_PCAP_PACKETS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1_500);
+    common::pcap::write_pcmu_pcap(std::path::Path::new(&out), packets);
+}
