@@ -1,0 +1,103 @@
+//! A PCMU RTP stream as a pcap file for SIPp's `play_pcap_audio`, with payloads that say which
+//! packet they are, so echoed audio can be checked byte for byte and in order.
+//!
+//! Packet `i` carries 160 bytes (20 ms of PCMU): two index digits then a ramp, every byte in
+//! `0x10..0x70`, so no payload is ever G.711 silence (0xFF / 0x7F) and none equals another.
+
+use std::io::Write;
+use std::path::Path;
+
+/// RTP payload bytes per packet (20 ms of 8 kHz G.711).
+pub const PAYLOAD_LEN: usize = 160;
+/// Packet spacing in the pcap.
+pub const PTIME_MS: u32 = 20;
+const DIGIT_BASE: u8 = 0x10;
+const DIGITS: usize = 0x60;
+
+/// The payload of packet `index` (< 9216, i.e. about three minutes).
+pub fn payload_for(index: usize) -> [u8; PAYLOAD_LEN] {
+    assert!(
+        index < DIGITS * DIGITS,
+        "packet index {index} too large for the pattern"
+    );
+    let mut payload = [0u8; PAYLOAD_LEN];
+    payload[0] = DIGIT_BASE + (index / DIGITS) as u8;
+    payload[1] = DIGIT_BASE + (index % DIGITS) as u8;
+    for (j, byte) in payload.iter_mut().enumerate().skip(2) {
+        *byte = DIGIT_BASE + ((index * 7 + j) % DIGITS) as u8;
+    }
+    payload
+}
+
+/// The packet index a payload made by [`payload_for`] carries, if it is exactly such a payload.
+pub fn index_of(payload: &[u8]) -> Option<usize> {
+    let digit = |b: u8| {
+        (DIGIT_BASE..DIGIT_BASE + DIGITS as u8)
+            .contains(&b)
+            .then(|| usize::from(b - DIGIT_BASE))
+    };
+    let index = digit(*payload.first()?)? * DIGITS + digit(*payload.get(1)?)?;
+    (index < DIGITS * DIGITS && payload == payload_for(index)).then_some(index)
+}
+
+/// Writes `packets` RTP packets (PT 0, SSRC 0x5eed0001, seq from 1000, timestamp step 160,
+/// marker on the first, 20 ms apart) as Ethernet/IPv4/UDP frames 127.0.0.1:10000 →
+/// 127.0.0.1:20000. SIPp rewrites addresses and ports when it plays the file.
+pub fn write_pcmu_pcap(path: &Path, packets: usize) {
+    let mut out = Vec::with_capacity(24 + packets * 230);
+    // Global header: magic, v2.4, thiszone 0, sigfigs 0, snaplen, LINKTYPE_ETHERNET.
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65_535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for i in 0..packets {
+        let mut rtp = Vec::with_capacity(12 + PAYLOAD_LEN);
+        rtp.push(0x80);
+        rtp.push(if i == 0 { 0x80 } else { 0x00 }); // marker on the first packet, PT 0 (PCMU)
+        rtp.extend_from_slice(&(1000u16.wrapping_add(i as u16)).to_be_bytes());
+        rtp.extend_from_slice(&((i as u32) * PAYLOAD_LEN as u32).to_be_bytes());
+        rtp.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
+        rtp.extend_from_slice(&payload_for(i));
+        let udp_len = 8 + rtp.len();
+        let mut udp = Vec::with_capacity(udp_len);
+        udp.extend_from_slice(&10_000u16.to_be_bytes());
+        udp.extend_from_slice(&20_000u16.to_be_bytes());
+        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        udp.extend_from_slice(&0u16.to_be_bytes()); // no UDP checksum (allowed for IPv4)
+        udp.extend_from_slice(&rtp);
+        let ip_len = 20 + udp.len();
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&(i as u16).to_be_bytes());
+        let checksum = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        ip.extend_from_slice(&udp);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let micros = i as u64 * u64::from(PTIME_MS) * 1000;
+        out.extend_from_slice(&((1_700_000_000 + micros / 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((micros % 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    let mut file = std::fs::File::create(path).expect("create pcap");
+    file.write_all(&out).expect("write pcap");
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

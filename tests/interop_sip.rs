@@ -1,0 +1,321 @@
+//! SIP robustness against the real voxgate binary: OPTIONS capabilities, malformed requests,
+//! unparseable datagrams and every RFC 4475 torture message; the gateway must keep serving.
+// Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::sip::{self, Response};
+use common::{Gateway, GatewayConfig, Sipp};
+
+const PARSE_ERRORS: &str = "voxgate_sip_parse_errors_total";
+
+fn assert_still_serving(gateway: &mut Gateway) {
+    gateway.assert_running();
+    let options = sip::options(gateway.sip_addr(), Duration::from_secs(3))
+        .expect("OPTIONS answered afterwards");
+    assert_eq!(options.status, 200);
+    let outcome = Sipp::new("uac_basic.xml", gateway.sip_addr())
+        .pause_ms(300)
+        .run();
+    outcome.assert_success();
+}
+
+/// (8) OPTIONS → 200 with Allow, Accept and Supported (checked by the scenario's eregs) .
+#[test]
+fn options_advertises_allow_accept_and_supported() {
+    let gateway = Gateway::start("");
+    Sipp::new("uac_options.xml", gateway.sip_addr())
+        .run()
+        .assert_success();
+    let raw = sip::options(gateway.sip_addr(), Duration::from_secs(3)).expect("OPTIONS answered");
+    let allow = raw.header("Allow").unwrap_or_default();
+    for method in ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS"] {
+        assert!(allow.contains(method), "Allow lacks {method}: {}", raw.text);
+    }
+    assert!(
+        raw.header("Accept")
+            .is_some_and(|a| a.contains("application/sdp")),
+        "{}",
+        raw.text
+    );
+    assert!(raw.header("Supported").is_some(), "{}", raw.text);
+}
+
+/// (7) Missing Call-ID and a bad CSeq get 400 with a reason phrase; random bytes get nothing
+/// but are counted; the gateway still answers OPTIONS and takes a call.
+#[test]
+fn malformed_requests_get_400_and_garbage_is_counted_and_dropped() {
+    let mut gateway = Gateway::start("");
+    let target = gateway.sip_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("local");
+
+    let options = sip::request("OPTIONS", target, local, "").text;
+    let no_call_id: String = options
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Call-ID:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let bad_cseq = sip::request("OPTIONS", target, local, "")
+        .text
+        .replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS");
+    for (what, request) in [("missing Call-ID", no_call_id), ("bad CSeq", bad_cseq)] {
+        let responses = sip::exchange(&socket, request.as_bytes(), target, Duration::from_secs(3));
+        let last = responses
+            .last()
+            .unwrap_or_else(|| panic!("{what}: no response"));
+        assert_eq!(last.status, 400, "{what}: {}", last.text);
+        assert!(
+            !last.reason.is_empty(),
+            "{what}: 400 without a reason phrase"
+        );
+    }
+
+    let before = gateway.metrics().sum(PARSE_ERRORS);
+    let garbage: Vec<u8> = (0..200u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let responses = sip::exchange(&socket, &garbage, target, Duration::from_millis(700));
+    assert!(
+        responses.is_empty(),
+        "garbage got a response: {responses:?}"
+    );
+    let after = gateway.wait_metric(PARSE_ERRORS, &[], Duration::from_secs(5), |v| v > before);
+    assert!(after > before, "{PARSE_ERRORS} did not increase ({before})");
+    assert_still_serving(&mut gateway);
+}
+
+/// What a torture message must get (RFC 4475, groups per the README beside the files).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// A final response whose status is not 400.
+    ProcessedNot400,
+    /// A final response with one of these codes.
+    Status(&'static [u16]),
+    /// 400 (or one of the extra codes), or nothing.
+    RejectedOrDropped(&'static [u16]),
+    /// No response (it is itself a response).
+    Nothing,
+    /// Anything, as long as the gateway survives.
+    Any,
+}
+
+fn expectation(file: &str) -> Expect {
+    use Expect::*;
+    match file {
+        // 3.1.1 valid requests / responses
+        "wsinv" | "intmeth" | "esc01" | "escnull" | "esc02" | "lwsdisp" | "longreq" | "dblreq"
+        | "semiuri" | "transports" | "mpart01" => ProcessedNot400,
+        "unreason" | "noreason" => Nothing,
+        // 3.1.2 invalid
+        "scalarlg" | "bigcode" => Nothing,
+        "badvers" => RejectedOrDropped(&[505]),
+        "mismatch02" => RejectedOrDropped(&[501]),
+        "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri"
+        | "lwsstart" | "trws" | "escruri" | "baddate" | "regbadct" | "badaspec" | "baddn"
+        | "mismatch01" => RejectedOrDropped(&[]),
+        // 3.3 application
+        "insuf" | "multi01" | "mcl01" => Status(&[400]),
+        "unkscm" | "novelsc" => Status(&[416]),
+        "bext01" => Status(&[420]),
+        "invut" => Status(&[415]),
+        "zeromf" => Status(&[200, 483]),
+        "bcast" => Nothing,
+        "inv2543" => ProcessedNot400,
+        _ => Any,
+    }
+}
+
+fn torture_dir() -> PathBuf {
+    let beside = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/sip-torture"
+    ));
+    if beside.is_dir() {
+        beside
+    } else {
+        PathBuf::from("/work/shared/sip-torture")
+    }
+}
+
+/// The top Via's transport and sent-by port (folded lines and spaces around `/` allowed).
+fn top_via(message: &[u8]) -> (String, u16) {
+    let text = String::from_utf8_lossy(message);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut value: Option<String> = None;
+    for line in head.split("\r\n").skip(1) {
+        match &mut value {
+            Some(v) if line.starts_with([' ', '\t']) => v.push_str(line),
+            Some(_) => break,
+            None => {
+                if let Some((name, rest)) = line.split_once(':') {
+                    if ["via", "v"].contains(&name.trim().to_ascii_lowercase().as_str()) {
+                        value = Some(rest.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut v = value
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    while v.contains(" /") || v.contains("/ ") {
+        v = v.replace(" /", "/").replace("/ ", "/");
+    }
+    let (protocol, rest) = v.trim().split_once(' ').unwrap_or(("SIP/2.0/UDP", ""));
+    let transport = protocol
+        .rsplit('/')
+        .next()
+        .unwrap_or("UDP")
+        .to_ascii_uppercase();
+    let sent_by = rest.split([';', ',']).next().unwrap_or("").trim();
+    let port = if let Some(after) = sent_by.strip_prefix('[') {
+        after.split_once("]:").and_then(|(_, p)| p.parse().ok())
+    } else {
+        sent_by
+            .split_once(':')
+            .and_then(|(_, p)| p.trim().parse().ok())
+    };
+    (transport, port.unwrap_or(5060))
+}
+
+/// Sends one torture message the way its top Via says (UDP from 127.0.0.`k`:sent-by-port so the
+/// RFC 3261 §18.2.2 response lands here; TCP/TLS over a TCP connection) and returns responses.
+fn send_torture(bytes: Vec<u8>, k: u8, target: SocketAddr) -> Result<Vec<Response>, String> {
+    let (transport, port) = top_via(&bytes);
+    let wait = Duration::from_millis(2_500);
+    if transport == "UDP" {
+        let local: SocketAddr = format!("127.0.0.{k}:{port}").parse().expect("addr");
+        let socket = UdpSocket::bind(local).map_err(|e| format!("bind {local}: {e}"))?;
+        socket.send_to(&bytes, target).map_err(|e| e.to_string())?;
+        // Keep reading past a first final response to catch a contradictory second one.
+        let mut responses = sip::collect(&socket, wait, true);
+        responses.extend(sip::collect(&socket, Duration::from_millis(300), false));
+        return Ok(responses);
+    }
+    let mut stream = TcpStream::connect(target).map_err(|e| e.to_string())?;
+    stream.write_all(&bytes).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + wait;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if String::from_utf8_lossy(&raw)
+            .split("SIP/2.0 ")
+            .skip(1)
+            .any(|r| {
+                r.as_bytes()
+                    .first()
+                    .is_some_and(|c| (b'2'..=b'6').contains(c))
+            })
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    Ok(text
+        .split("SIP/2.0 ")
+        .skip(1)
+        .filter_map(|r| Response::parse(format!("SIP/2.0 {r}").as_bytes()))
+        .collect())
+}
+
+/// (12) Every RFC 4475 message: the outcome its group calls for, never a crash, still serving.
+#[test]
+fn rfc4475_torture_messages_get_the_right_outcome_and_never_crash() {
+    let dir = torture_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("torture messages not found at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        49,
+        "expected the 49 RFC 4475 messages in {}",
+        dir.display()
+    );
+
+    // Short T1 so calls created by the valid INVITEs (never ACKed) give up within seconds.
+    let mut gateway = Gateway::start_with(GatewayConfig {
+        t1_ms: Some(100),
+        ..GatewayConfig::default()
+    });
+    let target = gateway.sip_addr();
+    // One thread per message, each from its own loopback address 127.0.0.(100+i): responses
+    // (and retransmitted 2xx) of one message can never reach another's socket.
+    let handles: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_owned();
+            let bytes = std::fs::read(path).expect("read torture file");
+            let k = 100 + i as u8;
+            std::thread::spawn(move || (name.clone(), send_torture(bytes, k, target)))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for handle in handles {
+        let (name, result) = handle.join().expect("torture thread");
+        let responses = match result {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let finals: Vec<u16> = responses
+            .iter()
+            .filter(|r| r.is_final())
+            .map(|r| r.status)
+            .collect();
+        let first = finals.first().copied();
+        let consistent = finals.iter().all(|s| Some(*s) == first);
+        let ok = consistent
+            && match expectation(&name) {
+                Expect::ProcessedNot400 => first.is_some_and(|s| s != 400),
+                Expect::Status(codes) => first.is_some_and(|s| codes.contains(&s)),
+                Expect::RejectedOrDropped(extra) => {
+                    first.is_none_or(|s| s == 400 || extra.contains(&s))
+                }
+                Expect::Nothing => responses.is_empty(),
+                Expect::Any => true,
+            };
+        let line = format!(
+            "{name}: expected {:?}, got {:?}",
+            expectation(&name),
+            responses.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+        eprintln!("{line}");
+        if !ok {
+            failures.push(line);
+        }
+        gateway.assert_running();
+    }
+    assert_still_serving(&mut gateway);
+    assert!(
+        failures.is_empty(),
+        "torture outcomes wrong:\n{}",
+        failures.join("\n")
+    );
+}
