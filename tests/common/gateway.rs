@@ -73,7 +73,8 @@ impl GatewayConfig {
              [[routes]]\nagent = \"echo\"\n\n{}\n",
             rtp.base,
             rtp.base + rtp.len - 1,
-            self.max_concurrent,
+            // voxgate refuses a max_concurrent above the RTP port pairs the range holds.
+            self.max_concurrent.min(usize::from(rtp.len / 2)),
             self.drain_timeout_secs,
             allow.join(", "),
             self.agent_extra,
