@@ -215,7 +215,14 @@ impl MediaTask {
                     // the RTCP module.
                     let _ = received;
                 }
-                _ = ticker.tick() => self.tick(ptime),
+                _ = ticker.tick() => {
+                    // A late tick (burst catch-up) must not find the buffer empty while packets
+                    // wait in the socket: read them first.
+                    while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
+                        self.handle_rtp(&buffer[..length], from);
+                    }
+                    self.tick(ptime);
+                }
                 _ = sample.tick() => self.sample_metrics(),
             }
         }
