@@ -248,7 +248,11 @@ impl Default for RtpSettings {
 
 impl Default for CallSettings {
     fn default() -> Self {
-        CallSettings { max_concurrent: 500, at_capacity_status: 503, drain_timeout_secs: 30 }
+        CallSettings {
+            max_concurrent: 500,
+            at_capacity_status: 503,
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -266,12 +270,18 @@ fn socket_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr
         Many(Vec<String>),
     }
     let items = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect::<Vec<_>>(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect::<Vec<_>>(),
         OneOrMany::Many(v) => v,
     };
     items
         .iter()
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+        })
         .collect()
 }

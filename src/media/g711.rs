@@ -65,7 +65,11 @@ const fn alaw_expand(code: u8) -> i16 {
 const fn ulaw_compress(sample: i16) -> u8 {
     let x = sample as i32;
     // G.191 takes the one's complement of negative samples, so -1 maps to "negative zero".
-    let mut magnitude = if x < 0 { ((!x) >> 2) + 33 } else { (x >> 2) + 33 };
+    let mut magnitude = if x < 0 {
+        ((!x) >> 2) + 33
+    } else {
+        (x >> 2) + 33
+    };
     if magnitude > 0x1FFF {
         magnitude = 0x1FFF;
     }
@@ -380,7 +384,11 @@ mod tests {
     #[test]
     fn alaw_round_trips_every_code() {
         for code in 0..=255u8 {
-            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "code {code:#04x}");
+            assert_eq!(
+                linear_to_alaw(alaw_to_linear(code)),
+                code,
+                "code {code:#04x}"
+            );
         }
     }
 
@@ -462,10 +470,15 @@ mod tests {
     fn tone_has_expected_frequency_and_level() {
         let codec = Codec::new(G711::Pcmu);
         let mut tone = ToneGenerator::new(codec, 425.0, 8_000);
-        let pcm: Vec<i16> = (0..50).flat_map(|_| codec.decode(&tone.next_frame())).collect();
+        let pcm: Vec<i16> = (0..50)
+            .flat_map(|_| codec.decode(&tone.next_frame()))
+            .collect();
         assert_eq!(pcm.len(), 8_000);
         let crossings = pcm.windows(2).filter(|w| w[0] < 0 && w[1] >= 0).count();
-        assert!((424..=426).contains(&crossings), "{crossings} upward crossings in 1 s");
+        assert!(
+            (424..=426).contains(&crossings),
+            "{crossings} upward crossings in 1 s"
+        );
         let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
         assert!((7_600..=8_400).contains(&peak), "peak {peak}");
     }
@@ -488,6 +501,9 @@ mod tests {
         let is_silent = |f: &Bytes| f.iter().all(|&c| codec.decode_sample(c).abs() < 50);
         assert!(!is_silent(&frames[0]) && !is_silent(&frames[49]));
         assert!(frames[50..250].iter().all(is_silent));
-        assert!(!is_silent(&tone.next_frame()), "second cycle starts after 5 s");
+        assert!(
+            !is_silent(&tone.next_frame()),
+            "second cycle starts after 5 s"
+        );
     }
 }

@@ -100,7 +100,8 @@ impl PlayoutQueue {
             return;
         }
         let audio_samples = self.partial.len();
-        self.partial.resize(self.samples_per_frame, self.codec.silence_byte());
+        self.partial
+            .resize(self.samples_per_frame, self.codec.silence_byte());
         let payload = self.partial.split().freeze();
         self.enqueue(payload, audio_samples);
     }
@@ -141,8 +142,8 @@ impl PlayoutQueue {
 
     /// Audio waiting to be sent, including a partial frame not yet finished.
     pub fn queued(&self) -> Duration {
-        let samples: usize = self.frames.iter().map(|f| f.audio_samples).sum::<usize>()
-            + self.partial.len();
+        let samples: usize =
+            self.frames.iter().map(|f| f.audio_samples).sum::<usize>() + self.partial.len();
         samples_to_duration(samples as u64)
     }
 
@@ -261,7 +262,10 @@ mod tests {
         assert_eq!(q.queued(), Duration::ZERO);
         assert!(q.pop().is_silence);
         q.push(&[0x44; 160]);
-        assert!(q.pop().marker, "audio after barge-in starts a new talkspurt");
+        assert!(
+            q.pop().marker,
+            "audio after barge-in starts a new talkspurt"
+        );
     }
 
     #[test]
@@ -285,7 +289,11 @@ mod tests {
         assert_eq!(q.played(), ms(60));
         q.flush();
         q.pop();
-        assert_eq!(q.played(), ms(60), "flushed and silence frames are not played audio");
+        assert_eq!(
+            q.played(),
+            ms(60),
+            "flushed and silence frames are not played audio"
+        );
     }
 
     #[test]
