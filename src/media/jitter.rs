@@ -721,7 +721,7 @@ impl JitterBuffer {
         // Concealment already played while empty stands in for the frames now known missing.
         while self.underrun_credit > 0 && self.slot(self.cursor).is_none() {
             self.underrun_credit -= 1;
-            self.stats.inserted_frames -= 1;
+            self.stats.inserted_frames = self.stats.inserted_frames.saturating_sub(1);
             self.advance();
         }
         let target = self.target_frames();
