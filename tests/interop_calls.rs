@@ -39,7 +39,7 @@ fn echo_call_returns_the_callers_audio_and_is_counted() {
     let outcome = sipp.run();
     let echoed = sink.finish();
     outcome.assert_success();
-    let streams = verify_echo(&echoed, 1, packets, 0.9)
+    let streams = verify_echo(&echoed, 1, packets, 0.9, 0.0)
         .unwrap_or_else(|e| panic!("echo check failed: {e}\n{}", outcome.report()));
     eprintln!("echo: {streams:?}");
     assert!(

@@ -100,8 +100,8 @@ fn echo_scenario_against_sipp_standin_returns_every_packet_in_order() {
     let outcome = sipp.run();
     let packets = sink.finish();
     outcome.assert_success();
-    let streams =
-        verify_echo(&packets, 1, 100, 0.9).unwrap_or_else(|e| panic!("{e}\n{}", outcome.report()));
+    let streams = verify_echo(&packets, 1, 100, 0.9, 0.0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", outcome.report()));
     // SIPp's echo is byte-for-byte, so the stand-in must return all 100.
     assert_eq!(streams[0].matched, 100);
     let received = outcome.received();

@@ -36,7 +36,7 @@ fn concurrent_calls(transport: Transport) {
     let echoed = sink.finish();
     outcome.assert_success();
     if audio {
-        let streams = verify_echo(&echoed, CALLS as usize, PACKETS, 0.9)
+        let streams = verify_echo(&echoed, CALLS as usize, PACKETS, 0.9, 0.05)
             .unwrap_or_else(|e| panic!("echo check failed: {e}"));
         assert_eq!(streams.len(), CALLS as usize);
     }
