@@ -347,17 +347,9 @@ impl Switchboard {
             );
             return;
         }
-        let Some(remote_tag) = request.from_tag().map(str::to_owned) else {
-            self.reply(
-                now,
-                tx,
-                &request,
-                400,
-                "Bad Request (From tag missing)",
-                &[],
-            );
-            return;
-        };
+        // RFC 3261 §12.2.2 / RFC 4475 §3.4.1: an RFC 2543 peer sends no From tag; the dialog
+        // is then identified by an empty remote tag.
+        let remote_tag = request.from_tag().unwrap_or_default().to_owned();
         let key = CallKey(self.next_key);
         self.next_key += 1;
         let local_tag = message::new_tag();
@@ -373,9 +365,14 @@ impl Switchboard {
                 to: request.header("To").unwrap_or_default().to_owned(),
                 local_tag,
                 remote_seq: request.cseq().seq,
-                remote_target: request
-                    .contact_uri()
-                    .unwrap_or_else(|| request.uri().to_string()),
+                // Without a Contact there is no remote target: reach back to where the INVITE
+                // came from rather than resolving names from its headers.
+                remote_target: request.contact_uri().unwrap_or_else(|| {
+                    format!(
+                        "sip:{}",
+                        crate::sip::endpoint::host_port_literal(flow.remote)
+                    )
+                }),
                 record_route: request.record_route(),
                 local_contact: format!("voxgate@{contact_host}"),
             },
@@ -407,7 +404,7 @@ impl Switchboard {
         let id = DialogId {
             call_id: request.call_id().to_owned(),
             local_tag: request.to_tag()?.to_owned(),
-            remote_tag: request.from_tag()?.to_owned(),
+            remote_tag: request.from_tag().unwrap_or_default().to_owned(),
         };
         self.dialogs.get(&id).copied()
     }

@@ -784,6 +784,11 @@ pub fn uri_host_port(value: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
+/// A socket address as it appears in a SIP URI (`host:port`, IPv6 in brackets).
+pub fn host_port_literal(address: SocketAddr) -> String {
+    format!("{}:{}", host_literal(address.ip()), address.port())
+}
+
 /// An IP as it appears in a SIP URI or Via (IPv6 in brackets).
 pub fn host_literal(ip: IpAddr) -> String {
     match ip {
