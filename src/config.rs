@@ -93,7 +93,7 @@ pub struct SipSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtpSettings {
-    /// IP to bind RTP sockets on; default: the IP of the first `sip.listen` address.
+    /// IP to bind RTP sockets on; default: the local IP the call's INVITE arrived on.
     pub bind_address: Option<IpAddr>,
     /// Lowest RTP port (even); RTCP uses RTP + 1.
     pub port_min: u16,
