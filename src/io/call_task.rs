@@ -146,6 +146,9 @@ struct MediaTask {
     reported_lost: u64,
     packets_in: u64,
     packets_out: u64,
+    /// Counter handles resolved once: a label lookup per packet would hash and lock.
+    rtp_in: prometheus::IntCounter,
+    rtp_out: prometheus::IntCounter,
 }
 
 impl MediaTask {
@@ -171,6 +174,8 @@ impl MediaTask {
             agent: setup.agent,
             jitter_min: setup.jitter_min,
             jitter_max: setup.jitter_max,
+            rtp_in: metrics.rtp_packets_total.with_label_values(&["in"]),
+            rtp_out: metrics.rtp_packets_total.with_label_values(&["out"]),
             metrics,
             params: None,
             reported_lost: 0,
@@ -278,10 +283,7 @@ impl MediaTask {
             return;
         }
         self.packets_in += 1;
-        self.metrics
-            .rtp_packets_total
-            .with_label_values(&["in"])
-            .inc();
+        self.rtp_in.inc();
         if Some(packet.payload_type) == params.telephone_event || !params.receive {
             return;
         }
@@ -315,10 +317,7 @@ impl MediaTask {
         match self.rtp.try_send_to(&packet, remote) {
             Ok(_) => {
                 self.packets_out += 1;
-                self.metrics
-                    .rtp_packets_total
-                    .with_label_values(&["out"])
-                    .inc();
+                self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
         }
