@@ -20,6 +20,7 @@ use crate::call::{CallKey, MediaCommand, MediaParams};
 use crate::config::{AgentKind, AgentSettings};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::PlayoutQueue;
+use crate::media::rtcp::{NtpTime, ReceptionFigures, RtcpSession, RtcpTimer, SenderFigures};
 use crate::media::rtp::{parse_rtp, OutboundStream, SymmetricLatch};
 use crate::media::{Ssrc, G711};
 use crate::metrics::Metrics;
@@ -146,6 +147,10 @@ struct MediaTask {
     reported_lost: u64,
     packets_in: u64,
     packets_out: u64,
+    rtcp_session: RtcpSession,
+    rtcp_timer: RtcpTimer,
+    /// Packets sent when the last report went out (SR only if we sent since).
+    sent_at_last_report: u64,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
     rtp_in: prometheus::IntCounter,
     rtp_out: prometheus::IntCounter,
@@ -154,7 +159,12 @@ struct MediaTask {
 impl MediaTask {
     fn new(setup: MediaSetup, rtp: UdpSocket, rtcp: UdpSocket, metrics: Metrics) -> MediaTask {
         let ptime = Duration::from_millis(20);
+        let ssrc = Ssrc(rand::random());
+        let cname = format!("voxgate-{}", setup.call.0);
         MediaTask {
+            rtcp_session: RtcpSession::new(ssrc, &cname),
+            rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
+            sent_at_last_report: 0,
             call: setup.call,
             rtp,
             rtcp,
@@ -165,7 +175,7 @@ impl MediaTask {
                 G711::Pcmu,
             )),
             playout: PlayoutQueue::new(G711::Pcmu, ptime),
-            outbound: OutboundStream::new(Ssrc(rand::random()), 0, 8_000),
+            outbound: OutboundStream::new(ssrc, 0, 8_000),
             latch: SymmetricLatch::new(None, &[0]),
             echo: EchoAgent::new(
                 Duration::from_millis(setup.agent.echo_delay_ms.into()),
@@ -216,10 +226,11 @@ impl MediaTask {
                     }
                 }
                 received = self.rtcp.recv_from(&mut rtcp_buffer) => {
-                    // RTCP from the caller is read so the socket never fills; reports come with
-                    // the RTCP module.
-                    let _ = received;
+                    if let Ok((length, from)) = received {
+                        self.handle_rtcp(&rtcp_buffer[..length], from);
+                    }
                 }
+                _ = rtcp_sleep(self.rtcp_timer.poll_timeout()) => self.send_rtcp(),
                 _ = ticker.tick() => {
                     // A late tick (burst catch-up) must not find the buffer empty while packets
                     // wait in the socket: read them first.
@@ -270,6 +281,50 @@ impl MediaTask {
         }
         tracing::debug!(?params, "media configured");
         self.params = Some(params);
+    }
+
+    fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr) {
+        let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
+        match self.rtcp_session.handle_packet(std::time::Instant::now(), ntp, datagram) {
+            Ok(summary) => {
+                if let Some(round_trip) = summary.round_trip {
+                    tracing::trace!(%from, round_trip_ms = round_trip.as_millis() as u64, "RTCP report");
+                }
+            }
+            Err(error) => tracing::debug!(%from, %error, "unreadable RTCP dropped"),
+        }
+    }
+
+    /// RFC 3550 §6.4: an SR when we sent since the last report, else an RR, to the caller's RTCP
+    /// address (a=rtcp, else RTP port + 1 of where its RTP really comes from).
+    fn send_rtcp(&mut self) {
+        let now = std::time::Instant::now();
+        if !self.rtcp_timer.handle_timeout(now) {
+            return;
+        }
+        let Some(params) = self.params.as_ref() else { return };
+        let target = self
+            .latch
+            .remote()
+            .map(|rtp| SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+            .filter(|_| self.latch.is_latched())
+            .or(params.remote_rtcp);
+        let Some(target) = target else { return };
+        let sender = (self.packets_out > self.sent_at_last_report)
+            .then(|| SenderFigures::from_stream(&self.outbound));
+        self.sent_at_last_report = self.packets_out;
+        let reception = self.jitter.take_reception_report().map(|report| ReceptionFigures {
+            remote_ssrc: report.ssrc,
+            fraction_lost: report.fraction_lost,
+            cumulative_lost: report.cumulative_lost,
+            extended_highest_seq: report.extended_highest_seq,
+            jitter: report.jitter,
+        });
+        let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
+        let report = self.rtcp_session.build_report(now, ntp, sender, reception);
+        if let Err(error) = self.rtcp.try_send_to(&report, target) {
+            tracing::debug!(%target, %error, "RTCP send failed");
+        }
     }
 
     fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr) {
@@ -342,6 +397,13 @@ impl MediaTask {
             .rtp_interarrival_jitter_seconds
             .observe(stats.interarrival_jitter_duration.as_secs_f64());
         let _ = self.call;
+    }
+}
+
+async fn rtcp_sleep(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
