@@ -8,6 +8,7 @@
 # without root it measures signalling only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 CALLS=${1:-100}
 DURATION=${2:-30}
@@ -81,7 +82,7 @@ for _ in $(seq 150); do
 done
 rss0=$(rss_kb "$vg")
 
-(cd "$work" && exec sipp -sf "$PWD/tests/sipp/$scenario" -i 127.0.0.1 -mi 127.0.0.1 \
+(cd "$work" && exec sipp -sf "$root/tests/sipp/$scenario" -i 127.0.0.1 -mi 127.0.0.1 \
     -p "$SIPP_PORT" -cp $((SIPP_PORT + 1)) -mp "$SIPP_MEDIA" -m "$CALLS" -l "$CALLS" -r "$RATE" \
     -d $((DURATION * 1000)) -timeout $((DURATION + CALLS / RATE + 60))s -timeout_error \
     -max_socket 2000 -nostdin -trace_rtt -rtt_freq 1 -trace_err -error_file "$work/errors.log" \
