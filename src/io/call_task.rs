@@ -285,7 +285,10 @@ impl MediaTask {
 
     fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr) {
         let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
-        match self.rtcp_session.handle_packet(std::time::Instant::now(), ntp, datagram) {
+        match self
+            .rtcp_session
+            .handle_packet(std::time::Instant::now(), ntp, datagram)
+        {
             Ok(summary) => {
                 if let Some(round_trip) = summary.round_trip {
                     tracing::trace!(%from, round_trip_ms = round_trip.as_millis() as u64, "RTCP report");
@@ -302,7 +305,9 @@ impl MediaTask {
         if !self.rtcp_timer.handle_timeout(now) {
             return;
         }
-        let Some(params) = self.params.as_ref() else { return };
+        let Some(params) = self.params.as_ref() else {
+            return;
+        };
         let target = self
             .latch
             .remote()
@@ -313,13 +318,16 @@ impl MediaTask {
         let sender = (self.packets_out > self.sent_at_last_report)
             .then(|| SenderFigures::from_stream(&self.outbound));
         self.sent_at_last_report = self.packets_out;
-        let reception = self.jitter.take_reception_report().map(|report| ReceptionFigures {
-            remote_ssrc: report.ssrc,
-            fraction_lost: report.fraction_lost,
-            cumulative_lost: report.cumulative_lost,
-            extended_highest_seq: report.extended_highest_seq,
-            jitter: report.jitter,
-        });
+        let reception = self
+            .jitter
+            .take_reception_report()
+            .map(|report| ReceptionFigures {
+                remote_ssrc: report.ssrc,
+                fraction_lost: report.fraction_lost,
+                cumulative_lost: report.cumulative_lost,
+                extended_highest_seq: report.extended_highest_seq,
+                jitter: report.jitter,
+            });
         let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
         let report = self.rtcp_session.build_report(now, ntp, sender, reception);
         if let Err(error) = self.rtcp.try_send_to(&report, target) {
