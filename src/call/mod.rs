@@ -124,8 +124,6 @@ pub struct CallConfig {
     pub min_se_secs: u32,
     /// IP advertised in SDP instead of the local one (NAT).
     pub public_ip: Option<IpAddr>,
-    /// Host advertised in Contact instead of the local one (NAT).
-    pub public_address: Option<String>,
     /// Packetisation time voxgate offers.
     pub ptime: Duration,
 }
@@ -425,17 +423,13 @@ impl Call {
         builder.build()
     }
 
+    /// voxgate's Contact: the dialog's local contact (already built with `public_address`).
     fn contact(&self) -> String {
         let transport = match self.flow.transport {
             message::Transport::Udp => "",
             message::Transport::Tcp => ";transport=tcp",
         };
-        format!("<sip:voxgate@{}{transport}>", self.advertised_host_port())
-    }
-
-    fn advertised_host_port(&self) -> String {
-        crate::sip::endpoint::host_literal(self.flow.local.ip())
-            + &format!(":{}", self.flow.local.port())
+        format!("<sip:{}{transport}>", self.dialog.local_contact())
     }
 
     /// Refuses the INVITE with a final error response and ends the call.

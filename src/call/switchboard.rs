@@ -60,7 +60,6 @@ impl Switchboard {
                 .public_address
                 .as_deref()
                 .and_then(|host| host.parse().ok()),
-            public_address: settings.sip.public_address.clone(),
             ptime: std::time::Duration::from_millis(settings.rtp.ptime_ms.into()),
         };
         Switchboard {
@@ -353,10 +352,7 @@ impl Switchboard {
         let key = CallKey(self.next_key);
         self.next_key += 1;
         let local_tag = message::new_tag();
-        let contact_host = match &self.config.public_address {
-            Some(host) => format!("{host}:{}", flow.local.port()),
-            None => self.endpoint.advertised(&flow),
-        };
+        let contact_host = self.endpoint.advertised(&flow);
         let dialog = Dialog::new_uas(
             UasSetup {
                 call_id: call_id.clone(),

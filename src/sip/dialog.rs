@@ -144,6 +144,11 @@ impl Dialog {
         &self.remote_target
     }
 
+    /// voxgate's Contact URI for this dialog (with `sip.public_address` applied).
+    pub fn local_contact(&self) -> &str {
+        &self.local_contact
+    }
+
     /// The route set (Route headers of requests voxgate sends).
     pub fn route_set(&self) -> &[String] {
         &self.route_set

@@ -131,10 +131,6 @@ pub enum Event {
 pub struct EndpointStats {
     /// Messages that could not be parsed (dropped, or answered 400 when possible).
     pub parse_errors: u64,
-    /// Requests received, by method name.
-    pub requests_in: HashMap<String, u64>,
-    /// Responses received, by CSeq method.
-    pub responses_in: HashMap<String, u64>,
 }
 
 /// Fixed settings of the endpoint.
@@ -263,7 +259,6 @@ impl Endpoint {
 
     fn handle_request(&mut self, now: Instant, mut request: Request, flow: Flow) {
         let method = request.method().to_string();
-        *self.stats.requests_in.entry(method.clone()).or_default() += 1;
         // RFC 3261 §18.2.1 / RFC 3581: record where the request really came from.
         request.stamp_source(flow.remote);
         let top = request.top_via().clone();
@@ -400,7 +395,6 @@ impl Endpoint {
 
     fn handle_response(&mut self, now: Instant, response: Response) {
         let method = response.cseq().method.to_string();
-        *self.stats.responses_in.entry(method.clone()).or_default() += 1;
         let Some(branch) = response.vias().first().and_then(|via| via.branch.clone()) else {
             return;
         };
