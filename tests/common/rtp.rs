@@ -220,9 +220,15 @@ pub fn verify_echo(
             last_index = Some(index);
             stream.matched += 1;
         }
-        if tail_concealment.len() > 4 {
+        // The fade-out of the last frame is up to 60 ms (3 frames, 4 with a partial one).
+        // Frames concealed beyond that are late frames the buffer gave up on, so they
+        // count against the same allowance as mid-stream concealment.
+        let allowed = (sent_per_call as f64 * max_concealed_ratio).floor() as usize;
+        let beyond_fade = tail_concealment.len().saturating_sub(4);
+        if mid_stream_concealed + beyond_fade > allowed {
             return Err(format!(
-                "ssrc {ssrc:#x}: {} concealed frames after the stream ended (fade-out is 60 ms)",
+                "ssrc {ssrc:#x}: {} concealed frames after the stream ended (fade-out is 60 ms) \
+                 and {mid_stream_concealed} mid-stream, {allowed} beyond the fade-out allowed",
                 tail_concealment.len()
             ));
         }
