@@ -30,6 +30,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod realtime;
+
+pub use realtime::{
+    NoiseReduction, RealtimeSettings, ToolSettings, TurnDetection, DEFAULT_REALTIME_URL,
+    RESERVED_TOOL_NAMES,
+};
+
 /// Everything voxgate reads from its configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +61,9 @@ pub struct Settings {
     /// Routes from a dialled user to an agent, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
+    /// How OpenAI Realtime agents reach the service.
+    #[serde(default)]
+    pub realtime: RealtimeSettings,
 }
 
 /// `[sip]`
@@ -141,15 +151,18 @@ pub struct TrunkSettings {
 }
 
 /// What kind of agent answers a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// Plays the caller's own audio back (commissioning, like Asterisk's `Echo()`).
+    #[default]
     Echo,
+    /// An OpenAI Realtime speech-to-speech session per call.
+    Openai,
 }
 
-/// One `[[agents]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// One `[[agents]]` entry. Keys below "OpenAI" apply to kind = "openai" only.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettings {
     /// Name routes refer to.
@@ -162,6 +175,56 @@ pub struct AgentSettings {
     /// Ring for this long (180 Ringing) before answering, milliseconds; 0 answers at once.
     #[serde(default)]
     pub ring_ms: u32,
+    /// OpenAI: the agent that answers instead when no API key is available at start-up.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// OpenAI: the Realtime model (`?model=`).
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// OpenAI: the system prompt.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// OpenAI: the voice (`marin`, `cedar`, `alloy`, …).
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// OpenAI: speaking speed, 0.25–1.5.
+    #[serde(default)]
+    pub speed: Option<f64>,
+    /// OpenAI: when set, the model speaks first on answer, following these instructions.
+    #[serde(default)]
+    pub greeting: Option<String>,
+    /// OpenAI: output token cap per response, 1–4096.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Refused with an explanation: the GA API has no temperature.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// OpenAI: transcribe the caller with this model (e.g. `gpt-4o-mini-transcribe`).
+    #[serde(default)]
+    pub transcription_model: Option<String>,
+    /// OpenAI: ISO-639-1 language hint for the transcription.
+    #[serde(default)]
+    pub transcription_language: Option<String>,
+    /// OpenAI: input noise reduction.
+    #[serde(default)]
+    pub noise_reduction: Option<NoiseReduction>,
+    /// OpenAI: voice activity detection (default server_vad with the API's defaults).
+    #[serde(default)]
+    pub turn_detection: TurnDetection,
+    /// OpenAI: HTTP tools the model may call.
+    #[serde(default)]
+    pub tools: Vec<ToolSettings>,
+    /// OpenAI: offer the built-in `end_call` tool (default true).
+    #[serde(default = "default_true")]
+    pub end_call_tool: bool,
+}
+
+fn default_model() -> String {
+    "gpt-realtime".to_owned()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which part of the INVITE a route matches.
@@ -260,7 +323,92 @@ impl Settings {
             })?;
             env.push((key, value));
         }
-        Self::load_from(file, env)
+        let mut settings = Self::load_from(file, env)?;
+        settings.resolve_secrets(file, |name| std::env::var(name).ok())?;
+        Ok(settings)
+    }
+
+    /// Reads the Realtime API key (from `realtime.api_key_file`, else the variable named by
+    /// `realtime.api_key_env`, looked up with `lookup`) when an OpenAI agent exists, and checks
+    /// that every OpenAI agent can answer: with the key, or through its `fallback`.
+    pub fn resolve_secrets(
+        &mut self,
+        file: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
+            return Ok(());
+        }
+        let error = |key: String, reason: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
+        let key = match &self.realtime.api_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    error(
+                        "realtime.api_key_file".into(),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let key = text.lines().next().unwrap_or("").trim().to_owned();
+                if key.is_empty() {
+                    return Err(error(
+                        "realtime.api_key_file".into(),
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(key)
+            }
+            None => lookup(&self.realtime.api_key_env)
+                .map(|key| key.trim().to_owned())
+                .filter(|key| !key.is_empty()),
+        };
+        self.realtime.api_key = key.map(Secret::from);
+        if self.realtime.api_key.is_some() {
+            return Ok(());
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            if agent.kind != AgentKind::Openai {
+                continue;
+            }
+            let fallback = agent
+                .fallback
+                .as_deref()
+                .and_then(|name| self.agents.iter().find(|a| a.name == name));
+            match fallback {
+                Some(fallback) if fallback.kind != AgentKind::Openai => {}
+                Some(_) => {
+                    return Err(error(
+                        format!("agents[{i}].fallback"),
+                        "no OpenAI API key, and the fallback is an OpenAI agent too".into(),
+                    ))
+                }
+                None => {
+                    return Err(error(
+                        format!("agents[{i}]"),
+                        format!(
+                            "OpenAI agent {:?} has no API key: set {} or realtime.api_key_file, \
+                             or give the agent a `fallback`",
+                            agent.name, self.realtime.api_key_env
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent that really answers for `name`: an OpenAI agent without an API key answers
+    /// with its fallback.
+    pub fn effective_agent(&self, name: &str) -> Option<&AgentSettings> {
+        let agent = self.agents.iter().find(|agent| agent.name == name)?;
+        if agent.kind == AgentKind::Openai && self.realtime.api_key.is_none() {
+            let fallback = agent.fallback.as_deref()?;
+            return self.agents.iter().find(|a| a.name == fallback);
+        }
+        Some(agent)
     }
 
     /// [`Settings::load`] with the environment given as data instead of read from the process.
@@ -317,6 +465,12 @@ impl Settings {
         let agents = unique_names("agents", self.agents.iter().map(|a| a.name.as_str()))?;
         for (i, agent) in self.agents.iter().enumerate() {
             agent.validate(i)?;
+            if agent.kind == AgentKind::Openai {
+                realtime::validate_agent(agent, i, &agents)?;
+            }
+        }
+        if self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
+            self.realtime.validate()?;
         }
         self.validate_routes(&trunks, &agents)
     }

@@ -106,6 +106,28 @@ fn serve(path: &Path) -> ExitCode {
         summary = %summary(&settings),
         "starting voxgate"
     );
+    for agent in &settings.agents {
+        if agent.kind != voxgate::config::AgentKind::Openai {
+            continue;
+        }
+        match settings.effective_agent(&agent.name) {
+            Some(answering) if answering.name != agent.name => tracing::warn!(
+                agent = %agent.name,
+                fallback = %answering.name,
+                "no OpenAI API key ({} unset): calls for agent {:?} are answered by {:?}",
+                settings.realtime.api_key_env,
+                agent.name,
+                answering.name
+            ),
+            _ => tracing::info!(
+                agent = %agent.name,
+                model = %agent.model,
+                url = %settings.realtime.url,
+                "calls for agent {:?} are answered by OpenAI Realtime",
+                agent.name
+            ),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

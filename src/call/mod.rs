@@ -11,7 +11,9 @@
 //! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
 
 pub mod agent;
+pub mod bridge;
 pub mod route;
+pub mod speech;
 pub mod switchboard;
 
 use std::collections::VecDeque;

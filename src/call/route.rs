@@ -86,17 +86,12 @@ impl Router {
         let route = route.ok_or_else(|| RouteError::NoRoute {
             user: request_uri_user.map(str::to_owned),
         })?;
-        let agent = self
-            .settings
-            .agents
-            .iter()
-            .find(|agent| agent.name == route.agent)
-            .ok_or_else(
-                // Validation at start-up guarantees the agent exists; refuse rather than panic anyway.
-                || RouteError::NoRoute {
-                    user: request_uri_user.map(str::to_owned),
-                },
-            )?;
+        let agent = self.settings.effective_agent(&route.agent).ok_or_else(
+            // Validation at start-up guarantees the agent exists; refuse rather than panic anyway.
+            || RouteError::NoRoute {
+                user: request_uri_user.map(str::to_owned),
+            },
+        )?;
         Ok(Routed {
             trunk: trunk.to_owned(),
             agent: agent.clone(),
@@ -132,8 +127,7 @@ mod tests {
         let agent = |name: &str| AgentSettings {
             name: name.into(),
             kind: AgentKind::Echo,
-            echo_delay_ms: 0,
-            ring_ms: 0,
+            ..AgentSettings::default()
         };
         let route = |user: Option<&str>, field, trunk: Option<&str>, agent: &str| RouteSettings {
             user: user.map(Into::into),
@@ -167,6 +161,7 @@ mod tests {
                 },
             ],
             agents: vec![agent("sales"), agent("support"), agent("echo")],
+            realtime: Default::default(),
             routes: vec![
                 route(Some("100"), RouteField::RequestUri, None, "sales"),
                 route(Some("2*"), RouteField::To, None, "support"),

@@ -368,6 +368,7 @@ impl MediaTask {
                     self.playout.push(&frame);
                 }
             }
+            AgentKind::Openai => {}
         }
         let frame = self.playout.pop();
         let (true, Some(remote)) = (params.send, self.latch.remote()) else {

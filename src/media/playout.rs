@@ -34,6 +34,10 @@ pub struct PlayoutFrame {
     pub marker: bool,
     /// True when the queue was empty and this is filler silence.
     pub is_silence: bool,
+    /// The tag the audio was pushed with (0 for untagged audio and for silence).
+    pub tag: u64,
+    /// Real audio in the frame (less than a frame for a padded last frame; zero for silence).
+    pub audio: Duration,
 }
 
 #[derive(Debug)]
@@ -42,6 +46,7 @@ struct QueuedFrame {
     /// Samples of real audio in the frame; fewer than a frame when padded by
     /// `finish_utterance`.
     audio_samples: usize,
+    tag: u64,
 }
 
 /// Re-packetizes outbound audio into ptime frames and paces it out one frame per tick.
@@ -54,7 +59,8 @@ pub struct PlayoutQueue {
     silence: Bytes,
     talking: bool,
     played_samples: u64,
-    item_start_samples: u64,
+    partial_tag: u64,
+    last_tag: Option<u64>,
 }
 
 impl PlayoutQueue {
@@ -71,25 +77,37 @@ impl PlayoutQueue {
             silence: codec.silence(samples_per_frame),
             talking: false,
             played_samples: 0,
-            item_start_samples: 0,
+            partial_tag: 0,
+            last_tag: None,
         }
     }
 
     /// Appends encoded audio of any length; whole frames become playable at once, the remainder
     /// waits for the next push or for [`PlayoutQueue::finish_utterance`].
-    pub fn push(&mut self, mut bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.push_tagged(bytes, 0);
+    }
+
+    /// [`PlayoutQueue::push`] for audio of utterance `tag` (e.g. an agent's response item): a
+    /// partial frame of another tag is finished first, the frames come back with their tag, and
+    /// the first frame of a new tag carries the marker bit even without silence before it.
+    pub fn push_tagged(&mut self, mut bytes: &[u8], tag: u64) {
+        if !self.partial.is_empty() && self.partial_tag != tag {
+            self.finish_utterance();
+        }
+        self.partial_tag = tag;
         if !self.partial.is_empty() {
             let take = (self.samples_per_frame - self.partial.len()).min(bytes.len());
             self.partial.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.partial.len() == self.samples_per_frame {
                 let payload = self.partial.split().freeze();
-                self.enqueue(payload, self.samples_per_frame);
+                self.enqueue(payload, self.samples_per_frame, tag);
             }
         }
         let mut chunks = bytes.chunks_exact(self.samples_per_frame);
         for chunk in &mut chunks {
-            self.enqueue(Bytes::copy_from_slice(chunk), self.samples_per_frame);
+            self.enqueue(Bytes::copy_from_slice(chunk), self.samples_per_frame, tag);
         }
         self.partial.extend_from_slice(chunks.remainder());
     }
@@ -103,7 +121,7 @@ impl PlayoutQueue {
         self.partial
             .resize(self.samples_per_frame, self.codec.silence_byte());
         let payload = self.partial.split().freeze();
-        self.enqueue(payload, audio_samples);
+        self.enqueue(payload, audio_samples, self.partial_tag);
     }
 
     /// The frame to send this tick: queued audio, or silence when nothing complete is queued.
@@ -111,12 +129,15 @@ impl PlayoutQueue {
         match self.frames.pop_front() {
             Some(frame) => {
                 self.played_samples += frame.audio_samples as u64;
-                let marker = !self.talking;
+                let marker = !self.talking || self.last_tag != Some(frame.tag);
                 self.talking = true;
+                self.last_tag = Some(frame.tag);
                 PlayoutFrame {
                     payload: frame.payload,
                     marker,
                     is_silence: false,
+                    tag: frame.tag,
+                    audio: samples_to_duration(frame.audio_samples as u64),
                 }
             }
             None => {
@@ -125,6 +146,8 @@ impl PlayoutQueue {
                     payload: self.silence.clone(),
                     marker: false,
                     is_silence: true,
+                    tag: 0,
+                    audio: Duration::ZERO,
                 }
             }
         }
@@ -157,21 +180,11 @@ impl PlayoutQueue {
         samples_to_duration(self.played_samples)
     }
 
-    /// Starts counting [`PlayoutQueue::played_in_item`] from zero (call when a new agent response
-    /// item begins).
-    pub fn start_item(&mut self) {
-        self.item_start_samples = self.played_samples;
-    }
-
-    /// Real audio popped since the last [`PlayoutQueue::start_item`].
-    pub fn played_in_item(&self) -> Duration {
-        samples_to_duration(self.played_samples - self.item_start_samples)
-    }
-
-    fn enqueue(&mut self, payload: Bytes, audio_samples: usize) {
+    fn enqueue(&mut self, payload: Bytes, audio_samples: usize, tag: u64) {
         self.frames.push_back(QueuedFrame {
             payload,
             audio_samples,
+            tag,
         });
     }
 }
@@ -297,16 +310,25 @@ mod tests {
     }
 
     #[test]
-    fn played_in_item_resets_per_item() {
+    fn tagged_audio_keeps_tags_pads_at_a_tag_change_and_marks_each_utterance() {
         let mut q = queue();
-        q.push(&[0x77; 160 * 4]);
-        q.pop();
-        q.pop();
-        q.start_item();
-        assert_eq!(q.played_in_item(), Duration::ZERO);
-        q.pop();
-        assert_eq!(q.played_in_item(), ms(20));
-        assert_eq!(q.played(), ms(60));
+        q.push_tagged(&[0x11; 200], 7);
+        // A new tag finishes the 40-byte remainder of tag 7 as a padded frame.
+        q.push_tagged(&[0x22; 160], 8);
+        let first = q.pop();
+        assert_eq!((first.tag, first.marker, first.audio), (7, true, ms(20)));
+        let padded = q.pop();
+        assert_eq!((padded.tag, padded.marker, padded.audio), (7, false, ms(5)));
+        assert_eq!(&padded.payload[..40], &[0x11; 40][..]);
+        assert!(padded.payload[40..].iter().all(|&b| b == 0xff));
+        let next = q.pop();
+        assert_eq!((next.tag, next.marker, next.audio), (8, true, ms(20)));
+        let silence = q.pop();
+        assert_eq!(
+            (silence.tag, silence.is_silence, silence.audio),
+            (0, true, Duration::ZERO)
+        );
+        assert_eq!(q.played(), ms(45));
     }
 
     #[test]

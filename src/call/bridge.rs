@@ -1,0 +1,419 @@
+//! The call bridge, sans-IO: a caller's RTP audio on one side, a [`SpeechSession`] on the other.
+//!
+//! Once per ptime the media task calls [`Bridge::tick`] with the jitter buffer's frame: the
+//! bridge appends it to the session (silence when the buffer had nothing, so the session's
+//! timeline stays the call's timeline: no gaps, no duplicates) and returns the frame to send.
+//! Agent audio arrives in pieces of any size and is re-packetized by a [`PlayoutQueue`], tagged
+//! per utterance so the bridge counts what the caller really heard of each one (frames popped
+//! for RTP, not bytes received).
+//!
+//! Barge-in: when the session reports the caller speaking while agent audio is queued or
+//! playing, everything queued is dropped at once, the rest of that utterance's audio is
+//! ignored, and the session is told how much of it was heard (it clamps and never sends a
+//! zero-length truncate). `end_call` lets the current utterance finish, then hangs up. HTTP
+//! tools are run by `io/` ([`BridgeOutput::RunTool`]) and their result comes back through
+//! [`Bridge::tool_finished`]. Near the session's lifetime limit the model is asked to say
+//! goodbye, then the call ends.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::speech::{FailReason, Role, SpeechEvent, SpeechSession, TokenUsage};
+use crate::config::ToolSettings;
+use crate::media::g711::Codec;
+use crate::media::playout::{PlayoutFrame, PlayoutQueue};
+use crate::media::G711;
+use crate::realtime::END_CALL_TOOL;
+
+/// How long `end_call` (or the time-limit goodbye) may wait for the last words to play.
+pub const HANGUP_WAIT_MAX: Duration = Duration::from_secs(20);
+
+/// The instructions for the goodbye before the session's lifetime runs out.
+pub const TIME_LIMIT_GOODBYE: &str = "The call has reached its time limit. Tell the caller in \
+     one short sentence that you have to end the call now, and say goodbye.";
+
+/// Settings of one bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The call's codec (the session speaks the same law: no transcoding).
+    pub codec: G711,
+    /// Packetisation time.
+    pub ptime: Duration,
+    /// The HTTP tools the model may call.
+    pub tools: Vec<ToolSettings>,
+    /// The session's lifetime (60 minutes for OpenAI Realtime).
+    pub session_limit: Duration,
+    /// How long before the limit the goodbye starts.
+    pub goodbye_margin: Duration,
+}
+
+/// What the bridge asks `io/` to do or to record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BridgeOutput {
+    /// The session is ready: answer the call.
+    Answer,
+    /// End the call (after answer: BYE).
+    Hangup {
+        /// In an admin's words.
+        why: String,
+    },
+    /// The session failed: refuse the call (503) before answer, else BYE; counted by reason.
+    Failed {
+        /// Category.
+        reason: FailReason,
+        /// In an admin's words.
+        detail: String,
+    },
+    /// Run an HTTP tool and report with [`Bridge::tool_finished`].
+    RunTool {
+        /// Correlates the result.
+        call_id: String,
+        /// Its arguments, a JSON text.
+        arguments: String,
+        /// The tool.
+        tool: ToolSettings,
+    },
+    /// A tool was called (`result`: `ok`, `unknown`; HTTP tools report their own outcome).
+    ToolCalled {
+        /// The tool.
+        name: String,
+        /// The outcome label.
+        result: &'static str,
+    },
+    /// A transcript line.
+    Transcript {
+        /// Who.
+        role: Role,
+        /// What.
+        text: String,
+    },
+    /// The caller interrupted the agent.
+    BargeIn {
+        /// How much of the interrupted utterance the caller heard.
+        heard: Duration,
+        /// Queued audio dropped.
+        dropped: Duration,
+    },
+    /// From the end of the caller's turn to the first frame of the answer on the wire.
+    ResponseLatency(Duration),
+    /// Tokens one response used.
+    Usage(TokenUsage),
+    /// A recoverable error reported by the session.
+    SessionError {
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+struct Utterance {
+    id: String,
+    tag: u64,
+    played: Duration,
+    /// All its audio arrived.
+    done: bool,
+    /// Cut by barge-in: later audio for it is dropped.
+    interrupted: bool,
+}
+
+/// Utterances remembered (older ones have long finished playing).
+const UTTERANCES_REMEMBERED: usize = 16;
+
+#[derive(Debug)]
+struct PendingHangup {
+    why: String,
+    since: Instant,
+}
+
+/// One call's bridge to its speech session.
+pub struct Bridge<S: SpeechSession> {
+    session: S,
+    config: BridgeConfig,
+    ready: bool,
+    failed: bool,
+    playout: PlayoutQueue,
+    silence: Bytes,
+    utterances: VecDeque<Utterance>,
+    next_tag: u64,
+    /// The tag of the last real frame sent.
+    playing: Option<u64>,
+    response_active: bool,
+    caller_turn_ended_at: Option<Instant>,
+    hangup: Option<PendingHangup>,
+    goodbye_at: Option<Instant>,
+    outputs: VecDeque<BridgeOutput>,
+}
+
+impl<S: SpeechSession> Bridge<S> {
+    /// A bridge over `session` (which has not connected yet).
+    pub fn new(session: S, config: BridgeConfig) -> Bridge<S> {
+        let codec = Codec::new(config.codec);
+        let samples = (config.ptime.as_micros() * 8 / 1_000) as usize;
+        Bridge {
+            session,
+            playout: PlayoutQueue::new(config.codec, config.ptime),
+            silence: codec.silence(samples.max(1)),
+            config,
+            ready: false,
+            failed: false,
+            utterances: VecDeque::new(),
+            next_tag: 1,
+            playing: None,
+            response_active: false,
+            caller_turn_ended_at: None,
+            hangup: None,
+            goodbye_at: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The session (for tests and inspection).
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// True once the session confirmed its configuration.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Agent audio queued for the caller.
+    pub fn queued(&self) -> Duration {
+        self.playout.queued()
+    }
+
+    /// A frame of text from the backend.
+    pub fn handle_message(&mut self, now: Instant, text: &str) {
+        self.session.handle_message(text);
+        self.drain_events(now);
+    }
+
+    /// The connection to the backend failed or closed.
+    pub fn handle_closed(&mut self, reason: FailReason, detail: String) {
+        self.fail(reason, detail);
+    }
+
+    /// An HTTP tool finished; `output` is what the model gets (JSON text).
+    pub fn tool_finished(&mut self, now: Instant, call_id: &str, output: &str) {
+        if self.failed {
+            return;
+        }
+        self.session.tool_output(call_id, output, true);
+        self.drain_events(now);
+    }
+
+    /// One ptime tick: `heard` is the caller's frame from the jitter buffer (`None` when it had
+    /// none); returns the frame to send to the caller.
+    pub fn tick(&mut self, now: Instant, heard: Option<&[u8]>) -> PlayoutFrame {
+        if self.ready && !self.failed {
+            self.session.send_audio(heard.unwrap_or(&self.silence));
+        }
+        let frame = self.playout.pop();
+        if !frame.is_silence {
+            if let Some(utterance) = self.utterances.iter_mut().find(|u| u.tag == frame.tag) {
+                utterance.played += frame.audio;
+            }
+            self.playing = Some(frame.tag);
+            if frame.marker {
+                if let Some(ended) = self.caller_turn_ended_at.take() {
+                    self.outputs.push_back(BridgeOutput::ResponseLatency(
+                        now.saturating_duration_since(ended),
+                    ));
+                }
+            }
+        }
+        self.check_time(now);
+        frame
+    }
+
+    fn check_time(&mut self, now: Instant) {
+        if self.failed {
+            return;
+        }
+        if self.goodbye_at.is_some_and(|at| now >= at) {
+            self.goodbye_at = None;
+            tracing::info!(
+                limit_secs = self.config.session_limit.as_secs(),
+                "the Realtime session nears its lifetime limit: saying goodbye, then hanging up"
+            );
+            self.session.prompt(TIME_LIMIT_GOODBYE);
+            self.hangup.get_or_insert(PendingHangup {
+                why: "the Realtime session reached its time limit".to_owned(),
+                since: now,
+            });
+        }
+        let Some(hangup) = &self.hangup else { return };
+        let finished = self.playout.is_empty() && !self.response_active;
+        if finished || now.saturating_duration_since(hangup.since) >= HANGUP_WAIT_MAX {
+            let why = hangup.why.clone();
+            self.hangup = None;
+            self.failed = true; // nothing more goes to the session
+            self.outputs.push_back(BridgeOutput::Hangup { why });
+        }
+    }
+
+    /// The next text frame for the backend.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.session.poll_transmit()
+    }
+
+    /// The next thing for `io/` to do or record.
+    pub fn poll_output(&mut self) -> Option<BridgeOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn fail(&mut self, reason: FailReason, detail: String) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.outputs
+            .push_back(BridgeOutput::Failed { reason, detail });
+    }
+
+    fn drain_events(&mut self, now: Instant) {
+        while let Some(event) = self.session.poll_event() {
+            if self.failed {
+                continue;
+            }
+            self.handle_event(now, event);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, event: SpeechEvent) {
+        match event {
+            SpeechEvent::Ready => {
+                if !self.ready {
+                    self.ready = true;
+                    let limit = self
+                        .config
+                        .session_limit
+                        .saturating_sub(self.config.goodbye_margin);
+                    self.goodbye_at = Some(now + limit);
+                    self.outputs.push_back(BridgeOutput::Answer);
+                }
+            }
+            SpeechEvent::Audio { item, audio } => self.queue_audio(item, &audio),
+            SpeechEvent::AudioDone { item } => {
+                if let Some(utterance) = self.utterances.iter_mut().find(|u| u.id == item) {
+                    utterance.done = true;
+                    if !utterance.interrupted {
+                        self.playout.finish_utterance();
+                    }
+                }
+            }
+            SpeechEvent::SpeechStarted => self.barge_in(),
+            SpeechEvent::SpeechStopped => self.caller_turn_ended_at = Some(now),
+            SpeechEvent::ResponseStarted => self.response_active = true,
+            SpeechEvent::ResponseDone { .. } => self.response_active = false,
+            SpeechEvent::ToolCall {
+                call_id,
+                name,
+                arguments,
+            } => self.dispatch_tool(now, call_id, name, arguments),
+            SpeechEvent::Transcript { role, text } => {
+                self.outputs
+                    .push_back(BridgeOutput::Transcript { role, text });
+            }
+            SpeechEvent::Usage(usage) => self.outputs.push_back(BridgeOutput::Usage(usage)),
+            SpeechEvent::Error { code, message } => {
+                self.outputs
+                    .push_back(BridgeOutput::SessionError { code, message });
+            }
+            SpeechEvent::Failed { reason, detail } => self.fail(reason, detail),
+        }
+    }
+
+    fn queue_audio(&mut self, item: String, audio: &[u8]) {
+        let tag = match self.utterances.iter().find(|u| u.id == item) {
+            Some(utterance) if utterance.interrupted => return,
+            Some(utterance) => utterance.tag,
+            None => {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                if self.utterances.len() == UTTERANCES_REMEMBERED {
+                    self.utterances.pop_front();
+                }
+                self.utterances.push_back(Utterance {
+                    id: item,
+                    tag,
+                    played: Duration::ZERO,
+                    done: false,
+                    interrupted: false,
+                });
+                tag
+            }
+        };
+        self.playout.push_tagged(audio, tag);
+    }
+
+    fn barge_in(&mut self) {
+        let queued = !self.playout.is_empty();
+        let receiving = self.utterances.iter().any(|u| !u.done && !u.interrupted);
+        if !queued && !receiving {
+            return; // the agent is silent: an ordinary caller turn
+        }
+        let dropped = self.playout.flush();
+        let mut heard = Duration::ZERO;
+        for utterance in self.utterances.iter_mut().filter(|u| !u.interrupted) {
+            if Some(utterance.tag) == self.playing {
+                heard = utterance.played;
+                // The session clamps to what it produced and skips 0 or the whole item.
+                self.session.truncate(&utterance.id, utterance.played);
+            }
+            // Audio still on its way for any of them is no longer wanted.
+            utterance.interrupted = true;
+        }
+        self.session.interrupt();
+        tracing::info!(
+            heard_ms = heard.as_millis() as u64,
+            dropped_ms = dropped.as_millis() as u64,
+            "caller interrupted the agent: playout flushed"
+        );
+        self.outputs
+            .push_back(BridgeOutput::BargeIn { heard, dropped });
+    }
+
+    fn dispatch_tool(&mut self, now: Instant, call_id: String, name: String, arguments: String) {
+        if name == END_CALL_TOOL {
+            tracing::info!("the agent ends the call (end_call) after its last words");
+            self.outputs
+                .push_back(BridgeOutput::ToolCalled { name, result: "ok" });
+            self.hangup.get_or_insert(PendingHangup {
+                why: "the agent ended the call".to_owned(),
+                since: now,
+            });
+            return;
+        }
+        match self.config.tools.iter().find(|tool| tool.name == name) {
+            Some(tool) => {
+                tracing::info!(tool = %name, %call_id, "the agent calls a tool");
+                self.outputs.push_back(BridgeOutput::RunTool {
+                    call_id,
+                    arguments,
+                    tool: tool.clone(),
+                });
+            }
+            None => {
+                tracing::warn!(tool = %name, "the agent called an unknown tool");
+                let output = serde_json::json!({
+                    "status": "error",
+                    "error": format!("there is no tool named {name}"),
+                })
+                .to_string();
+                self.outputs.push_back(BridgeOutput::ToolCalled {
+                    name,
+                    result: "unknown",
+                });
+                self.session.tool_output(&call_id, &output, true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

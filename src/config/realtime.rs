@@ -1,0 +1,338 @@
+//! `[realtime]` and the OpenAI Realtime part of `[[agents]]` (kind = "openai").
+//!
+//! The API key is never in the file: it comes from the environment variable named by
+//! `realtime.api_key_env` (default `OPENAI_API_KEY`) or from `realtime.api_key_file`, resolved
+//! once at start-up by [`Settings::resolve_secrets`](super::Settings::resolve_secrets). An
+//! OpenAI agent without a key answers with its `fallback` agent (the shipped config falls back
+//! to the echo agent), or start-up fails naming the agent.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{Problem, Secret};
+
+/// The GA Realtime endpoint.
+pub const DEFAULT_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
+
+/// Names a tool may not take: voxgate's built-in tools.
+pub const RESERVED_TOOL_NAMES: [&str; 2] = ["end_call", "transfer_call"];
+
+/// `[realtime]`: how voxgate reaches the Realtime service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeSettings {
+    /// WebSocket URL without the `model` query (tests point it at a local stand-in).
+    pub url: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: String,
+    /// File holding the API key (first line); wins over `api_key_env` when set.
+    pub api_key_file: Option<PathBuf>,
+    /// How long a call may wait for its session (WebSocket + `session.updated`) before it is
+    /// refused with 503, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Directory for one JSON-lines transcript file per call; none: transcripts go to the log only.
+    pub transcripts_dir: Option<PathBuf>,
+    /// The key, once resolved (never read from the file itself).
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        RealtimeSettings {
+            url: DEFAULT_REALTIME_URL.to_owned(),
+            api_key_env: "OPENAI_API_KEY".to_owned(),
+            api_key_file: None,
+            connect_timeout_ms: 5_000,
+            transcripts_dir: None,
+            api_key: None,
+        }
+    }
+}
+
+impl RealtimeSettings {
+    pub(super) fn validate(&self) -> Result<(), Problem> {
+        if !(self.url.starts_with("wss://") || self.url.starts_with("ws://")) {
+            return Err(Problem::new(
+                "realtime.url",
+                format!("{:?} is not a ws:// or wss:// URL", self.url),
+            ));
+        }
+        if self.url.contains('?') {
+            return Err(Problem::new(
+                "realtime.url",
+                "leave out the query: voxgate adds ?model= from the agent",
+            ));
+        }
+        if self.api_key_env.trim().is_empty() {
+            return Err(Problem::new("realtime.api_key_env", "empty"));
+        }
+        if !(100..=60_000).contains(&self.connect_timeout_ms) {
+            return Err(Problem::new(
+                "realtime.connect_timeout_ms",
+                format!(
+                    "{} is outside 100..=60000 (a PBX gives up on a ringing call long before a minute)",
+                    self.connect_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Voice activity detection, `[agents.turn_detection]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TurnDetection {
+    /// Energy-based VAD.
+    ServerVad {
+        /// 0.0–1.0; higher needs louder speech (noisy lines).
+        #[serde(default)]
+        threshold: Option<f64>,
+        /// Audio kept before detected speech, ms.
+        #[serde(default)]
+        prefix_padding_ms: Option<u32>,
+        /// Silence that ends the caller's turn, ms.
+        #[serde(default)]
+        silence_duration_ms: Option<u32>,
+        /// Re-prompt after this much silence, ms (5000–30000).
+        #[serde(default)]
+        idle_timeout_ms: Option<u32>,
+        /// The model answers by itself at the end of a turn (default true).
+        #[serde(default)]
+        create_response: Option<bool>,
+        /// The caller's speech cancels the model's answer (default true).
+        #[serde(default)]
+        interrupt_response: Option<bool>,
+    },
+    /// The model estimates the end of the caller's turn from what was said.
+    SemanticVad {
+        /// `low`, `medium`, `high` or `auto`.
+        #[serde(default)]
+        eagerness: Option<String>,
+        /// As for server_vad.
+        #[serde(default)]
+        create_response: Option<bool>,
+        /// As for server_vad.
+        #[serde(default)]
+        interrupt_response: Option<bool>,
+    },
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        TurnDetection::ServerVad {
+            threshold: None,
+            prefix_padding_ms: None,
+            silence_duration_ms: None,
+            idle_timeout_ms: None,
+            create_response: None,
+            interrupt_response: None,
+        }
+    }
+}
+
+impl TurnDetection {
+    /// False when the agent turned `interrupt_response` off (voxgate then cancels itself).
+    pub fn interrupts_response(&self) -> bool {
+        match self {
+            TurnDetection::ServerVad {
+                interrupt_response, ..
+            }
+            | TurnDetection::SemanticVad {
+                interrupt_response, ..
+            } => interrupt_response.unwrap_or(true),
+        }
+    }
+
+    fn validate(&self, key: &str) -> Result<(), Problem> {
+        match self {
+            TurnDetection::ServerVad {
+                threshold,
+                idle_timeout_ms,
+                ..
+            } => {
+                if let Some(threshold) = threshold {
+                    if !(0.0..=1.0).contains(threshold) {
+                        return Err(Problem::new(
+                            format!("{key}.threshold"),
+                            format!("{threshold} is outside 0.0..=1.0"),
+                        ));
+                    }
+                }
+                if let Some(idle) = idle_timeout_ms {
+                    if !(5_000..=30_000).contains(idle) {
+                        return Err(Problem::new(
+                            format!("{key}.idle_timeout_ms"),
+                            format!("{idle} is outside 5000..=30000"),
+                        ));
+                    }
+                }
+            }
+            TurnDetection::SemanticVad { eagerness, .. } => {
+                if let Some(eagerness) = eagerness {
+                    if !["low", "medium", "high", "auto"].contains(&eagerness.as_str()) {
+                        return Err(Problem::new(
+                            format!("{key}.eagerness"),
+                            format!("{eagerness:?} is not one of low, medium, high, auto"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Input noise reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseReduction {
+    /// Handsets and headsets.
+    NearField,
+    /// Speakerphones and room microphones.
+    FarField,
+}
+
+impl NoiseReduction {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoiseReduction::NearField => "near_field",
+            NoiseReduction::FarField => "far_field",
+        }
+    }
+}
+
+/// One `[[agents.tools]]` entry: a function the model may call, answered by an HTTP POST.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSettings {
+    /// Function name the model sees (`^[A-Za-z0-9_-]{1,64}$`).
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema); default: no arguments.
+    #[serde(default = "empty_parameters")]
+    pub parameters: serde_json::Value,
+    /// Where voxgate POSTs `{"arguments": …, "call": {"call_id", "from", "to"}}`.
+    pub url: String,
+    /// How long the HTTP call may take, milliseconds.
+    #[serde(default = "default_tool_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn empty_parameters() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+fn default_tool_timeout_ms() -> u64 {
+    5_000
+}
+
+impl ToolSettings {
+    fn validate(&self, key: &str) -> Result<(), Problem> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(Problem::new(
+                format!("{key}.name"),
+                format!(
+                    "{:?}: use 1-64 letters, digits, '_' or '-' (the API's rule)",
+                    self.name
+                ),
+            ));
+        }
+        if RESERVED_TOOL_NAMES.contains(&self.name.as_str()) {
+            return Err(Problem::new(
+                format!("{key}.name"),
+                format!("{:?} is a built-in tool", self.name),
+            ));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Problem::new(
+                format!("{key}.url"),
+                format!("{:?} is not an http:// or https:// URL", self.url),
+            ));
+        }
+        let object_schema = self
+            .parameters
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            == Some("object");
+        if !object_schema {
+            return Err(Problem::new(
+                format!("{key}.parameters"),
+                "must be a JSON Schema with type = \"object\"",
+            ));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(Problem::new(
+                format!("{key}.timeout_ms"),
+                format!("{} is outside 100..=60000", self.timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn validate_agent(
+    agent: &super::AgentSettings,
+    index: usize,
+    agents: &[&str],
+) -> Result<(), Problem> {
+    let key = format!("agents[{index}]");
+    if agent.temperature.is_some() {
+        return Err(Problem::new(
+            format!("{key}.temperature"),
+            "the GA Realtime API has no temperature (it was removed with the beta); remove the key",
+        ));
+    }
+    if agent.model.trim().is_empty() {
+        return Err(Problem::new(format!("{key}.model"), "empty"));
+    }
+    if let Some(tokens) = agent.max_output_tokens {
+        if !(1..=4_096).contains(&tokens) {
+            return Err(Problem::new(
+                format!("{key}.max_output_tokens"),
+                format!("{tokens} is outside 1..=4096"),
+            ));
+        }
+    }
+    if let Some(speed) = agent.speed {
+        if !(0.25..=1.5).contains(&speed) {
+            return Err(Problem::new(
+                format!("{key}.speed"),
+                format!("{speed} is outside 0.25..=1.5"),
+            ));
+        }
+    }
+    agent
+        .turn_detection
+        .validate(&format!("{key}.turn_detection"))?;
+    let mut names = std::collections::HashSet::new();
+    for (i, tool) in agent.tools.iter().enumerate() {
+        let tool_key = format!("{key}.tools[{i}]");
+        tool.validate(&tool_key)?;
+        if !names.insert(tool.name.as_str()) {
+            return Err(Problem::new(
+                format!("{tool_key}.name"),
+                format!("{:?} is used twice", tool.name),
+            ));
+        }
+    }
+    if let Some(fallback) = &agent.fallback {
+        if fallback == &agent.name || !agents.contains(&fallback.as_str()) {
+            return Err(Problem::new(
+                format!("{key}.fallback"),
+                format!("{fallback:?} is not another agent's name"),
+            ));
+        }
+    }
+    Ok(())
+}
