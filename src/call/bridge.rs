@@ -141,7 +141,6 @@ pub struct Bridge<S: SpeechSession> {
     next_tag: u64,
     /// The tag of the last real frame sent.
     playing: Option<u64>,
-    response_active: bool,
     caller_turn_ended_at: Option<Instant>,
     hangup: Option<PendingHangup>,
     goodbye_at: Option<Instant>,
@@ -163,7 +162,6 @@ impl<S: SpeechSession> Bridge<S> {
             utterances: VecDeque::new(),
             next_tag: 1,
             playing: None,
-            response_active: false,
             caller_turn_ended_at: None,
             hangup: None,
             goodbye_at: None,
@@ -212,6 +210,8 @@ impl<S: SpeechSession> Bridge<S> {
         if self.ready && !self.failed {
             self.session.send_audio(heard.unwrap_or(&self.silence));
         }
+        // Before popping: a hangup waits one tick after the last frame went out.
+        self.check_time(now);
         let frame = self.playout.pop();
         if !frame.is_silence {
             if let Some(utterance) = self.utterances.iter_mut().find(|u| u.tag == frame.tag) {
@@ -226,7 +226,6 @@ impl<S: SpeechSession> Bridge<S> {
                 }
             }
         }
-        self.check_time(now);
         frame
     }
 
@@ -247,7 +246,7 @@ impl<S: SpeechSession> Bridge<S> {
             });
         }
         let Some(hangup) = &self.hangup else { return };
-        let finished = self.playout.is_empty() && !self.response_active;
+        let finished = self.playout.is_empty() && !self.session.responding();
         if finished || now.saturating_duration_since(hangup.since) >= HANGUP_WAIT_MAX {
             let why = hangup.why.clone();
             self.hangup = None;
@@ -308,8 +307,7 @@ impl<S: SpeechSession> Bridge<S> {
             }
             SpeechEvent::SpeechStarted => self.barge_in(),
             SpeechEvent::SpeechStopped => self.caller_turn_ended_at = Some(now),
-            SpeechEvent::ResponseStarted => self.response_active = true,
-            SpeechEvent::ResponseDone { .. } => self.response_active = false,
+            SpeechEvent::ResponseStarted | SpeechEvent::ResponseDone { .. } => {}
             SpeechEvent::ToolCall {
                 call_id,
                 name,

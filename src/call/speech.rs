@@ -153,6 +153,8 @@ pub trait SpeechSession: Send {
     fn tool_output(&mut self, call_id: &str, output: &str, respond: bool);
     /// Ask the model to say something now (queued until any active response is done).
     fn prompt(&mut self, instructions: &str);
+    /// True while the backend generates a response (or one was asked for and not refused).
+    fn responding(&self) -> bool;
     /// The next text frame to send to the backend.
     fn poll_transmit(&mut self) -> Option<String>;
     /// The next event for the call.

@@ -370,6 +370,10 @@ impl SpeechSession for RealtimeSession {
         self.flush_pending();
     }
 
+    fn responding(&self) -> bool {
+        self.response_active
+    }
+
     fn poll_transmit(&mut self) -> Option<String> {
         self.outbox.pop_front()
     }

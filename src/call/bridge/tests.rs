@@ -1,1 +1,339 @@
+use std::collections::VecDeque;
 
+use super::*;
+use crate::testkit;
+
+/// A scripted speech session: events are pushed by the test, calls are recorded.
+#[derive(Default)]
+struct Fake {
+    events: VecDeque<SpeechEvent>,
+    audio: Vec<Vec<u8>>,
+    truncates: Vec<(String, Duration)>,
+    interrupts: usize,
+    outputs: Vec<(String, String, bool)>,
+    prompts: Vec<String>,
+    responding: bool,
+}
+
+impl SpeechSession for Fake {
+    fn handle_message(&mut self, _text: &str) {}
+    fn send_audio(&mut self, audio: &[u8]) {
+        self.audio.push(audio.to_vec());
+    }
+    fn truncate(&mut self, item: &str, heard: Duration) {
+        self.truncates.push((item.to_owned(), heard));
+    }
+    fn interrupt(&mut self) {
+        self.interrupts += 1;
+    }
+    fn tool_output(&mut self, call_id: &str, output: &str, respond: bool) {
+        self.outputs
+            .push((call_id.to_owned(), output.to_owned(), respond));
+    }
+    fn prompt(&mut self, instructions: &str) {
+        self.prompts.push(instructions.to_owned());
+        self.responding = true;
+    }
+    fn responding(&self) -> bool {
+        self.responding
+    }
+    fn poll_transmit(&mut self) -> Option<String> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<SpeechEvent> {
+        self.events.pop_front()
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn config() -> BridgeConfig {
+    BridgeConfig {
+        codec: G711::Pcmu,
+        ptime: ms(20),
+        tools: vec![ToolSettings {
+            name: "lookup".into(),
+            description: "Look something up".into(),
+            parameters: serde_json::json!({"type": "object"}),
+            url: "http://127.0.0.1:9/lookup".into(),
+            timeout_ms: 1_000,
+        }],
+        session_limit: Duration::from_secs(3_600),
+        goodbye_margin: Duration::from_secs(30),
+    }
+}
+
+struct Harness {
+    bridge: Bridge<Fake>,
+    now: Instant,
+}
+
+impl Harness {
+    fn ready() -> Harness {
+        let mut harness = Harness {
+            bridge: Bridge::new(Fake::default(), config()),
+            now: testkit::t0(),
+        };
+        harness.event(SpeechEvent::Ready);
+        assert_eq!(harness.outputs(), vec![BridgeOutput::Answer]);
+        harness
+    }
+
+    fn event(&mut self, event: SpeechEvent) {
+        match event {
+            SpeechEvent::ResponseStarted => self.bridge.session.responding = true,
+            SpeechEvent::ResponseDone { .. } => self.bridge.session.responding = false,
+            _ => {}
+        }
+        self.bridge.session.events.push_back(event);
+        self.bridge.handle_message(self.now, "{}");
+    }
+
+    fn audio(&mut self, item: &str, bytes: usize, value: u8) {
+        self.event(SpeechEvent::Audio {
+            item: item.into(),
+            audio: Bytes::from(vec![value; bytes]),
+        });
+    }
+
+    fn tick(&mut self) -> PlayoutFrame {
+        self.now += ms(20);
+        self.bridge.tick(self.now, Some(&[0x42; 160]))
+    }
+
+    fn outputs(&mut self) -> Vec<BridgeOutput> {
+        std::iter::from_fn(|| self.bridge.poll_output()).collect()
+    }
+}
+
+#[test]
+fn appends_one_frame_per_tick_once_ready_and_silence_when_nothing_was_heard() {
+    let mut bridge = Bridge::new(Fake::default(), config());
+    let t0 = testkit::t0();
+    bridge.tick(t0, Some(&[1; 160]));
+    assert!(bridge.session().audio.is_empty(), "nothing before the session is ready");
+    bridge.session.events.push_back(SpeechEvent::Ready);
+    bridge.handle_message(t0, "{}");
+    bridge.tick(t0 + ms(20), Some(&[1; 160]));
+    bridge.tick(t0 + ms(40), None);
+    bridge.tick(t0 + ms(60), Some(&[2; 160]));
+    let audio = &bridge.session().audio;
+    assert_eq!(audio.len(), 3, "one append per tick: no gaps, no duplicates");
+    assert_eq!(audio[0], vec![1; 160]);
+    assert_eq!(audio[1], vec![0xff; 160], "µ-law silence fills a gap");
+    assert_eq!(audio[2], vec![2; 160]);
+}
+
+#[test]
+fn unaligned_deltas_are_repacketized_with_a_marker_per_utterance() {
+    let mut h = Harness::ready();
+    h.audio("a", 250, 0x11);
+    h.audio("a", 230, 0x11); // 480 bytes = 3 frames
+    h.event(SpeechEvent::AudioDone { item: "a".into() });
+    h.audio("b", 100, 0x22); // 100 bytes, padded at its end
+    h.event(SpeechEvent::AudioDone { item: "b".into() });
+    let frames: Vec<PlayoutFrame> = (0..6).map(|_| h.tick()).collect();
+    let markers: Vec<bool> = frames.iter().map(|f| f.marker).collect();
+    assert_eq!(markers, [true, false, false, true, false, false]);
+    assert!(frames[..3].iter().all(|f| f.payload.len() == 160 && f.payload[0] == 0x11));
+    assert_eq!(&frames[3].payload[..100], &[0x22; 100][..]);
+    assert!(frames[3].payload[100..].iter().all(|&b| b == 0xff));
+    assert!(frames[4].is_silence && frames[5].is_silence);
+}
+
+#[test]
+fn barge_in_flushes_at_once_and_truncates_to_what_was_played() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("a", 160 * 50, 0x11); // one second queued
+    for _ in 0..7 {
+        h.tick();
+    }
+    h.event(SpeechEvent::SpeechStarted);
+    assert_eq!(h.bridge.session().truncates, vec![("a".into(), ms(140))]);
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::BargeIn {
+            heard: ms(140),
+            dropped: ms(860)
+        }]
+    );
+    assert!(h.tick().is_silence, "the next frame is already silence");
+    // Deltas still in flight for the interrupted item are dropped.
+    h.audio("a", 1_600, 0x11);
+    assert!(h.tick().is_silence);
+    assert_eq!(h.bridge.queued(), Duration::ZERO);
+    // The next answer plays normally, with a marker.
+    h.audio("b", 320, 0x22);
+    let frame = h.tick();
+    assert!(frame.marker && frame.payload[0] == 0x22);
+}
+
+#[test]
+fn speech_while_the_agent_is_silent_is_not_a_barge_in() {
+    let mut h = Harness::ready();
+    h.audio("a", 320, 0x11);
+    h.event(SpeechEvent::AudioDone { item: "a".into() });
+    h.tick();
+    h.tick();
+    h.tick();
+    h.event(SpeechEvent::SpeechStarted);
+    assert!(h.bridge.session().truncates.is_empty());
+    assert_eq!(h.bridge.session().interrupts, 0);
+    assert!(h.outputs().is_empty());
+}
+
+#[test]
+fn barge_in_before_any_frame_of_the_answer_played_cuts_without_a_truncate_length() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("a", 1_600, 0x11);
+    h.event(SpeechEvent::SpeechStarted);
+    // Nothing of "a" was sent: no truncate call with a length (the session would skip 0 anyway).
+    assert!(h.bridge.session().truncates.is_empty());
+    assert!(h.tick().is_silence);
+}
+
+#[test]
+fn response_latency_runs_from_speech_stopped_to_the_first_answer_frame() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::SpeechStopped);
+    h.tick();
+    h.tick();
+    h.audio("a", 160, 0x11);
+    h.tick();
+    assert_eq!(h.outputs(), vec![BridgeOutput::ResponseLatency(ms(60))]);
+}
+
+#[test]
+fn end_call_hangs_up_after_the_goodbye_has_played() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("bye", 160 * 3, 0x11);
+    h.event(SpeechEvent::ToolCall {
+        call_id: "c1".into(),
+        name: END_CALL_TOOL.into(),
+        arguments: "{}".into(),
+    });
+    h.event(SpeechEvent::ResponseDone {
+        status: "completed".into(),
+    });
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::ToolCalled {
+            name: END_CALL_TOOL.into(),
+            result: "ok"
+        }]
+    );
+    for _ in 0..3 {
+        assert!(!h.tick().is_silence);
+        assert!(h.outputs().is_empty(), "not before the last frame is sent");
+    }
+    h.tick();
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Hangup {
+            why: "the agent ended the call".into()
+        }]
+    );
+    h.tick();
+    assert!(h.outputs().is_empty(), "hangs up once");
+}
+
+#[test]
+fn http_tools_are_dispatched_and_unknown_tools_answered_with_an_error() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ToolCall {
+        call_id: "c1".into(),
+        name: "lookup".into(),
+        arguments: "{\"q\":1}".into(),
+    });
+    match h.outputs().as_slice() {
+        [BridgeOutput::RunTool {
+            call_id,
+            arguments,
+            tool,
+        }] => {
+            assert_eq!((call_id.as_str(), arguments.as_str()), ("c1", "{\"q\":1}"));
+            assert_eq!(tool.name, "lookup");
+        }
+        other => panic!("expected RunTool, got {other:?}"),
+    }
+    h.bridge.tool_finished(h.now, "c1", "{\"answer\":42}");
+    assert_eq!(
+        h.bridge.session().outputs,
+        vec![("c1".into(), "{\"answer\":42}".into(), true)]
+    );
+    h.event(SpeechEvent::ToolCall {
+        call_id: "c2".into(),
+        name: "launch_rockets".into(),
+        arguments: "{}".into(),
+    });
+    let (call, output, respond) = h.bridge.session().outputs[1].clone();
+    assert_eq!(call, "c2");
+    assert!(output.contains("no tool named launch_rockets") && respond);
+}
+
+#[test]
+fn near_the_session_limit_the_agent_says_goodbye_then_the_call_ends() {
+    let mut h = Harness::ready();
+    h.now += Duration::from_secs(3_600 - 31);
+    h.tick();
+    assert!(h.bridge.session().prompts.is_empty());
+    h.now += Duration::from_secs(1);
+    h.tick();
+    assert_eq!(h.bridge.session().prompts, vec![TIME_LIMIT_GOODBYE.to_owned()]);
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("bye", 320, 0x11);
+    h.event(SpeechEvent::ResponseDone {
+        status: "completed".into(),
+    });
+    h.tick();
+    h.tick();
+    assert!(h.outputs().is_empty());
+    h.tick();
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Hangup {
+            why: "the Realtime session reached its time limit".into()
+        }]
+    );
+}
+
+#[test]
+fn a_hangup_does_not_wait_forever_for_a_response_that_never_ends() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.event(SpeechEvent::ToolCall {
+        call_id: "c1".into(),
+        name: END_CALL_TOOL.into(),
+        arguments: "{}".into(),
+    });
+    h.outputs();
+    h.now += HANGUP_WAIT_MAX;
+    h.tick();
+    assert!(matches!(h.outputs().as_slice(), [BridgeOutput::Hangup { .. }]));
+}
+
+#[test]
+fn a_failed_session_is_reported_once_and_gets_no_more_audio() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::Failed {
+        reason: FailReason::Expired,
+        detail: "60 minutes".into(),
+    });
+    h.bridge
+        .handle_closed(FailReason::Dropped, "closed".into());
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Failed {
+            reason: FailReason::Expired,
+            detail: "60 minutes".into()
+        }]
+    );
+    let before = h.bridge.session().audio.len();
+    h.tick();
+    assert_eq!(h.bridge.session().audio.len(), before);
+}
