@@ -53,6 +53,137 @@ pub struct Metrics {
     pub jitter_buffer_delay_seconds: Histogram,
     /// RFC 3550 interarrival jitter sampled once per second per call.
     pub rtp_interarrival_jitter_seconds: Histogram,
+    /// The speech-agent (OpenAI Realtime) metrics.
+    pub realtime: RealtimeMetrics,
+}
+
+/// Metrics of the speech sessions calls are bridged to.
+#[derive(Clone)]
+pub struct RealtimeMetrics {
+    /// Sessions open now.
+    pub sessions_active: IntGauge,
+    /// Sessions that failed, by reason (connect, timeout, rejected, dropped, expired, server_error).
+    pub session_failures_total: IntCounterVec,
+    /// From starting the WebSocket to the confirmed session (`session.updated`).
+    pub connect_seconds: Histogram,
+    /// From the end of the caller's turn (`speech_stopped`) to the first RTP packet of the answer.
+    pub response_latency_seconds: Histogram,
+    /// Times a caller interrupted the agent.
+    pub barge_ins_total: IntCounter,
+    /// Tool calls by tool and result.
+    pub tool_calls_total: IntCounterVec,
+    /// Tokens from each `response.done` usage, by direction and modality.
+    pub tokens_total: IntCounterVec,
+    /// Error events from the service, by code.
+    pub errors_total: IntCounterVec,
+    /// Calls ended politely because the session reached its lifetime limit.
+    pub session_limit_total: IntCounter,
+}
+
+impl RealtimeMetrics {
+    fn new(registry: &Registry) -> RealtimeMetrics {
+        let latency_buckets = vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
+        let metrics = RealtimeMetrics {
+            sessions_active: IntGauge::new(
+                "voxgate_realtime_sessions_active",
+                "Realtime sessions open now",
+            )
+            .expect("valid metric definition"),
+            session_failures_total: IntCounterVec::new(
+                Opts::new(
+                    "voxgate_realtime_session_failures_total",
+                    "Realtime sessions that failed, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric definition"),
+            connect_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "voxgate_realtime_connect_seconds",
+                    "Time from opening the Realtime WebSocket to the confirmed session",
+                )
+                .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]),
+            )
+            .expect("valid metric definition"),
+            response_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "voxgate_response_latency_seconds",
+                    "Time from the end of the caller's turn to the first RTP packet of the answer",
+                )
+                .buckets(latency_buckets),
+            )
+            .expect("valid metric definition"),
+            barge_ins_total: IntCounter::new(
+                "voxgate_barge_ins_total",
+                "Times a caller interrupted the agent",
+            )
+            .expect("valid metric definition"),
+            tool_calls_total: IntCounterVec::new(
+                Opts::new("voxgate_tool_calls_total", "Tool calls by tool and result"),
+                &["tool", "result"],
+            )
+            .expect("valid metric definition"),
+            tokens_total: IntCounterVec::new(
+                Opts::new(
+                    "voxgate_realtime_tokens_total",
+                    "Realtime tokens used, by direction and modality (from response.done usage)",
+                ),
+                &["direction", "modality"],
+            )
+            .expect("valid metric definition"),
+            errors_total: IntCounterVec::new(
+                Opts::new(
+                    "voxgate_realtime_errors_total",
+                    "Error events from the Realtime service, by code",
+                ),
+                &["code"],
+            )
+            .expect("valid metric definition"),
+            session_limit_total: IntCounter::new(
+                "voxgate_realtime_session_limit_total",
+                "Calls ended with a goodbye because the Realtime session reached its lifetime limit",
+            )
+            .expect("valid metric definition"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(metrics.sessions_active.clone()),
+            Box::new(metrics.session_failures_total.clone()),
+            Box::new(metrics.connect_seconds.clone()),
+            Box::new(metrics.response_latency_seconds.clone()),
+            Box::new(metrics.barge_ins_total.clone()),
+            Box::new(metrics.tool_calls_total.clone()),
+            Box::new(metrics.tokens_total.clone()),
+            Box::new(metrics.errors_total.clone()),
+            Box::new(metrics.session_limit_total.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        for reason in ["connect", "timeout", "rejected", "dropped", "expired", "server_error"] {
+            metrics.session_failures_total.with_label_values(&[reason]);
+        }
+        for direction in ["input", "output"] {
+            for modality in ["text", "audio"] {
+                metrics
+                    .tokens_total
+                    .with_label_values(&[direction, modality]);
+            }
+        }
+        metrics
+    }
+
+    /// Counts an error event; codes outside `[a-z0-9_]{1,64}` are counted as `other`.
+    pub fn count_error(&self, code: &str) {
+        let bounded = !code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let code = if bounded { code } else { "other" };
+        self.errors_total.with_label_values(&[code]).inc();
+    }
 }
 
 const METHODS: [&str; 14] = [
@@ -134,7 +265,9 @@ impl Metrics {
             ]),
         )
         .expect("valid metric definition");
+        let realtime = RealtimeMetrics::new(&registry);
         let metrics = Metrics {
+            realtime,
             registry,
             calls_active,
             calls_total,

@@ -184,6 +184,24 @@ impl<S: SpeechSession> Bridge<S> {
         self.playout.queued()
     }
 
+    /// The negotiated packetisation time (frames popped by [`Bridge::tick`] are this long).
+    pub fn set_ptime(&mut self, ptime: Duration) {
+        if ptime == self.config.ptime || ptime.is_zero() {
+            return;
+        }
+        self.config.ptime = ptime;
+        let samples = (ptime.as_micros() * 8 / 1_000) as usize;
+        self.silence = Codec::new(self.config.codec).silence(samples.max(1));
+        let mut playout = PlayoutQueue::new(self.config.codec, ptime);
+        // Audio already queued (a greeting) is kept, re-cut into the new frame size.
+        while !self.playout.is_empty() {
+            let frame = self.playout.pop();
+            let real = (frame.audio.as_micros() * 8 / 1_000) as usize;
+            playout.push_tagged(&frame.payload[..real.min(frame.payload.len())], frame.tag);
+        }
+        self.playout = playout;
+    }
+
     /// A frame of text from the backend.
     pub fn handle_message(&mut self, now: Instant, text: &str) {
         self.session.handle_message(text);

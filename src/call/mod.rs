@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::AgentSettings;
+use crate::config::{AgentKind, AgentSettings};
 use crate::media::sdp::{Direction, LocalMedia, Negotiated, Negotiator};
 use crate::media::G711;
 use crate::metrics::CallResult;
@@ -30,6 +30,17 @@ use crate::sip::dialog::{Dialog, DialogError};
 use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
 use crate::sip::message::{self, Request, Response};
 use crate::sip::session_timer::{self, Agreement, SessionTimer, SessionTimerOutput, TimerRequest};
+
+/// Extra time the call gives the media task to report a speech session's failure itself.
+const AGENT_REPORT_GRACE: Duration = Duration::from_secs(2);
+
+/// A Reason header's text: no quotes or backslashes, one line, bounded.
+fn reason_text(why: &str) -> String {
+    why.chars()
+        .filter(|c| !matches!(c, '"' | '\\') && !c.is_control())
+        .take(120)
+        .collect()
+}
 
 /// A call's number inside one voxgate process (never shown to peers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +107,10 @@ pub enum Output {
         local_ip: IpAddr,
         /// Who answers.
         agent: AgentSettings,
+        /// The INVITE's From header (for agents' tools and transcripts).
+        from: String,
+        /// The INVITE's To header.
+        to: String,
     },
     /// A command for a call's media task.
     Media {
@@ -128,6 +143,9 @@ pub struct CallConfig {
     pub public_ip: Option<IpAddr>,
     /// Packetisation time voxgate offers.
     pub ptime: Duration,
+    /// How long a speech agent's session may take to come up (the media task enforces it; the
+    /// call refuses with 503 a little later if the media task never reports).
+    pub agent_connect_timeout: Duration,
 }
 
 /// What a call may touch while it handles an input.
@@ -145,6 +163,9 @@ pub struct Ctx<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitingMedia,
+    /// 180 sent; the agent's speech session is being set up (answer on ready, 503 on failure
+    /// or at `deadline`).
+    AwaitingAgent { deadline: Instant, answer_at: Instant },
     Ringing { answer_at: Instant },
     Answered,
     Confirmed,
@@ -230,6 +251,8 @@ impl Call {
             trunk: new.trunk,
             local_ip,
             agent: new.agent.clone(),
+            from: new.invite.header("From").unwrap_or("").to_owned(),
+            to: new.invite.header("To").unwrap_or("").to_owned(),
         });
         Call {
             key: new.key,
@@ -331,12 +354,19 @@ impl Call {
                 return;
             }
         }
-        if self.agent.ring_ms > 0 {
+        let answer_at = ctx.now + Duration::from_millis(self.agent.ring_ms.into());
+        if self.agent.kind == AgentKind::Openai {
+            // Ring at once while the speech session comes up; answer when it is confirmed.
             let ringing = self.invite_response(180, None);
             ctx.endpoint.respond(ctx.now, self.invite_tx, 180, ringing);
-            self.state = State::Ringing {
-                answer_at: ctx.now + Duration::from_millis(self.agent.ring_ms.into()),
+            self.state = State::AwaitingAgent {
+                deadline: ctx.now + ctx.config.agent_connect_timeout + AGENT_REPORT_GRACE,
+                answer_at,
             };
+        } else if self.agent.ring_ms > 0 {
+            let ringing = self.invite_response(180, None);
+            ctx.endpoint.respond(ctx.now, self.invite_tx, 180, ringing);
+            self.state = State::Ringing { answer_at };
         } else {
             self.answer(ctx);
         }
@@ -457,10 +487,50 @@ impl Call {
         self.end(ctx, result);
     }
 
+    /// The agent's speech session is ready: answer (after `ring_ms`, if that is later).
+    pub fn handle_agent_ready(&mut self, ctx: &mut Ctx<'_>) {
+        let _entered = self.span.clone().entered();
+        if let State::AwaitingAgent { answer_at, .. } = self.state {
+            if ctx.now >= answer_at {
+                self.answer(ctx);
+            } else {
+                self.state = State::Ringing { answer_at };
+            }
+        }
+    }
+
+    /// The agent's speech session could not be set up: 503 with a Reason (RFC 3326) so the PBX
+    /// can fail over; after answer, hang up.
+    pub fn handle_agent_failed(&mut self, ctx: &mut Ctx<'_>, why: &str) {
+        let _entered = self.span.clone().entered();
+        match self.state {
+            State::AwaitingMedia | State::AwaitingAgent { .. } | State::Ringing { .. } => {
+                tracing::warn!(why, "speech agent unavailable; refusing the call with 503");
+                let reason = format!("SIP;cause=503;text=\"{}\"", reason_text(why));
+                self.refuse(
+                    ctx,
+                    503,
+                    "Service Unavailable",
+                    Some(("Reason", &reason)),
+                    CallResult::Rejected,
+                );
+            }
+            _ => self.hang_up(ctx, why, CallResult::Failed),
+        }
+    }
+
+    /// The agent ended the call (e.g. its `end_call` tool, or its time limit): BYE.
+    pub fn handle_agent_hangup(&mut self, ctx: &mut Ctx<'_>, why: &str) {
+        self.hang_up(ctx, why, CallResult::Completed);
+    }
+
     /// A CANCEL matched this call's INVITE (the endpoint already answered the CANCEL 200).
     pub fn handle_cancel(&mut self, ctx: &mut Ctx<'_>) {
         let _entered = self.span.clone().entered();
-        if matches!(self.state, State::AwaitingMedia | State::Ringing { .. }) {
+        if matches!(
+            self.state,
+            State::AwaitingMedia | State::AwaitingAgent { .. } | State::Ringing { .. }
+        ) {
             tracing::info!("caller cancelled before answer");
             self.refuse(ctx, 487, "Request Terminated", None, CallResult::Cancelled);
         }
@@ -728,7 +798,7 @@ impl Call {
     pub fn hang_up(&mut self, ctx: &mut Ctx<'_>, why: &str, result: CallResult) {
         let _entered = self.span.clone().entered();
         match self.state {
-            State::AwaitingMedia | State::Ringing { .. } => {
+            State::AwaitingMedia | State::AwaitingAgent { .. } | State::Ringing { .. } => {
                 tracing::info!(why, "refusing the call before answer");
                 self.refuse(ctx, 503, "Service Unavailable", None, result);
             }
@@ -796,6 +866,12 @@ impl Call {
                 self.answer(ctx);
             }
         }
+        if let State::AwaitingAgent { deadline, .. } = self.state {
+            if ctx.now >= deadline {
+                self.handle_agent_failed(ctx, "speech session not ready in time");
+                return;
+            }
+        }
         let Some(timer) = self.session_timer.as_mut() else {
             return;
         };
@@ -850,6 +926,7 @@ impl Call {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ring = match self.state {
             State::Ringing { answer_at } => Some(answer_at),
+            State::AwaitingAgent { deadline, .. } => Some(deadline),
             _ => None,
         };
         let session = self

@@ -61,6 +61,9 @@ impl Switchboard {
                 .as_deref()
                 .and_then(|host| host.parse().ok()),
             ptime: std::time::Duration::from_millis(settings.rtp.ptime_ms.into()),
+            agent_connect_timeout: std::time::Duration::from_millis(
+                settings.realtime.connect_timeout_ms,
+            ),
         };
         Switchboard {
             endpoint,
@@ -111,6 +114,24 @@ impl Switchboard {
     /// The media task of `call` ended on its own (e.g. no RTP for too long).
     pub fn handle_media_ended(&mut self, now: Instant, call: CallKey, why: &str) {
         self.with_call(now, call, |call, ctx| call.handle_media_ended(ctx, why));
+        self.dispatch_events(now);
+    }
+
+    /// The speech session of `call` is ready.
+    pub fn handle_agent_ready(&mut self, now: Instant, call: CallKey) {
+        self.with_call(now, call, |call, ctx| call.handle_agent_ready(ctx));
+        self.dispatch_events(now);
+    }
+
+    /// The speech session of `call` failed (503 before answer, BYE after).
+    pub fn handle_agent_failed(&mut self, now: Instant, call: CallKey, why: &str) {
+        self.with_call(now, call, |call, ctx| call.handle_agent_failed(ctx, why));
+        self.dispatch_events(now);
+    }
+
+    /// The agent of `call` ended it.
+    pub fn handle_agent_hangup(&mut self, now: Instant, call: CallKey, why: &str) {
+        self.with_call(now, call, |call, ctx| call.handle_agent_hangup(ctx, why));
         self.dispatch_events(now);
     }
 

@@ -33,6 +33,9 @@ pub struct RealtimeSettings {
     pub connect_timeout_ms: u64,
     /// Directory for one JSON-lines transcript file per call; none: transcripts go to the log only.
     pub transcripts_dir: Option<PathBuf>,
+    /// The service's session lifetime, seconds (OpenAI: 3600); the agent says goodbye shortly
+    /// before it and the call ends.
+    pub session_limit_secs: u64,
     /// The key, once resolved (never read from the file itself).
     #[serde(skip)]
     pub api_key: Option<Secret>,
@@ -46,6 +49,7 @@ impl Default for RealtimeSettings {
             api_key_file: None,
             connect_timeout_ms: 5_000,
             transcripts_dir: None,
+            session_limit_secs: 3_600,
             api_key: None,
         }
     }
@@ -76,6 +80,20 @@ impl RealtimeSettings {
                     self.connect_timeout_ms
                 ),
             ));
+        }
+        if !(10..=86_400).contains(&self.session_limit_secs) {
+            return Err(Problem::new(
+                "realtime.session_limit_secs",
+                format!("{} is outside 10..=86400", self.session_limit_secs),
+            ));
+        }
+        if let Some(dir) = &self.transcripts_dir {
+            if !dir.is_dir() {
+                return Err(Problem::new(
+                    "realtime.transcripts_dir",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
         }
         Ok(())
     }

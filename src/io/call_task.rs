@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
+use super::speech_leg::{CallInfo, SpeechLeg};
 use super::CoreInput;
 use crate::call::agent::EchoAgent;
 use crate::call::{CallKey, MediaCommand, MediaParams};
-use crate::config::{AgentKind, AgentSettings};
+use crate::config::{AgentKind, AgentSettings, RealtimeSettings};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::PlayoutQueue;
 use crate::media::rtcp::{NtpTime, ReceptionFigures, RtcpSession, RtcpTimer, SenderFigures};
@@ -43,6 +44,12 @@ pub struct MediaSetup {
     pub jitter_max: Duration,
     /// RTCP report interval.
     pub rtcp_interval: Duration,
+    /// The INVITE's From header.
+    pub from: String,
+    /// The INVITE's To header.
+    pub to: String,
+    /// How speech agents reach their service.
+    pub realtime: RealtimeSettings,
 }
 
 /// The core's handle on a running media task.
@@ -122,7 +129,23 @@ pub fn spawn(
     let rtcp = UdpSocket::from_std(rtcp)?;
     let (commands, commands_rx) = mpsc::channel(32);
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
-    let task = MediaTask::new(setup, rtp, rtcp, metrics);
+    let speech = (setup.agent.kind == AgentKind::Openai).then(|| {
+        let _entered = span.enter();
+        SpeechLeg::start(
+            CallInfo {
+                key: setup.call,
+                call_id: setup.call_id.clone(),
+                from: setup.from.clone(),
+                to: setup.to.clone(),
+            },
+            &setup.agent,
+            &setup.realtime,
+            metrics.clone(),
+            core_tx.clone(),
+        )
+    });
+    let mut task = MediaTask::new(setup, rtp, rtcp, metrics);
+    task.speech = speech;
     tokio::spawn(task.run(commands_rx, core_tx).instrument(span));
     Ok(MediaHandle {
         local_rtp,
@@ -144,6 +167,8 @@ struct MediaTask {
     outbound: OutboundStream,
     latch: SymmetricLatch,
     echo: EchoAgent,
+    /// The speech agent's leg (kind = "openai").
+    speech: Option<SpeechLeg>,
     reported_lost: u64,
     packets_in: u64,
     packets_out: u64,
@@ -181,6 +206,7 @@ impl MediaTask {
                 Duration::from_millis(setup.agent.echo_delay_ms.into()),
                 ptime,
             ),
+            speech: None,
             agent: setup.agent,
             jitter_min: setup.jitter_min,
             jitter_max: setup.jitter_max,
@@ -220,6 +246,11 @@ impl MediaTask {
                     }
                     Some(MediaCommand::Stop) | None => break,
                 },
+                event = next_speech_event(&mut self.speech) => {
+                    if let Some(leg) = self.speech.as_mut() {
+                        leg.handle(event).await;
+                    }
+                }
                 received = self.rtp.recv_from(&mut buffer) => {
                     if let Ok((length, from)) = received {
                         self.handle_rtp(&buffer[..length], from);
@@ -237,10 +268,13 @@ impl MediaTask {
                     while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
                         self.handle_rtp(&buffer[..length], from);
                     }
-                    self.tick(ptime);
+                    self.tick(ptime).await;
                 }
                 _ = sample.tick() => self.sample_metrics(),
             }
+        }
+        if let Some(leg) = self.speech.as_mut() {
+            leg.close("call ended").await;
         }
         self.sample_metrics();
         tracing::debug!(
@@ -268,6 +302,9 @@ impl MediaTask {
                 Duration::from_millis(self.agent.echo_delay_ms.into()),
                 params.ptime,
             );
+        }
+        if let Some(leg) = self.speech.as_mut() {
+            leg.set_ptime(params.ptime);
         }
         self.outbound.set_payload_type(params.payload_type);
         let mut accepted = vec![params.payload_type];
@@ -353,7 +390,7 @@ impl MediaTask {
         self.jitter.push(std::time::Instant::now(), packet);
     }
 
-    fn tick(&mut self, ptime: Duration) {
+    async fn tick(&mut self, ptime: Duration) {
         let Some(params) = self.params.as_ref() else {
             return;
         };
@@ -362,16 +399,17 @@ impl MediaTask {
             Playout::Frame(frame) | Playout::Concealed(frame) => Some(frame),
             Playout::Buffering | Playout::Empty => None,
         };
-        match self.agent.kind {
-            AgentKind::Echo => {
+        let (send, remote) = (params.send, self.latch.remote());
+        let frame = match (self.agent.kind, self.speech.as_mut()) {
+            (AgentKind::Openai, Some(leg)) => leg.tick(now, heard.as_deref()).await,
+            _ => {
                 if let Some(frame) = self.echo.handle_frame(heard) {
                     self.playout.push(&frame);
                 }
+                self.playout.pop()
             }
-            AgentKind::Openai => {}
-        }
-        let frame = self.playout.pop();
-        let (true, Some(remote)) = (params.send, self.latch.remote()) else {
+        };
+        let (true, Some(remote)) = (send, remote) else {
             return;
         };
         let samples = (ptime.as_micros() * 8 / 1_000) as u32;
@@ -406,6 +444,16 @@ impl MediaTask {
             .rtp_interarrival_jitter_seconds
             .observe(stats.interarrival_jitter_duration.as_secs_f64());
         let _ = self.call;
+    }
+}
+
+/// The next event of the call's speech leg; never ready for echo calls.
+async fn next_speech_event(
+    leg: &mut Option<SpeechLeg>,
+) -> super::speech_leg::LegEvent {
+    match leg.as_mut() {
+        Some(leg) => leg.next_event().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,9 @@
 
 pub mod call_task;
 pub mod metrics_http;
+pub mod realtime_ws;
 pub mod sip_transport;
+pub mod speech_leg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +54,25 @@ pub enum CoreInput {
     ConnectionClosed {
         /// Its number.
         id: ConnectionId,
+    },
+    /// The speech agent of a call is ready: answer.
+    AgentReady {
+        /// The call.
+        call: CallKey,
+    },
+    /// The speech agent of a call failed: 503 before answer, BYE after.
+    AgentFailed {
+        /// The call.
+        call: CallKey,
+        /// Why, in an admin's words.
+        why: String,
+    },
+    /// The speech agent ended the call (BYE).
+    AgentHangup {
+        /// The call.
+        call: CallKey,
+        /// Why, in an admin's words.
+        why: String,
     },
     /// A call's media task stopped on its own.
     MediaEnded {
@@ -187,6 +208,13 @@ impl Core {
             CoreInput::MediaEnded { call, why } => {
                 self.switchboard.handle_media_ended(now, call, &why)
             }
+            CoreInput::AgentReady { call } => self.switchboard.handle_agent_ready(now, call),
+            CoreInput::AgentFailed { call, why } => {
+                self.switchboard.handle_agent_failed(now, call, &why)
+            }
+            CoreInput::AgentHangup { call, why } => {
+                self.switchboard.handle_agent_hangup(now, call, &why)
+            }
         }
     }
 
@@ -211,6 +239,8 @@ impl Core {
                         trunk,
                         local_ip,
                         agent,
+                        from,
+                        to,
                     } => {
                         let bind_ip = self.settings.rtp.bind_address.unwrap_or(local_ip);
                         let result = call_task::spawn(
@@ -220,6 +250,9 @@ impl Core {
                                 trunk,
                                 bind_ip,
                                 agent,
+                                from,
+                                to,
+                                realtime: self.settings.realtime.clone(),
                                 jitter_min: Duration::from_millis(
                                     self.settings.rtp.jitter_min_ms.into(),
                                 ),

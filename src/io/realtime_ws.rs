@@ -1,0 +1,98 @@
+//! The Realtime WebSocket: connect (rustls, TCP_NODELAY, a small read buffer, large messages)
+//! and the shared HTTP client for tools.
+//!
+//! DEPENDENCIES.md: Nagle on delays 20 ms appends by 40 ms; the default 128 KiB read buffer is
+//! zero-filled on every read (half a minimal relay's CPU); a 1 MiB message cap closes the socket
+//! on large server events, so allow 32 MiB.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::config::Secret;
+
+/// A connected Realtime socket.
+pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Largest inbound message or frame accepted.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+
+/// Read buffer per connection.
+pub const READ_BUFFER_BYTES: usize = 8 << 10;
+
+/// Opens the WebSocket for `model` at `url` with the API key; no `OpenAI-Beta` header (GA).
+pub async fn connect(url: &str, model: &str, key: &Secret) -> Result<RealtimeSocket, String> {
+    let target = format!("{url}?model={}", query_escape(model));
+    let mut request = target
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad Realtime URL {url}: {e}"))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        .map_err(|_| "the API key contains characters not allowed in a header".to_owned())?;
+    request.headers_mut().insert("Authorization", bearer);
+    if let Ok(agent) = HeaderValue::from_str(&format!("voxgate/{}", env!("CARGO_PKG_VERSION"))) {
+        request.headers_mut().insert("User-Agent", agent);
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let (socket, _response) =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None)
+            .await
+            .map_err(|e| describe(url, e))?;
+    Ok(socket)
+}
+
+fn describe(url: &str, error: tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match error {
+        Error::Http(response) => format!(
+            "{url} refused the WebSocket upgrade: HTTP {}",
+            response.status()
+        ),
+        other => format!("cannot connect to {url}: {other}"),
+    }
+}
+
+/// Percent-escapes a query value (model names are plain, but a typo must not break the URL).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The process-wide HTTP client for tools (connection pooling, rustls).
+pub fn http_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .user_agent(format!("voxgate/{}", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_escaped_in_the_query() {
+        assert_eq!(query_escape("gpt-realtime-2.1"), "gpt-realtime-2.1");
+        assert_eq!(query_escape("a b&c"), "a%20b%26c");
+    }
+}
