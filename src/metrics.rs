@@ -161,7 +161,14 @@ impl RealtimeMetrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
-        for reason in ["connect", "timeout", "rejected", "dropped", "expired", "server_error"] {
+        for reason in [
+            "connect",
+            "timeout",
+            "rejected",
+            "dropped",
+            "expired",
+            "server_error",
+        ] {
             metrics.session_failures_total.with_label_values(&[reason]);
         }
         for direction in ["input", "output"] {

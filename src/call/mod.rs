@@ -165,11 +165,18 @@ enum State {
     AwaitingMedia,
     /// 180 sent; the agent's speech session is being set up (answer on ready, 503 on failure
     /// or at `deadline`).
-    AwaitingAgent { deadline: Instant, answer_at: Instant },
-    Ringing { answer_at: Instant },
+    AwaitingAgent {
+        deadline: Instant,
+        answer_at: Instant,
+    },
+    Ringing {
+        answer_at: Instant,
+    },
     Answered,
     Confirmed,
-    Ending { bye: ClientTxId },
+    Ending {
+        bye: ClientTxId,
+    },
     Ended,
 }
 

@@ -354,3 +354,161 @@ pub(super) fn validate_agent(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AgentKind, ConfigError, Settings};
+
+    const BASE: &str = r#"
+[sip]
+listen = "127.0.0.1:5060"
+
+[[trunks]]
+name = "pbx"
+allow_from = ["127.0.0.0/8"]
+
+[[agents]]
+name = "echo"
+kind = "echo"
+
+[[routes]]
+agent = "assistant"
+"#;
+
+    fn load(agent: &str, extra: &str, key: Option<&str>) -> Result<Settings, (String, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("voxgate.toml");
+        std::fs::write(&path, format!("{BASE}\n{agent}\n{extra}")).expect("write");
+        let result = Settings::load_from(&path, Vec::new()).and_then(|mut settings| {
+            settings.resolve_secrets(&path, |name| {
+                (name == "OPENAI_API_KEY")
+                    .then(|| key.map(str::to_owned))
+                    .flatten()
+            })?;
+            Ok(settings)
+        });
+        result.map_err(|error| match error {
+            ConfigError::Invalid { key, reason, .. } => (key, reason),
+            ConfigError::Load { reason, .. } => ("<load>".into(), reason),
+        })
+    }
+
+    const ASSISTANT: &str = r#"
+[[agents]]
+name = "assistant"
+kind = "openai"
+fallback = "echo"
+model = "gpt-realtime"
+voice = "marin"
+instructions = "Be brief."
+greeting = "Greet the caller."
+[agents.turn_detection]
+type = "semantic_vad"
+eagerness = "high"
+[[agents.tools]]
+name = "lookup_order"
+description = "Find an order"
+url = "http://127.0.0.1:8080/orders"
+parameters = { type = "object", properties = { order = { type = "string" } } }
+"#;
+
+    #[test]
+    fn an_openai_agent_with_a_key_answers_itself() {
+        let settings = load(ASSISTANT, "", Some("sk-test")).expect("valid");
+        let agent = settings.effective_agent("assistant").expect("agent");
+        assert_eq!(agent.kind, AgentKind::Openai);
+        assert_eq!(agent.tools[0].name, "lookup_order");
+        assert_eq!(
+            agent.tools[0].parameters["properties"]["order"]["type"],
+            "string"
+        );
+        assert_eq!(
+            settings.realtime.api_key.as_ref().map(|k| k.expose()),
+            Some("sk-test")
+        );
+        assert_eq!(settings.realtime.url, super::DEFAULT_REALTIME_URL);
+        assert!(
+            !format!("{settings:?}").contains("sk-test"),
+            "the key never shows"
+        );
+    }
+
+    #[test]
+    fn without_a_key_the_fallback_answers() {
+        let settings = load(ASSISTANT, "", None).expect("valid");
+        let agent = settings.effective_agent("assistant").expect("agent");
+        assert_eq!(agent.name, "echo");
+    }
+
+    #[test]
+    fn without_a_key_or_fallback_start_up_fails_naming_the_variable() {
+        let agent = ASSISTANT.replace("fallback = \"echo\"\n", "");
+        let (key, reason) = load(&agent, "", None).expect_err("no key");
+        assert_eq!(key, "agents[1]");
+        assert!(reason.contains("OPENAI_API_KEY"), "{reason}");
+    }
+
+    #[test]
+    fn the_key_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("key");
+        std::fs::write(&file, "sk-from-file\n").expect("write");
+        let extra = format!(
+            "[realtime]\napi_key_file = {:?}\n",
+            file.display().to_string()
+        );
+        let settings = load(ASSISTANT, &extra, None).expect("valid");
+        assert_eq!(
+            settings.realtime.api_key.as_ref().map(|k| k.expose()),
+            Some("sk-from-file")
+        );
+        let extra = "[realtime]\napi_key_file = \"/nonexistent/key\"\n";
+        let (key, _) = load(ASSISTANT, extra, None).expect_err("unreadable");
+        assert_eq!(key, "realtime.api_key_file");
+    }
+
+    #[test]
+    fn refused_settings_name_their_key() {
+        let cases = [
+            (
+                ASSISTANT.replace("voice = \"marin\"", "temperature = 0.8"),
+                "",
+                "agents[1].temperature",
+            ),
+            (
+                ASSISTANT.replace("eagerness = \"high\"", "eagerness = \"eager\""),
+                "",
+                "agents[1].turn_detection.eagerness",
+            ),
+            (
+                ASSISTANT.replace("lookup_order", "end_call"),
+                "",
+                "agents[1].tools[0].name",
+            ),
+            (
+                ASSISTANT.replace("http://127.0.0.1:8080/orders", "ftp://x"),
+                "",
+                "agents[1].tools[0].url",
+            ),
+            (
+                ASSISTANT.replace("fallback = \"echo\"", "fallback = \"nobody\""),
+                "",
+                "agents[1].fallback",
+            ),
+            (
+                ASSISTANT.to_owned(),
+                "[realtime]\nurl = \"https://api.openai.com\"\n",
+                "realtime.url",
+            ),
+            (
+                ASSISTANT.to_owned(),
+                "[realtime]\nconnect_timeout_ms = 0\n",
+                "realtime.connect_timeout_ms",
+            ),
+        ];
+        for (agent, extra, expected) in cases {
+            let (key, reason) = load(&agent, extra, Some("k")).expect_err(expected);
+            assert_eq!(key, expected, "{reason}");
+        }
+    }
+}

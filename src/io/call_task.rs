@@ -448,9 +448,7 @@ impl MediaTask {
 }
 
 /// The next event of the call's speech leg; never ready for echo calls.
-async fn next_speech_event(
-    leg: &mut Option<SpeechLeg>,
-) -> super::speech_leg::LegEvent {
+async fn next_speech_event(leg: &mut Option<SpeechLeg>) -> super::speech_leg::LegEvent {
     match leg.as_mut() {
         Some(leg) => leg.next_event().await,
         None => std::future::pending().await,

@@ -167,7 +167,9 @@ impl SpeechLeg {
                 tracing::debug!("Realtime WebSocket open; waiting for session.created");
                 self.socket = Some(socket);
             }
-            LegEvent::Connected(Err(error)) => self.bridge.handle_closed(FailReason::Connect, error),
+            LegEvent::Connected(Err(error)) => {
+                self.bridge.handle_closed(FailReason::Connect, error)
+            }
             LegEvent::Frame(Some(Ok(Message::Text(text)))) => {
                 self.bridge.handle_message(now, text.as_str());
             }
@@ -212,7 +214,9 @@ impl SpeechLeg {
                         FailReason::Timeout,
                         format!(
                             "no Realtime session within {} ms",
-                            self.deadline.saturating_duration_since(self.started).as_millis()
+                            self.deadline
+                                .saturating_duration_since(self.started)
+                                .as_millis()
                         ),
                     );
                 }
@@ -310,7 +314,10 @@ impl SpeechLeg {
                 self.finished = true;
                 self.connecting = None;
                 self.socket = None;
-                tracing::warn!(reason = reason.as_str(), "Realtime session failed: {detail}");
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    "Realtime session failed: {detail}"
+                );
                 self.write_transcript(serde_json::json!({
                     "event": "session_failed", "reason": reason.as_str(), "detail": detail,
                 }));
@@ -382,7 +389,9 @@ impl SpeechLeg {
                     ("output", "audio", usage.output_audio),
                 ] {
                     if count > 0 {
-                        tokens.with_label_values(&[direction, modality]).inc_by(count);
+                        tokens
+                            .with_label_values(&[direction, modality])
+                            .inc_by(count);
                     }
                 }
             }
@@ -469,7 +478,10 @@ async fn run_http_tool(
             tracing::warn!(tool = %tool.name, "tool timed out after {} ms", tool.timeout_ms);
             return (
                 "timeout",
-                error(format!("the tool did not answer within {} ms", tool.timeout_ms)),
+                error(format!(
+                    "the tool did not answer within {} ms",
+                    tool.timeout_ms
+                )),
             );
         }
         Err(e) => {
@@ -480,7 +492,12 @@ async fn run_http_tool(
     let status = response.status();
     let text = match response.text().await {
         Ok(text) => text,
-        Err(_) => return ("error", error("the tool's answer could not be read".to_owned())),
+        Err(_) => {
+            return (
+                "error",
+                error("the tool's answer could not be read".to_owned()),
+            )
+        }
     };
     if !status.is_success() {
         tracing::warn!(tool = %tool.name, status = status.as_u16(), "tool answered with an error");

@@ -113,14 +113,21 @@ fn appends_one_frame_per_tick_once_ready_and_silence_when_nothing_was_heard() {
     let mut bridge = Bridge::new(Fake::default(), config());
     let t0 = testkit::t0();
     bridge.tick(t0, Some(&[1; 160]));
-    assert!(bridge.session().audio.is_empty(), "nothing before the session is ready");
+    assert!(
+        bridge.session().audio.is_empty(),
+        "nothing before the session is ready"
+    );
     bridge.session.events.push_back(SpeechEvent::Ready);
     bridge.handle_message(t0, "{}");
     bridge.tick(t0 + ms(20), Some(&[1; 160]));
     bridge.tick(t0 + ms(40), None);
     bridge.tick(t0 + ms(60), Some(&[2; 160]));
     let audio = &bridge.session().audio;
-    assert_eq!(audio.len(), 3, "one append per tick: no gaps, no duplicates");
+    assert_eq!(
+        audio.len(),
+        3,
+        "one append per tick: no gaps, no duplicates"
+    );
     assert_eq!(audio[0], vec![1; 160]);
     assert_eq!(audio[1], vec![0xff; 160], "µ-law silence fills a gap");
     assert_eq!(audio[2], vec![2; 160]);
@@ -137,7 +144,9 @@ fn unaligned_deltas_are_repacketized_with_a_marker_per_utterance() {
     let frames: Vec<PlayoutFrame> = (0..6).map(|_| h.tick()).collect();
     let markers: Vec<bool> = frames.iter().map(|f| f.marker).collect();
     assert_eq!(markers, [true, false, false, true, false, false]);
-    assert!(frames[..3].iter().all(|f| f.payload.len() == 160 && f.payload[0] == 0x11));
+    assert!(frames[..3]
+        .iter()
+        .all(|f| f.payload.len() == 160 && f.payload[0] == 0x11));
     assert_eq!(&frames[3].payload[..100], &[0x22; 100][..]);
     assert!(frames[3].payload[100..].iter().all(|&b| b == 0xff));
     assert!(frames[4].is_silence && frames[5].is_silence);
@@ -284,7 +293,10 @@ fn near_the_session_limit_the_agent_says_goodbye_then_the_call_ends() {
     assert!(h.bridge.session().prompts.is_empty());
     h.now += Duration::from_secs(1);
     h.tick();
-    assert_eq!(h.bridge.session().prompts, vec![TIME_LIMIT_GOODBYE.to_owned()]);
+    assert_eq!(
+        h.bridge.session().prompts,
+        vec![TIME_LIMIT_GOODBYE.to_owned()]
+    );
     h.event(SpeechEvent::ResponseStarted);
     h.audio("bye", 320, 0x11);
     h.event(SpeechEvent::ResponseDone {
@@ -314,7 +326,10 @@ fn a_hangup_does_not_wait_forever_for_a_response_that_never_ends() {
     h.outputs();
     h.now += HANGUP_WAIT_MAX;
     h.tick();
-    assert!(matches!(h.outputs().as_slice(), [BridgeOutput::Hangup { .. }]));
+    assert!(matches!(
+        h.outputs().as_slice(),
+        [BridgeOutput::Hangup { .. }]
+    ));
 }
 
 #[test]
@@ -324,8 +339,7 @@ fn a_failed_session_is_reported_once_and_gets_no_more_audio() {
         reason: FailReason::Expired,
         detail: "60 minutes".into(),
     });
-    h.bridge
-        .handle_closed(FailReason::Dropped, "closed".into());
+    h.bridge.handle_closed(FailReason::Dropped, "closed".into());
     assert_eq!(
         h.outputs(),
         vec![BridgeOutput::Failed {
