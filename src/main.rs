@@ -174,5 +174,24 @@ fn summary(settings: &Settings) -> String {
         settings.trunks.len(),
         settings.agents.len(),
         settings.routes.len(),
-    )
+    ) + &agent_summary(settings)
+}
+
+/// `; agent "assistant": OpenAI Realtime` or `…: echo (no OPENAI_API_KEY)` per OpenAI agent.
+fn agent_summary(settings: &Settings) -> String {
+    let mut text = String::new();
+    for agent in &settings.agents {
+        if agent.kind != voxgate::config::AgentKind::Openai {
+            continue;
+        }
+        let answering = match settings.effective_agent(&agent.name) {
+            Some(answering) if answering.name != agent.name => format!(
+                "answered by {:?} (no {})",
+                answering.name, settings.realtime.api_key_env
+            ),
+            _ => format!("OpenAI Realtime {}", agent.model),
+        };
+        text.push_str(&format!("; agent {:?}: {answering}", agent.name));
+    }
+    text
 }

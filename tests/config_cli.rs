@@ -39,9 +39,24 @@ fn check_config_accepts_the_shipped_file() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("1 trunk(s), 1 agent(s), 2 route(s), metrics on 127.0.0.1:9090"),
+        stdout.contains("1 trunk(s), 2 agent(s), 2 route(s), metrics on 127.0.0.1:9090"),
         "{stdout}"
     );
+    // A fresh machine has no API key: the assistant's calls go to the echo agent, and it says so.
+    assert!(
+        stdout.contains("agent \"assistant\": answered by \"echo\" (no OPENAI_API_KEY)"),
+        "{stdout}"
+    );
+    let out = voxgate(
+        &["check-config", "--config", SHIPPED],
+        &[("OPENAI_API_KEY", "sk-test-not-shown")],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("agent \"assistant\": OpenAI Realtime gpt-realtime"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-test-not-shown"), "{stdout}");
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub enum Output {
         /// Where to bind.
         local_ip: IpAddr,
         /// Who answers.
-        agent: AgentSettings,
+        agent: Box<AgentSettings>,
         /// The INVITE's From header (for agents' tools and transcripts).
         from: String,
         /// The INVITE's To header.
@@ -257,7 +257,7 @@ impl Call {
             call_id,
             trunk: new.trunk,
             local_ip,
-            agent: new.agent.clone(),
+            agent: Box::new(new.agent.clone()),
             from: new.invite.header("From").unwrap_or("").to_owned(),
             to: new.invite.header("To").unwrap_or("").to_owned(),
         });

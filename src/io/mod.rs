@@ -249,7 +249,7 @@ impl Core {
                                 call_id,
                                 trunk,
                                 bind_ip,
-                                agent,
+                                agent: *agent,
                                 from,
                                 to,
                                 realtime: self.settings.realtime.clone(),

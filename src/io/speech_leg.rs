@@ -23,7 +23,7 @@ use crate::media::G711;
 use crate::metrics::Metrics;
 use crate::realtime::RealtimeSession;
 
-type Connecting = Pin<Box<dyn Future<Output = Result<RealtimeSocket, String>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Box<RealtimeSocket>, String>> + Send>>;
 
 /// Who the call is, for tools and transcripts.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub struct CallInfo {
 /// Something happened on the leg.
 pub enum LegEvent {
     /// The WebSocket connect finished.
-    Connected(Result<RealtimeSocket, String>),
+    Connected(Result<Box<RealtimeSocket>, String>),
     /// A frame (or the end) from the WebSocket.
     Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     /// An HTTP tool finished: (call_id, output).
@@ -55,7 +55,7 @@ pub struct SpeechLeg {
     info: CallInfo,
     bridge: Bridge<RealtimeSession>,
     connecting: Option<Connecting>,
-    socket: Option<RealtimeSocket>,
+    socket: Option<Box<RealtimeSocket>>,
     started: Instant,
     deadline: Instant,
     ready: bool,
@@ -82,7 +82,7 @@ impl SpeechLeg {
                 let url = realtime.url.clone();
                 let model = agent.model.clone();
                 Some(Box::pin(async move {
-                    realtime_ws::connect(&url, &model, &key).await
+                    realtime_ws::connect(&url, &model, &key).await.map(Box::new)
                 }))
             }
             None => None,
@@ -243,7 +243,7 @@ impl SpeechLeg {
     /// The call ended: close the session politely (bounded).
     pub async fn close(&mut self, outcome: &str) {
         if let Some(mut socket) = self.socket.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), (*socket).close(None)).await;
         }
         if self.ready && !self.finished {
             self.metrics.realtime.sessions_active.dec();
