@@ -518,7 +518,10 @@ async fn invalid_client_events_are_answered_with_error_and_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_is_checked_and_beta_header_gets_close_4000() {
-    let standin = RealtimeStandIn::start(Behaviour::new());
+    let standin = RealtimeStandIn::start_with(|index| match index {
+        3 => Behaviour::new().refuse_handshake(503),
+        _ => Behaviour::new(),
+    });
     // A wrong path and a missing key are refused at the HTTP level.
     let wrong_path =
         Client::connect_with(&standin, "/beta?model=x", &[("authorization", "Bearer k")]).await;
@@ -574,6 +577,54 @@ async fn handshake_is_checked_and_beta_header_gets_close_4000() {
         .next()
         .is_none());
     assert_eq!(standin.violations().len(), 3);
+
+    // A scripted refusal is not the client's fault.
+    let refused =
+        Client::connect_with(&standin, "?model=x", &[("authorization", "Bearer k")]).await;
+    let refused = match refused {
+        Err(WsError::Http(response)) => response.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(refused, 503);
+    let scripted = standin.session(3);
+    assert_eq!(
+        (scripted.handshake.accepted, scripted.end),
+        (false, Some(SessionEnd::Refused))
+    );
+    assert_eq!(standin.violations().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_transcript_is_sent_only_when_transcription_is_configured() {
+    let standin = RealtimeStandIn::start(Behaviour::new().pace(Pace::Unthrottled).step(
+        When::caller_audio_ms(40),
+        [
+            Action::speech_stopped_saying("Hello?"),
+            Action::respond(Reply::audio(tagged_audio(2, 1))),
+        ],
+    ));
+    for (index, transcription) in [json!(null), json!({"model": "whisper-1"})]
+        .iter()
+        .enumerate()
+    {
+        let (mut client, _) = Client::configured(&standin).await;
+        let mut update = telephony_update();
+        update["session"]["audio"]["input"]["transcription"] = transcription.clone();
+        client.send(update).await;
+        assert_eq!(client.recv().await["type"], "session.updated");
+        client.append(&caller_audio(0..2)).await;
+        let events = client.recv_until("response.done").await;
+        let transcribed: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "conversation.item.input_audio_transcription.completed")
+            .collect();
+        assert_eq!(transcribed.len(), index, "transcription {transcription}");
+        if let Some(event) = transcribed.first() {
+            assert_eq!(event["transcript"], "Hello?");
+            assert_eq!(event["item_id"], events[0]["item_id"]);
+        }
+    }
+    standin.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,11 +745,13 @@ async fn response_create_while_active_is_a_violation_and_cancel_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_cancels_the_response_like_the_server() {
-    let behaviour = {
+    // Real-time pace. Session 0 is interrupted, so its greeting can be long (a wide margin for
+    // the barge-in); session 1 plays its 3 s greeting to the end.
+    let behaviour = |greeting_frames: usize| {
         Behaviour::new()
             .pace(Pace::Speedup(1.0))
             .greeting(
-                Reply::audio(tagged_audio(150, 1))
+                Reply::audio(tagged_audio(greeting_frames, 1))
                     .transcript("Our premium plan includes unlimited calls."),
             )
             .step(When::caller_audio_ms(100), [Action::SpeechStarted])
@@ -710,7 +763,8 @@ async fn barge_in_cancels_the_response_like_the_server() {
                 ],
             )
     };
-    let standin = RealtimeStandIn::start(behaviour);
+    let standin =
+        RealtimeStandIn::start_with(move |index| behaviour(if index == 0 { 500 } else { 150 }));
 
     // Session 0: interrupt_response true (default).
     let (mut client, _) = Client::configured(&standin).await;

@@ -46,7 +46,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         let (registered, shared) = (Arc::clone(&registered), Arc::clone(&shared));
         move |request: &Request, response: Response| {
             let handshake = handshake_of(request);
-            let refusal = refusal(&handshake);
+            let mut refusal = refusal(&handshake);
             let at = Instant::now();
             let (model, beta) = (handshake.model.clone(), handshake.openai_beta.is_some());
             let (index, behaviour) = shared.register(|index| {
@@ -65,6 +65,14 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 }
                 record
             });
+            if let (None, Some(status)) = (refusal, behaviour.refuse_handshake) {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                refusal = Some((status, "Refused by the test's behaviour"));
+                shared.session(index, |record| {
+                    record.handshake.accepted = false;
+                    record.end = Some(SessionEnd::Refused);
+                });
+            }
             *registered.lock().unwrap_or_else(|p| p.into_inner()) = Some(Registered {
                 index,
                 behaviour,

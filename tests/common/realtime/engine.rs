@@ -203,7 +203,7 @@ impl Engine {
                     None,
                 ),
             );
-            self.close(now, 4000, "beta_api_shape_disabled");
+            self.close(4000, "beta_api_shape_disabled");
             return;
         }
         let session = self.session.clone();

@@ -40,6 +40,7 @@ pub const DEFAULT_CHUNK_SIZES: [usize; 8] = [1000, 4800, 1234, 3200, 1601, 2400,
 /// Per-session behaviour of the stand-in. Cheap to clone; one per session.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
+    pub(super) refuse_handshake: Option<u16>,
     pub(super) confirm_session: bool,
     pub(super) greeting: Option<Reply>,
     pub(super) after_tool_output: Option<Reply>,
@@ -51,6 +52,7 @@ pub struct Behaviour {
 impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
+            refuse_handshake: None,
             confirm_session: true,
             greeting: None,
             after_tool_output: None,
@@ -66,6 +68,13 @@ impl Behaviour {
     /// streams audio at [`Pace::default`], no script.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Answer the WebSocket upgrade with this HTTP status instead (e.g. 401 bad key, 429, 503).
+    /// Not a violation: the session ends as `SessionEnd::Refused`.
+    pub fn refuse_handshake(mut self, status: u16) -> Self {
+        self.refuse_handshake = Some(status);
+        self
     }
 
     /// Never answer `session.update` with `session.updated` (the gateway's connect timeout).

@@ -96,7 +96,7 @@ impl Engine {
             return self.answer_error(now, event, code, message, None, false);
         }
         self.committed_user_ms += buffered_ms;
-        self.commit_user_item(now, new_id("item_", 21), None);
+        self.commit_user_item(now, new_id("item_", 21), buffered_ms, None);
     }
 
     pub(super) fn on_item_create(&mut self, now: Instant, event: &Value) {

@@ -82,7 +82,7 @@ impl Engine {
                 code,
                 message,
             } => self.emit(now, error_event(&kind, &code, &message, None, None)),
-            Action::Close { code, reason } => self.close(now, code, &reason),
+            Action::Close { code, reason } => self.close(code, &reason),
             Action::DropConnection => self.drop_connection(false),
             Action::ResetConnection => self.drop_connection(true),
         }
@@ -118,15 +118,18 @@ impl Engine {
             json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms,
                    "item_id": speech.item_id}),
         );
-        self.committed_user_ms += end_ms.saturating_sub(speech.start_ms);
-        self.commit_user_item(now, speech.item_id, transcript);
+        let turn_ms = end_ms.saturating_sub(speech.start_ms);
+        self.committed_user_ms += turn_ms;
+        self.commit_user_item(now, speech.item_id, turn_ms, transcript);
     }
 
-    /// `committed` + the user item; the transcription result if one is configured.
+    /// `committed` + the user item (`turn_ms` of audio); the transcription result if one is
+    /// configured.
     pub(super) fn commit_user_item(
         &mut self,
         now: Instant,
         item_id: String,
+        turn_ms: u64,
         transcript: Option<String>,
     ) {
         let previous_item_id = self.last_item_id();
@@ -150,7 +153,7 @@ impl Engine {
             .pointer("/audio/input/transcription")
             .is_some_and(Value::is_object);
         if let (Some(transcript), true) = (transcript, transcribing) {
-            let audio_tokens = self.committed_user_ms / 100;
+            let audio_tokens = turn_ms / 100;
             let text_tokens = transcript.split_whitespace().count() as u64;
             self.emit(
                 now,
@@ -165,8 +168,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn close(&mut self, now: Instant, code: u16, reason: &str) {
-        let _ = now;
+    pub(super) fn close(&mut self, code: u16, reason: &str) {
         self.ended = true;
         self.out.push_back(Output::Close {
             code,
