@@ -1171,3 +1171,45 @@ fn wait_until_gives_up_after_its_timeout() {
     assert!(standin.wait_until(Duration::from_millis(30), |state| state.sessions.is_empty()));
     assert_eq!(standin.session_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_can_set_chunk_sizes_or_be_only_a_function_call() {
+    let standin = RealtimeStandIn::start(
+        Behaviour::new()
+            .pace(Pace::Unthrottled)
+            .greeting(Reply::audio(tagged_audio(4, 1)).chunk_sizes(&[160, 333]))
+            .other_response(Reply::only_function_call("end_call", json!({}))),
+    );
+    let (mut client, _) = Client::configured(&standin).await;
+    client.send(json!({"type": "response.create"})).await;
+    let greeting = client.recv_until("response.done").await;
+    let sizes: Vec<usize> = decoded_deltas(&greeting).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [160, 333, 4 * FRAME_LEN - 493]); // the last one: what is left
+    client.recv_until("rate_limits.updated").await;
+
+    client.send(json!({"type": "response.create"})).await;
+    let call = client.recv_until("response.done").await;
+    assert_eq!(
+        types(&call),
+        [
+            "response.created",
+            "response.output_item.added",
+            "conversation.item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "conversation.item.done",
+            "response.done",
+        ]
+    );
+    assert_eq!(call[1]["output_index"], 0);
+    assert_eq!(call[4]["arguments"], "{}");
+    let done = &call[7]["response"];
+    assert_eq!(done["output"].as_array().map(Vec::len), Some(1));
+    assert_eq!(done["usage"]["output_token_details"]["audio_tokens"], 0);
+    let record = standin.session(0);
+    assert_eq!(record.responses[1].origin, ResponseOrigin::ClientRequest);
+    assert_eq!(record.responses[1].item_id, None);
+    assert_eq!(record.function_calls[0].name, "end_call");
+    standin.assert_no_violations();
+}
