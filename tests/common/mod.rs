@@ -9,6 +9,8 @@
 //! - [`pcap`] + [`rtp`]: a generated PCMU pcap whose payloads carry their packet index, and a
 //!   UDP sink receiving what voxgate echoes — see [`rtp`] for why this is reliable.
 //! - [`sip`]: raw SIP requests and response parsing. [`metrics`]: Prometheus text.
+//! - [`realtime`]: a local OpenAI Realtime (GA) stand-in: scripted model, protocol checks,
+//!   recorded sessions.
 //!
 //! Every process a test starts is owned by a value whose `Drop` kills it, so a failing
 //! assertion never leaves voxgate or SIPp running.
@@ -18,6 +20,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod pcap;
 pub mod ports;
+pub mod realtime;
 pub mod rtp;
 pub mod sip;
 pub mod sipp;
