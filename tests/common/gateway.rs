@@ -33,6 +33,11 @@ pub struct GatewayConfig {
     pub rtp_ports: u16,
     /// Extra TOML appended at the end (new tables only).
     pub extra: String,
+    /// The agent the catch-all route sends calls to (`echo` unless a test adds another agent
+    /// in `extra`).
+    pub route_agent: String,
+    /// Environment variables for the process (e.g. `OPENAI_API_KEY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +51,8 @@ impl Default for GatewayConfig {
             ipv6: false,
             rtp_ports: 40,
             extra: String::new(),
+            route_agent: "echo".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -70,7 +77,7 @@ impl GatewayConfig {
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n\n\
              [[agents]]\nname = \"echo\"\nkind = \"echo\"\n{}\n\n\
-             [[routes]]\nagent = \"echo\"\n\n{}\n",
+             [[routes]]\nagent = \"{}\"\n\n{}\n",
             rtp.base,
             rtp.base + rtp.len - 1,
             // voxgate refuses a max_concurrent above the RTP port pairs the range holds.
@@ -78,6 +85,7 @@ impl GatewayConfig {
             self.drain_timeout_secs,
             allow.join(", "),
             self.agent_extra,
+            self.route_agent,
             self.extra,
         )
     }
@@ -123,6 +131,8 @@ impl Gateway {
                 std::env::var("VOXGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()),
             )
             .env("NO_COLOR", "1")
+            .env_remove("OPENAI_API_KEY")
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

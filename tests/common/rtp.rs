@@ -32,6 +32,10 @@ pub struct RtpPacket {
     pub payload: Vec<u8>,
     /// Where it came from.
     pub from: SocketAddr,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// When it was received.
+    pub at: std::time::Instant,
 }
 
 impl RtpPacket {
@@ -57,6 +61,8 @@ impl RtpPacket {
             ssrc: u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]),
             payload: datagram.get(offset..end)?.to_vec(),
             from,
+            marker: datagram[1] & 0x80 != 0,
+            at: std::time::Instant::now(),
         })
     }
 }

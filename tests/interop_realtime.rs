@@ -1,0 +1,491 @@
+//! Calls from SIPp (the PBX) through the real voxgate binary to a local OpenAI Realtime stand-in
+//! (`tests/common/realtime`, which validates every client event against the GA schema): audio up
+//! byte-exact, audio down paced and complete, barge-in, end_call, an HTTP tool, an unreachable
+//! or silent service (503), a dropped session (BYE), and usage tokens in /metrics.
+// Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pcap;
+use common::realtime::{
+    frame_index, tagged_audio, Action, Behaviour, RealtimeStandIn, Reply, When,
+};
+use common::rtp::{RtpPacket, RtpSink};
+use common::sip;
+use common::{Gateway, GatewayConfig, Sipp};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// voxgate with one OpenAI agent (`assistant`, the default route) pointed at `standin_url`.
+fn gateway(standin_url: &str, agent_extra: &str, realtime_extra: &str) -> Gateway {
+    let extra = format!(
+        "[[agents]]\nname = \"assistant\"\nkind = \"openai\"\nmodel = \"gpt-realtime\"\n\
+         voice = \"marin\"\ninstructions = \"You are a test agent.\"\n{agent_extra}\n\n\
+         [realtime]\nurl = \"{standin_url}\"\nconnect_timeout_ms = 3000\n{realtime_extra}\n"
+    );
+    Gateway::start_with(GatewayConfig {
+        extra,
+        route_agent: "assistant".into(),
+        env: vec![("OPENAI_API_KEY".into(), "sk-test-key".into())],
+        ..GatewayConfig::default()
+    })
+}
+
+/// Frames of the stand-in's tagged audio with `tag` the caller received, in arrival order.
+fn agent_frames(packets: &[RtpPacket], tag: u8) -> Vec<(usize, &RtpPacket)> {
+    packets
+        .iter()
+        .filter_map(|p| match frame_index(&p.payload) {
+            Some((t, index)) if t == tag => Some((index, p)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    gateway.metrics().get(name, labels).unwrap_or(0.0)
+}
+
+/// (1) Caller audio reaches the service byte-exact and in order, one 20 ms append per frame;
+/// plus the handshake and session configuration (GA, PCMU both ways, no beta header).
+#[test]
+fn caller_audio_reaches_the_service_byte_exact_in_order() {
+    if common::sipp::skip_without_root("caller_audio_reaches_the_service_byte_exact_in_order") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(Behaviour::new());
+    let gateway = gateway(&standin.url(), "", "");
+    let packets = 150;
+    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(packets)
+        .pause_ms(3_600);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    drop(sink);
+    outcome.assert_success();
+    let session = standin.wait_for_session(0, WAIT, "the call's session to end", |s| s.is_ended());
+    let handshake = &session.handshake;
+    assert_eq!(handshake.model.as_deref(), Some("gpt-realtime"));
+    assert_eq!(handshake.api_key.as_deref(), Some("sk-test-key"));
+    assert!(handshake.openai_beta.is_none(), "no OpenAI-Beta header");
+    assert_eq!(session.input_format(), Some("audio/pcmu"));
+    assert_eq!(session.output_format(), Some("audio/pcmu"));
+    assert_eq!(session.voice(), Some("marin"));
+    assert!(session.tool_names().contains(&"end_call"));
+    assert!(
+        session.client_closed(),
+        "voxgate closed the session after BYE"
+    );
+    assert!(
+        session.appends.iter().all(|a| a.bytes == pcap::PAYLOAD_LEN),
+        "every append is one 20 ms frame"
+    );
+    // The caller's packets, in order, each exactly once; silence around them, and after the
+    // last one the jitter buffer's fade-out (concealment, at most 60 ms: it cannot know the
+    // stream ended). On loopback nothing is lost, so nothing else may appear mid-stream.
+    let mut next = 0usize;
+    let mut after_last = 0usize;
+    for frame in session.input_audio.chunks(pcap::PAYLOAD_LEN) {
+        if let Some(index) = pcap::index_of(frame) {
+            assert_eq!(
+                index, next,
+                "caller frame {index} out of order (expected {next})"
+            );
+            next += 1;
+        } else if !frame.iter().all(|&b| b == 0xff) {
+            assert_eq!(
+                next, packets,
+                "frame {next}: an appended frame is neither the caller's audio nor silence"
+            );
+            after_last += 1;
+        }
+    }
+    assert!(
+        after_last <= 3,
+        "{after_last} concealed frames after the stream ended"
+    );
+    assert_eq!(next, packets, "every caller frame arrived at the service");
+    standin.assert_no_violations();
+}
+
+/// (2) The greeting's audio reaches the caller complete, in order, as a paced 20 ms stream with
+/// one marker; (8) the response's usage tokens appear in /metrics.
+#[test]
+fn agent_audio_reaches_the_caller_paced_and_complete_and_tokens_are_counted() {
+    if common::sipp::skip_without_root("agent_audio_reaches_the_caller_paced_and_complete") {
+        return;
+    }
+    let frames = 100; // 2 s
+    let standin =
+        RealtimeStandIn::start(Behaviour::new().greeting(Reply::audio(tagged_audio(frames, 1))));
+    let gateway = gateway(&standin.url(), "greeting = \"Say hello.\"", "");
+    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(200)
+        .pause_ms(4_000);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success();
+    let greeting = agent_frames(&received, 1);
+    let indices: Vec<usize> = greeting.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        (0..frames).collect::<Vec<_>>(),
+        "complete and in order"
+    );
+    // One stream: consecutive sequence numbers and timestamps 160 apart, no gap mid-utterance.
+    for pair in greeting.windows(2) {
+        let (a, b) = (pair[0].1, pair[1].1);
+        assert_eq!(
+            b.seq,
+            a.seq.wrapping_add(1),
+            "sequence gap inside the utterance"
+        );
+        assert_eq!(b.timestamp, a.timestamp.wrapping_add(160), "timestamp gap");
+        assert!(!b.marker, "marker only at the start of the utterance");
+    }
+    assert!(greeting[0].1.marker, "marker at the start of the utterance");
+    // Paced, not burst: the stand-in sent it in a few fast chunks, the caller got it over
+    // about two seconds (a burst would arrive within milliseconds).
+    let span = greeting[frames - 1].1.at.duration_since(greeting[0].1.at);
+    assert!(
+        span >= Duration::from_millis(1_500),
+        "burst: 2 s of audio in {span:?}"
+    );
+    let session = standin.session(0);
+    let greeting_request = session
+        .client_events_of("response.create")
+        .next()
+        .expect("voxgate asked for the greeting");
+    assert_eq!(
+        greeting_request.event["response"]["instructions"],
+        "Say hello."
+    );
+    let tokens = gateway.wait_metric(
+        "voxgate_realtime_tokens_total",
+        &[("direction", "output"), ("modality", "audio")],
+        WAIT,
+        |v| v > 0.0,
+    );
+    assert!(tokens > 0.0, "usage tokens in /metrics");
+    standin.assert_no_violations();
+}
+
+/// (3) Barge-in: queued audio stops within a frame of `speech_started`, and `audio_end_ms` of
+/// the truncate is within 40 ms of what the caller really received.
+#[test]
+fn barge_in_stops_playout_and_truncates_to_what_was_heard() {
+    if common::sipp::skip_without_root("barge_in_stops_playout_and_truncates_to_what_was_heard") {
+        return;
+    }
+    let frames = 250; // 5 s of greeting, interrupted after about a second
+    let standin = RealtimeStandIn::start(
+        Behaviour::new()
+            .greeting(Reply::audio(tagged_audio(frames, 1)))
+            .step(When::caller_audio_ms(1_200), [Action::SpeechStarted]),
+    );
+    let gateway = gateway(&standin.url(), "greeting = \"Talk for a while.\"", "");
+    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(200)
+        .pause_ms(4_000);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success();
+    let session = standin.session(0);
+    let heard = agent_frames(&received, 1);
+    assert!(
+        !heard.is_empty() && heard.len() < frames,
+        "{} frames heard",
+        heard.len()
+    );
+    let truncate = session.truncates.first().expect("a truncate was sent");
+    assert!(truncate.accepted, "truncate accepted: {truncate:?}");
+    let item = &session.assistant_items[0];
+    assert_eq!(truncate.item_id, item.item_id);
+    let heard_ms = heard.len() as i64 * 20;
+    let difference = (truncate.audio_end_ms as i64 - heard_ms).abs();
+    assert!(
+        difference <= 40,
+        "audio_end_ms {} vs {heard_ms} ms received by the caller",
+        truncate.audio_end_ms
+    );
+    // Stops within a frame: nothing of the greeting arrives later than a frame (plus
+    // scheduling slack) after the stand-in announced the caller's speech.
+    let started = session
+        .server_events
+        .iter()
+        .find(|e| e.event_type() == Some("input_audio_buffer.speech_started"))
+        .expect("speech_started sent")
+        .at;
+    let late = heard
+        .iter()
+        .filter(|(_, p)| p.at > started + Duration::from_millis(60))
+        .count();
+    assert_eq!(late, 0, "{late} frames played after the barge-in");
+    assert_eq!(metric(&gateway, "voxgate_barge_ins_total", &[]), 1.0);
+    standin.assert_no_violations();
+}
+
+/// (4) `end_call`: the goodbye plays to the end, then voxgate sends BYE.
+#[test]
+fn end_call_hangs_up_after_the_goodbye() {
+    if common::sipp::skip_without_root("end_call_hangs_up_after_the_goodbye") {
+        return;
+    }
+    let frames = 50;
+    let standin = RealtimeStandIn::start(Behaviour::new().greeting(
+        Reply::audio(tagged_audio(frames, 1)).function_call("end_call", serde_json::json!({})),
+    ));
+    let gateway = gateway(
+        &standin.url(),
+        "greeting = \"Say goodbye and hang up.\"",
+        "",
+    );
+    let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(500);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success(); // the scenario ends only with voxgate's BYE
+    let goodbye: Vec<usize> = agent_frames(&received, 1).iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        goodbye,
+        (0..frames).collect::<Vec<_>>(),
+        "the whole goodbye played"
+    );
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE"))
+        .expect("BYE from voxgate");
+    drop(bye);
+    assert_eq!(
+        gateway.wait_metric(
+            "voxgate_tool_calls_total",
+            &[("tool", "end_call"), ("result", "ok")],
+            WAIT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    standin.wait_for_session(0, WAIT, "voxgate to close the session", |s| s.is_ended());
+    standin.assert_no_violations();
+}
+
+/// A one-shot HTTP server for a tool: records the request body, answers `body`.
+fn http_tool(body: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(4) {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut request = vec![0u8; length];
+            let _ = reader.read_exact(&mut request);
+            seen.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&request).into_owned());
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, requests)
+}
+
+/// (5) An HTTP tool round trip: arguments and call metadata POSTed, the JSON answer given to
+/// the model as the function output, then one `response.create`.
+#[test]
+fn http_tool_round_trip() {
+    if common::sipp::skip_without_root("http_tool_round_trip") {
+        return;
+    }
+    let (tool, requests) = http_tool(r#"{"status":"shipped","eta":"tomorrow"}"#);
+    let standin = RealtimeStandIn::start(
+        Behaviour::new()
+            .step(
+                When::caller_audio_ms(400),
+                [
+                    Action::speech_stopped(),
+                    Action::respond(Reply::only_function_call(
+                        "lookup_order",
+                        serde_json::json!({"order": "42"}),
+                    )),
+                ],
+            )
+            .after_tool_output(Reply::audio(tagged_audio(25, 3))),
+    );
+    let tool_toml = format!(
+        "[[agents.tools]]\nname = \"lookup_order\"\ndescription = \"Order status\"\n\
+         url = \"http://{tool}/orders\"\ntimeout_ms = 3000\n\
+         parameters = {{ type = \"object\", properties = {{ order = {{ type = \"string\" }} }} }}\n"
+    );
+    let gateway = gateway(&standin.url(), &tool_toml, "");
+    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(150)
+        .pause_ms(3_600);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success();
+    let session = standin.wait_for_session(0, WAIT, "the tool's answer", |s| {
+        !s.function_outputs.is_empty()
+    });
+    let output = &session.function_outputs[0];
+    assert!(output.known_call);
+    let value: serde_json::Value = serde_json::from_str(&output.output).expect("JSON output");
+    assert_eq!(value["status"], "shipped");
+    let posted = requests.lock().expect("lock").clone();
+    assert_eq!(posted.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&posted[0]).expect("JSON request");
+    assert_eq!(body["arguments"]["order"], "42");
+    assert_eq!(body["tool"], "lookup_order");
+    assert!(body["call"]["call_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+    assert!(body["call"]["from"]
+        .as_str()
+        .is_some_and(|f| f.contains("sipp")));
+    // The follow-up answer was asked for once and reached the caller.
+    assert_eq!(session.client_events_of("response.create").count(), 1);
+    assert!(
+        !agent_frames(&received, 3).is_empty(),
+        "the follow-up answer was played"
+    );
+    assert_eq!(
+        metric(
+            &gateway,
+            "voxgate_tool_calls_total",
+            &[("tool", "lookup_order"), ("result", "ok")]
+        ),
+        1.0
+    );
+    standin.assert_no_violations();
+}
+
+/// A raw INVITE; returns every response until the final one.
+fn invite(gateway: &Gateway) -> Vec<sip::Response> {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let offer = sip::pcmu_offer(local.ip(), local.port() + 2);
+    let request = sip::request("INVITE", gateway.sip_addr(), local, &offer);
+    sip::exchange(&socket, request.text.as_bytes(), gateway.sip_addr(), WAIT)
+}
+
+/// (6) The service unreachable, or never confirming the session: 180 at once, then 503 with a
+/// Reason header so the PBX can fail over; the failure is counted by reason.
+#[test]
+fn unreachable_or_silent_service_gets_503_with_a_reason() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("ws://{}/v1/realtime", closed.local_addr().expect("addr"));
+    drop(closed);
+    let gateway_down = gateway(&dead_url, "", "");
+    let responses = invite(&gateway_down);
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.contains(&180),
+        "rings while connecting: {statuses:?}"
+    );
+    let last = responses.last().expect("a final response");
+    assert_eq!(last.status, 503, "{statuses:?}");
+    let reason = last.header("Reason").expect("Reason header");
+    assert!(reason.starts_with("SIP;cause=503;text=\""), "{reason}");
+    assert_eq!(
+        metric(
+            &gateway_down,
+            "voxgate_realtime_session_failures_total",
+            &[("reason", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gateway_down,
+            "voxgate_calls_total",
+            &[("result", "rejected")]
+        ),
+        1.0
+    );
+
+    let silent = RealtimeStandIn::start(Behaviour::new().without_session_confirmation());
+    let gateway_silent = gateway(&silent.url(), "", "");
+    let started = Instant::now();
+    let responses = invite(&gateway_silent);
+    let last = responses.last().expect("a final response");
+    assert_eq!(last.status, 503);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "waited for the timeout"
+    );
+    assert_eq!(
+        metric(
+            &gateway_silent,
+            "voxgate_realtime_session_failures_total",
+            &[("reason", "timeout")]
+        ),
+        1.0
+    );
+    silent.assert_no_violations();
+}
+
+/// (7) The service drops the connection mid-call: voxgate logs why, counts it and sends BYE.
+#[test]
+fn dropped_session_ends_the_call_with_bye_and_is_counted() {
+    if common::sipp::skip_without_root("dropped_session_ends_the_call_with_bye_and_is_counted") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(
+        Behaviour::new().step(When::caller_audio_ms(600), [Action::DropConnection]),
+    );
+    let gateway = gateway(&standin.url(), "", "");
+    let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(500);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    drop(sink);
+    outcome.assert_success(); // ends only with voxgate's BYE
+    assert_eq!(
+        gateway.wait_metric(
+            "voxgate_realtime_session_failures_total",
+            &[("reason", "dropped")],
+            WAIT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    assert_eq!(
+        gateway.wait_metric("voxgate_calls_total", &[("result", "failed")], WAIT, |v| v
+            >= 1.0),
+        1.0
+    );
+    assert!(
+        gateway.log().contains("Realtime session failed"),
+        "the log says why"
+    );
+    assert_eq!(
+        metric(&gateway, "voxgate_realtime_sessions_active", &[]),
+        0.0
+    );
+    standin.assert_no_violations();
+}
