@@ -13,6 +13,8 @@
 pub mod agent;
 pub mod route;
 pub mod switchboard;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
