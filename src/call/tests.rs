@@ -866,3 +866,59 @@ fn reinvite_from_the_caller_while_our_refresh_reinvite_is_pending_gets_491() {
 // ---- early dialog ----
 
 // ---- merged requests (RFC 3261 §8.2.2.2) ----
+
+#[test]
+fn draining_refuses_new_calls_and_options_then_hangs_up_at_the_deadline() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    h.take_outputs();
+    let deadline = h.now + secs(30);
+    h.begin_drain(deadline);
+    assert!(
+        h.take_outputs().is_empty(),
+        "not drained while a call is up"
+    );
+
+    let mut late = Caller::new("echo");
+    h.send(&late.invite(&[], Some(&offer(1, "sendrecv"))));
+    let refused = h.final_response("INVITE");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.header("Retry-After"), Some("30"));
+    h.send(&late.ack_failure(&refused));
+    let mut prober = Caller::new("echo");
+    h.send(&prober.out_of_dialog("OPTIONS"));
+    assert_eq!(h.final_response("OPTIONS").status(), 503);
+
+    let (at, bye) = h
+        .next_request("BYE", secs(60))
+        .expect("BYE at the deadline");
+    assert_eq!(at, deadline);
+    let outputs = h.take_outputs();
+    assert_eq!(ended(&outputs), [CallResult::Completed]);
+    assert!(
+        !outputs.contains(&Output::Drained),
+        "the BYE is not answered yet"
+    );
+    // While the BYE is outstanding the switchboard waits for it, without a past deadline.
+    h.advance(secs(1));
+    h.send(&answer(&bye, 200, &[], None));
+    assert_eq!(h.take_outputs(), [Output::Drained]);
+    assert_eq!(h.switchboard.active_calls(), 0);
+}
+
+#[test]
+fn draining_reports_drained_as_soon_as_the_last_call_ends_by_the_callers_bye() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    h.take_outputs();
+    let deadline = h.now + secs(30);
+    h.begin_drain(deadline);
+    h.advance(secs(3));
+    h.send(&caller.request("BYE", &[], None));
+    assert_eq!(h.final_response("BYE").status(), 200);
+    let outputs = h.take_outputs();
+    assert_eq!(ended(&outputs), [CallResult::Completed]);
+    assert_eq!(outputs.last(), Some(&Output::Drained), "{outputs:?}");
+}
