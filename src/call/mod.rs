@@ -367,13 +367,8 @@ impl Call {
                 Err(error) => {
                     tracing::info!(%error, "offer refused");
                     let status = error.status();
-                    self.refuse(
-                        ctx,
-                        status,
-                        "Not Acceptable Here",
-                        None,
-                        CallResult::Rejected,
-                    );
+                    let reason = message::default_reason(status);
+                    self.refuse(ctx, status, reason, None, CallResult::Rejected);
                     return;
                 }
             }
@@ -597,9 +592,11 @@ impl Call {
                     Some(answer)
                 }
                 Err(error) => {
-                    // RFC 3261 §14.2: a refused re-offer leaves the session as it was.
-                    tracing::info!(%error, "re-offer refused with 488");
-                    self.reply(ctx, tx, request, 488, None, &[], None);
+                    // RFC 3261 §14.2: a refused re-offer leaves the session as it was. Glare
+                    // (our offer outstanding) is 491 (RFC 3311 §5.2 for UPDATE), bad SDP 400.
+                    let status = error.status();
+                    tracing::info!(%error, status, "re-offer refused");
+                    self.reply(ctx, tx, request, status, None, &[], None);
                     return;
                 }
             }

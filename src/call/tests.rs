@@ -922,3 +922,29 @@ fn draining_reports_drained_as_soon_as_the_last_call_ends_by_the_callers_bye() {
     assert_eq!(ended(&outputs), [CallResult::Completed]);
     assert_eq!(outputs.last(), Some(&Output::Drained), "{outputs:?}");
 }
+
+#[test]
+fn unparseable_offer_gets_400_with_its_own_reason() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some("this is not SDP\r\n")));
+    let refused = h.final_response("INVITE");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.reason(), "Bad Request");
+}
+
+#[test]
+fn update_with_an_offer_while_our_refresh_reinvite_is_pending_gets_491() {
+    let mut h = harness();
+    let mut caller = voxgate_refreshing(&mut h, false);
+    let (_, refresh) = h.next_request("INVITE", secs(901)).expect("refresh");
+    let sdp = offer(2, "sendonly");
+    h.send(&caller.request("UPDATE", &[], Some(("application/sdp", &sdp))));
+    assert_eq!(h.final_response("UPDATE").status(), 491, "RFC 3311 §5.2");
+    // A plain UPDATE (a refresh without an offer) is still fine.
+    h.send(&caller.request("UPDATE", &[("Session-Expires", "1800")], None));
+    assert_eq!(h.final_response("UPDATE").status(), 200);
+    let answer_sdp = offer(1, "sendrecv");
+    h.send(&answer(&refresh, 200, &[], Some(&answer_sdp)));
+    assert_eq!(h.switchboard.active_calls(), 1);
+}
