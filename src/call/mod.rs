@@ -677,6 +677,13 @@ impl Call {
             return;
         }
         self.refresh = None;
+        if refresh.is_invite && !(200..300).contains(&status) {
+            // RFC 3261 §14.1: a refused re-INVITE leaves the session as it was; our offer is
+            // void (the transaction ACKed the failure itself).
+            if let Some(negotiator) = self.negotiator.as_mut() {
+                negotiator.withdraw_offer();
+            }
+        }
         if refresh.is_invite && (200..300).contains(&status) {
             let ack = self.dialog.ack_for(refresh.cseq);
             ctx.endpoint.send_ack(&self.flow, &ack);

@@ -948,3 +948,21 @@ fn update_with_an_offer_while_our_refresh_reinvite_is_pending_gets_491() {
     h.send(&answer(&refresh, 200, &[], Some(&answer_sdp)));
     assert_eq!(h.switchboard.active_calls(), 1);
 }
+
+#[test]
+fn refused_refresh_reinvite_leaves_no_offer_pending() {
+    let mut h = harness();
+    let mut caller = voxgate_refreshing(&mut h, false);
+    let (_, refresh) = h.next_request("INVITE", secs(901)).expect("refresh");
+    h.send(&answer(&refresh, 500, &[], None));
+    // The transaction ACKs the 500 itself (same branch).
+    let acks = h.take_requests();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method().to_string(), "ACK");
+    // RFC 3261 §14.1: after a non-2xx to a re-INVITE the session is as before, so the caller's
+    // own re-offer is answered, not refused as glare.
+    h.send(&caller.reinvite(&[], Some(&offer(2, "sendonly"))));
+    let ok = h.final_response("INVITE");
+    assert_eq!(ok.status(), 200, "{ok:?}");
+    assert_eq!(direction_of(ok.body()).as_deref(), Some("recvonly"));
+}
