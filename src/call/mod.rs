@@ -688,8 +688,16 @@ impl Call {
             let ack = self.dialog.ack_for(refresh.cseq);
             ctx.endpoint.send_ack(&self.flow, &ack);
             if let Some(negotiator) = self.negotiator.as_mut() {
-                if let Err(error) = negotiator.handle_answer(sdp_body(response)) {
-                    tracing::warn!(%error, "refresh answer unusable; keeping the previous media");
+                match negotiator.handle_answer(sdp_body(response)) {
+                    // The answer may move the peer's media (another port, hold); the media
+                    // task ignores a Configure that changes nothing.
+                    Ok(negotiated) => ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::Configure(MediaParams::from_negotiated(&negotiated)),
+                    }),
+                    Err(error) => {
+                        tracing::warn!(%error, "refresh answer unusable; keeping the previous media")
+                    }
                 }
             }
         }

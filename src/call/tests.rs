@@ -966,3 +966,18 @@ fn refused_refresh_reinvite_leaves_no_offer_pending() {
     assert_eq!(ok.status(), 200, "{ok:?}");
     assert_eq!(direction_of(ok.body()).as_deref(), Some("recvonly"));
 }
+
+#[test]
+fn answer_to_our_refresh_reinvite_reconfigures_media_when_it_moves() {
+    let mut h = harness();
+    let _caller = voxgate_refreshing(&mut h, false);
+    let (_, refresh) = h.next_request("INVITE", secs(901)).expect("refresh");
+    let moved = offer(2, "sendrecv").replace("m=audio 30000", "m=audio 30100");
+    h.send(&answer(&refresh, 200, &[], Some(&moved)));
+    let media = configured(&h.take_outputs());
+    assert_eq!(media.len(), 1, "the media task follows the new answer");
+    assert_eq!(
+        media[0].remote_rtp,
+        Some(SocketAddr::new(pbx_addr().ip(), 30_100))
+    );
+}
