@@ -293,6 +293,11 @@ impl Call {
         )
     }
 
+    /// The INVITE has no final response yet (media being bound, or ringing).
+    fn is_invite_pending(&self) -> bool {
+        matches!(self.state, State::AwaitingMedia | State::Ringing { .. })
+    }
+
     /// `io/` bound the media ports (or failed to): build the SDP and ring or answer.
     pub fn handle_media_allocated(
         &mut self,
@@ -520,8 +525,15 @@ impl Call {
         match method.as_str() {
             "BYE" => {
                 self.reply(ctx, tx, request, 200, None, &[], None);
-                tracing::info!("caller hung up");
-                self.end(ctx, CallResult::Completed);
+                if self.is_invite_pending() {
+                    // RFC 3261 §15.1.2: a BYE in the early dialog still leaves the INVITE to
+                    // be answered; 487 is the recommended response.
+                    tracing::info!("caller hung up before answer");
+                    self.refuse(ctx, 487, "Request Terminated", None, CallResult::Cancelled);
+                } else {
+                    tracing::info!("caller hung up");
+                    self.end(ctx, CallResult::Completed);
+                }
             }
             "INVITE" | "UPDATE" => self.handle_offer_request(ctx, tx, request, &method),
             "INFO" | "OPTIONS" => {

@@ -981,3 +981,28 @@ fn answer_to_our_refresh_reinvite_reconfigures_media_when_it_moves() {
         Some(SocketAddr::new(pbx_addr().ip(), 30_100))
     );
 }
+
+#[test]
+fn bye_in_the_early_dialog_is_answered_and_the_invite_gets_487() {
+    let mut settings = settings();
+    settings.agents[0].ring_ms = 5_000;
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    let ringing = h
+        .take_responses()
+        .into_iter()
+        .find(|r| r.status() == 180)
+        .expect("180");
+    caller.learn(&ringing);
+    h.send(&caller.request("BYE", &[], None));
+    let responses = h.take_responses();
+    assert_eq!(
+        statuses(&responses),
+        [(200, "BYE".into()), (487, "INVITE".into())],
+        "RFC 3261 §15.1.2: the pending INVITE is answered too"
+    );
+    h.send(&caller.ack_failure(&responses[1]));
+    assert_eq!(ended(&h.take_outputs()), [CallResult::Cancelled]);
+    assert_clean(&mut h);
+}
