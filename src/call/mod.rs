@@ -555,6 +555,15 @@ impl Call {
         request: &Request,
         method: &str,
     ) {
+        if self.is_invite_pending() && (method == "INVITE" || !request.body().is_empty()) {
+            // RFC 3261 §14.2: a re-INVITE before the INVITE is answered gets 500 with a
+            // Retry-After of 0–10 s; RFC 3311 §5.2 the same for an UPDATE offer while the
+            // INVITE's offer awaits our answer (voxgate answers in the 200, never earlier).
+            let retry_after = (rand::random::<u32>() % 11).to_string();
+            let headers = [("Retry-After", retry_after.as_str())];
+            self.reply(ctx, tx, request, 500, None, &headers, None);
+            return;
+        }
         if self.refresh.is_some() && method == "INVITE" || self.awaiting_ack_answer {
             // RFC 3261 §14.2: an offer while ours is pending → 491 Request Pending.
             self.reply(ctx, tx, request, 491, None, &[], None);

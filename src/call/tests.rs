@@ -1006,3 +1006,35 @@ fn bye_in_the_early_dialog_is_answered_and_the_invite_gets_487() {
     assert_eq!(ended(&h.take_outputs()), [CallResult::Cancelled]);
     assert_clean(&mut h);
 }
+
+#[test]
+fn reinvite_before_the_invite_is_answered_gets_500_with_retry_after() {
+    let mut settings = settings();
+    settings.agents[0].ring_ms = 5_000;
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    let ringing = h
+        .take_responses()
+        .into_iter()
+        .find(|r| r.status() == 180)
+        .expect("180");
+    caller.learn(&ringing);
+    let mut second = caller.clone();
+    h.send(&second.reinvite(&[], Some(&offer(2, "sendonly"))));
+    let refused = h
+        .take_responses()
+        .into_iter()
+        .find(|r| r.status() >= 200)
+        .expect("final response to the second INVITE");
+    assert_eq!(refused.status(), 500, "RFC 3261 §14.2");
+    assert!(refused.header("Retry-After").is_some());
+    // The first INVITE is still answered, with the original offer.
+    let (_, ok) = h
+        .run_until(secs(10), |s| {
+            s.response().filter(|r| r.status() == 200).cloned()
+        })
+        .expect("200");
+    assert_eq!(ok.cseq().seq, caller.cseq);
+    assert_eq!(direction_of(ok.body()).as_deref(), Some("sendrecv"));
+}
