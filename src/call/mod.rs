@@ -29,7 +29,9 @@ use crate::metrics::CallResult;
 use crate::sip::dialog::{Dialog, DialogError};
 use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
 use crate::sip::message::{self, Request, Response};
-use crate::sip::session_timer::{self, Agreement, SessionTimer, SessionTimerOutput, TimerRequest};
+use crate::sip::session_timer::{
+    self, Agreement, Refresher, SessionTimer, SessionTimerOutput, TimerRequest,
+};
 
 /// A call's number inside one voxgate process (never shown to peers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -832,10 +834,18 @@ impl Call {
         let Some(timer) = self.session_timer.as_mut() else {
             return;
         };
+        let refresher = timer.agreement().refresher;
         match timer.handle_timeout(ctx.now) {
             Some(SessionTimerOutput::Refresh) => self.send_refresh(ctx),
             Some(SessionTimerOutput::Expired) => {
-                tracing::warn!("session expired: the caller's side stopped refreshing (RFC 4028)");
+                match refresher {
+                    Refresher::Uas => tracing::warn!(
+                        "session expired: none of voxgate's refreshes succeeded (RFC 4028)"
+                    ),
+                    Refresher::Uac => tracing::warn!(
+                        "session expired: the caller's side stopped refreshing (RFC 4028)"
+                    ),
+                }
                 self.hang_up(ctx, "session expired", CallResult::Failed);
             }
             None => {}

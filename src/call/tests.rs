@@ -1038,3 +1038,26 @@ fn reinvite_before_the_invite_is_answered_gets_500_with_retry_after() {
     assert_eq!(ok.cseq().seq, caller.cseq);
     assert_eq!(direction_of(ok.body()).as_deref(), Some("sendrecv"));
 }
+
+#[test]
+fn refresh_refused_otherwise_is_retried_and_the_session_ends_if_none_succeeds() {
+    let mut h = harness();
+    voxgate_refreshing(&mut h, true);
+    let start = h.now;
+    let (first, update) = h.next_request("UPDATE", secs(901)).expect("refresh");
+    assert_eq!(first - start, secs(900));
+    h.send(&answer(&update, 500, &[("Retry-After", "5")], None));
+    assert!(ended(&h.take_outputs()).is_empty(), "500 is not fatal");
+    let (retry, update) = h.next_request("UPDATE", secs(900)).expect("retry");
+    assert_eq!(retry - start, secs(1_350), "retried at three quarters");
+    h.send(&answer(&update, 500, &[], None));
+    // Only a 2xx extends the session (RFC 4028 §10): no success by the end of the interval
+    // means the session is over, not a refresh every quarter interval forever.
+    let (bye_at, _) = h.next_request("BYE", secs(900)).expect("BYE");
+    assert_eq!(
+        bye_at - start,
+        secs(1_800 - 32),
+        "BYE shortly before the session expires"
+    );
+    assert_eq!(ended(&h.take_outputs()), [CallResult::Failed]);
+}
