@@ -1061,3 +1061,27 @@ fn refresh_refused_otherwise_is_retried_and_the_session_ends_if_none_succeeds() 
     );
     assert_eq!(ended(&h.take_outputs()), [CallResult::Failed]);
 }
+
+#[test]
+fn a_second_copy_of_the_invite_on_another_branch_gets_482_and_one_call_is_made() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    let sdp = offer(1, "sendrecv");
+    h.send(&caller.invite(&[], Some(&sdp)));
+    let copy = caller.invite_copy(&[], Some(&sdp));
+    h.send(&copy);
+    let responses = h.take_responses();
+    let finals: Vec<u16> = responses
+        .iter()
+        .filter(|r| r.status() >= 200)
+        .map(Response::status)
+        .collect();
+    assert_eq!(finals, [200, 482], "{:?}", statuses(&responses));
+    let loop_detected = responses.iter().find(|r| r.status() == 482).unwrap();
+    assert_eq!(loop_detected.reason(), "Loop Detected");
+    assert_eq!(h.switchboard.active_calls(), 1);
+    // The copy's retransmission is absorbed by its own transaction: 482 again, no new call.
+    h.send(&copy);
+    assert_eq!(statuses(&h.take_responses()), [(482, "INVITE".into())]);
+    assert_eq!(h.switchboard.active_calls(), 1);
+}
