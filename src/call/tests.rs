@@ -1085,3 +1085,21 @@ fn a_second_copy_of_the_invite_on_another_branch_gets_482_and_one_call_is_made()
     assert_eq!(statuses(&h.take_responses()), [(482, "INVITE".into())]);
     assert_eq!(h.switchboard.active_calls(), 1);
 }
+
+#[test]
+fn unsupported_require_gets_420_with_unsupported_and_a_to_tag() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    let extra = [("Require", "100rel, timer")];
+    h.send(&caller.invite(&extra, Some(&offer(1, "sendrecv"))));
+    let refused = h.final_response("INVITE");
+    assert_eq!(refused.status(), 420);
+    assert_eq!(refused.header("Unsupported"), Some("100rel"));
+    assert!(
+        refused.to_tag().is_some(),
+        "§8.2.6.2: final response with a To tag"
+    );
+    assert!(h.take_outputs().is_empty());
+    h.send(&caller.ack_failure(&refused));
+    assert_clean(&mut h);
+}

@@ -371,8 +371,10 @@ impl Endpoint {
             return;
         }
         if let Some(status) = self.precheck(&request) {
+            // §8.2.6.2: a final response carries a To tag (kept if the request had one).
             let mut builder = message::response(&request, status.0)
                 .reason(status.1)
+                .to_tag(&message::new_tag())
                 .header("Server", &self.config.user_agent);
             if let Some((name, value)) = status.2 {
                 builder = builder.header(name, &value);
