@@ -33,6 +33,10 @@ pub struct GatewayConfig {
     pub rtp_ports: u16,
     /// Extra TOML appended at the end (new tables only).
     pub extra: String,
+    /// Extra `key = value` lines inside `[sip]` (e.g. `session_expires_secs = 90`).
+    pub sip_extra: String,
+    /// Extra `key = value` lines inside `[rtp]` (e.g. `rtcp_interval_secs = 1`).
+    pub rtp_extra: String,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +50,8 @@ impl Default for GatewayConfig {
             ipv6: false,
             rtp_ports: 40,
             extra: String::new(),
+            sip_extra: String::new(),
+            rtp_extra: String::new(),
         }
     }
 }
@@ -64,15 +70,17 @@ impl GatewayConfig {
             .unwrap_or_default();
         let allow: Vec<String> = self.allow_from.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
-            "[sip]\nlisten = {listen}\n{t1}\n\
-             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n\n\
+            "[sip]\nlisten = {listen}\n{t1}{}\n\n\
+             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n{}\n\n\
              [calls]\nmax_concurrent = {}\ndrain_timeout_secs = {}\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n\n\
              [[agents]]\nname = \"echo\"\nkind = \"echo\"\n{}\n\n\
              [[routes]]\nagent = \"echo\"\n\n{}\n",
+            self.sip_extra,
             rtp.base,
             rtp.base + rtp.len - 1,
+            self.rtp_extra,
             // voxgate refuses a max_concurrent above the RTP port pairs the range holds.
             self.max_concurrent.min(usize::from(rtp.len / 2)),
             self.drain_timeout_secs,
