@@ -729,9 +729,16 @@ impl Call {
                 if let (Some(timer), Some(agreement)) =
                     (self.session_timer.as_mut(), self.agreement)
                 {
+                    let response_timer = timer_request_of_response(response);
+                    let agreement =
+                        session_timer::answered(&response_timer, agreement, ctx.config.min_se_secs);
+                    self.agreement = Some(agreement);
                     timer.handle_refreshed(ctx.now, agreement);
+                    tracing::debug!(
+                        refresher = agreement.refresher.as_str(),
+                        "session refreshed"
+                    );
                 }
-                tracing::debug!("session refreshed");
             }
             // RFC 4028 §10: 408/481 to a refresh means the session is gone.
             408 | 481 => {
@@ -868,7 +875,7 @@ impl Call {
         let mut request = self.dialog.next_request(method);
         request
             .headers
-            .push(("Session-Expires", agreement.header_value()));
+            .push(("Session-Expires", agreement.request_header_value()));
         request.headers.push(("Supported", SUPPORTED.to_owned()));
         let body = if method == "INVITE" {
             self.negotiator
@@ -920,6 +927,19 @@ pub fn timer_request_of(request: &Request) -> TimerRequest {
     TimerRequest::from_headers(
         request.header("Session-Expires"),
         request.header("Min-SE"),
+        supported,
+    )
+}
+
+/// The session-timer headers of a response (to a refresh voxgate sent).
+fn timer_request_of_response(response: &Response) -> TimerRequest {
+    let supported: Vec<&str> = response
+        .headers_named("Supported")
+        .chain(response.headers_named("Require"))
+        .collect();
+    TimerRequest::from_headers(
+        response.header("Session-Expires"),
+        response.header("Min-SE"),
         supported,
     )
 }

@@ -692,10 +692,14 @@ fn session_timer_without_support_from_the_caller_has_voxgate_refresh_without_req
     let start = h.now;
     let (at, refresh) = h.next_request("INVITE", secs(600)).expect("refresh");
     assert_eq!(at - start, secs(300));
-    assert_eq!(refresh.header("Session-Expires"), Some("600;refresher=uas"));
+    // In voxgate's own request voxgate is the UAC of the transaction: RFC 4028 names the
+    // refresher relative to the transaction, so "uac" keeps voxgate refreshing.
+    assert_eq!(refresh.header("Session-Expires"), Some("600;refresher=uac"));
 }
 
-/// Answers every refresh voxgate sends for `duration`; returns how many there were.
+/// Answers every refresh voxgate sends for `duration` with 200 keeping voxgate the refresher
+/// (`refresher=uac`: in voxgate's request voxgate is the transaction's UAC); returns when each
+/// refresh came.
 fn answer_refreshes(h: &mut Harness, method: &str, duration: Duration) -> Vec<Duration> {
     let start = h.now;
     let end = start + duration;
@@ -707,7 +711,7 @@ fn answer_refreshes(h: &mut Harness, method: &str, duration: Duration) -> Vec<Du
         times.push(at - start);
         assert_eq!(
             request.header("Session-Expires"),
-            Some("1800;refresher=uas"),
+            Some("1800;refresher=uac"),
             "refresh {}",
             times.len()
         );
@@ -723,7 +727,7 @@ fn answer_refreshes(h: &mut Harness, method: &str, duration: Duration) -> Vec<Du
                 &request,
                 200,
                 &[
-                    ("Session-Expires", "1800;refresher=uas"),
+                    ("Session-Expires", "1800;refresher=uac"),
                     ("Require", "timer"),
                 ],
                 Some(&sdp),
@@ -742,7 +746,7 @@ fn answer_refreshes(h: &mut Harness, method: &str, duration: Duration) -> Vec<Du
                 &request,
                 200,
                 &[
-                    ("Session-Expires", "1800;refresher=uas"),
+                    ("Session-Expires", "1800;refresher=uac"),
                     ("Require", "timer"),
                 ],
                 None,
@@ -1102,4 +1106,31 @@ fn unsupported_require_gets_420_with_unsupported_and_a_to_tag() {
     assert!(h.take_outputs().is_empty());
     h.send(&caller.ack_failure(&refused));
     assert_clean(&mut h);
+}
+
+#[test]
+fn caller_taking_over_the_refresh_in_its_answer_stops_ours() {
+    let mut h = harness();
+    let mut caller = voxgate_refreshing(&mut h, true);
+    let (_, update) = h.next_request("UPDATE", secs(901)).expect("refresh");
+    // RFC 4028 §7.2: the refresher named in the 2xx decides; "uas" is the answering caller.
+    h.send(&answer(
+        &update,
+        200,
+        &[
+            ("Session-Expires", "1200;refresher=uas"),
+            ("Require", "timer"),
+        ],
+        None,
+    ));
+    let answered = h.now;
+    // No refresh from voxgate any more; the caller refreshes in time and the call stays.
+    assert!(h.next_request("UPDATE", secs(1_000)).is_none());
+    h.send(&caller.request("UPDATE", &[("Session-Expires", "1200;refresher=uac")], None));
+    assert_eq!(h.final_response("UPDATE").status(), 200);
+    let refreshed = h.now;
+    assert!(refreshed - answered < secs(1_200 - 32));
+    // Then it stops: BYE at the new interval less min(32 s, interval/3).
+    let (at, _) = h.next_request("BYE", secs(1_200)).expect("BYE");
+    assert_eq!(at - refreshed, secs(1_200 - 32));
 }

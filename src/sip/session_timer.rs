@@ -11,7 +11,11 @@
 //! ```
 //! Only a 2xx to a refresh extends the session (§10), so when voxgate refreshes and none of its
 //! refreshes succeeds, the session also ends at interval − min(32 s, interval/3).
-//! voxgate is always the UAS of its dialogs, so `refresher=uas` means voxgate refreshes.
+//! voxgate is always the UAS of its dialogs, so `refresher=uas` means voxgate refreshes. The
+//! `refresher` parameter names the UAC or UAS of the *transaction* it travels in (§7.2: "if the
+//! parameter contains the value 'uac', the UAC will perform them"), so in a refresh voxgate sends
+//! itself, and in the 2xx to it, voxgate is the `uac`: [`Agreement::request_header_value`] and
+//! [`answered`] translate.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +93,40 @@ impl Agreement {
             self.interval_secs,
             self.refresher.as_str()
         )
+    }
+
+    /// The `Session-Expires` header value for a refresh request voxgate sends, where voxgate
+    /// is the UAC of the transaction: `uac` when voxgate refreshes, `uas` when the caller does.
+    pub fn request_header_value(&self) -> String {
+        let refresher = match self.refresher {
+            Refresher::Uas => Refresher::Uac,
+            Refresher::Uac => Refresher::Uas,
+        };
+        format!("{};refresher={}", self.interval_secs, refresher.as_str())
+    }
+}
+
+/// The agreement after a 2xx to a refresh voxgate sent, whose session-timer headers are
+/// `response` (RFC 4028 §7.2): its `refresher` decides who refreshes (`uac` is voxgate here),
+/// its interval is taken when not below `min_se_secs`. Without Session-Expires the current
+/// agreement stays: a peer that does not support timers answers without one, and voxgate keeps
+/// refreshing it (the refreshes are what detect a dead peer).
+pub fn answered(response: &TimerRequest, current: Agreement, min_se_secs: u32) -> Agreement {
+    let Some(interval_secs) = response.session_expires else {
+        return current;
+    };
+    let refresher = match response.refresher {
+        Some(Refresher::Uac) => Refresher::Uas,
+        Some(Refresher::Uas) => Refresher::Uac,
+        None => current.refresher,
+    };
+    Agreement {
+        interval_secs: if interval_secs >= min_se_secs {
+            interval_secs
+        } else {
+            current.interval_secs
+        },
+        refresher,
     }
 }
 
@@ -288,6 +326,36 @@ mod tests {
         let request = TimerRequest::from_headers(Some("600"), None, []);
         let agreement = negotiate(&request, 1800, 90).unwrap().unwrap();
         assert_eq!(agreement.refresher, Refresher::Uas);
+    }
+
+    #[test]
+    fn refresher_in_voxgates_requests_and_their_answers_is_seen_from_the_transaction() {
+        let voxgate_refreshes = Agreement {
+            interval_secs: 1800,
+            refresher: Refresher::Uas,
+        };
+        assert_eq!(voxgate_refreshes.header_value(), "1800;refresher=uas");
+        assert_eq!(
+            voxgate_refreshes.request_header_value(),
+            "1800;refresher=uac"
+        );
+        let keep = TimerRequest::from_headers(Some("1800;refresher=uac"), None, ["timer"]);
+        assert_eq!(answered(&keep, voxgate_refreshes, 90), voxgate_refreshes);
+        let take_over = TimerRequest::from_headers(Some("1200;refresher=uas"), None, ["timer"]);
+        assert_eq!(
+            answered(&take_over, voxgate_refreshes, 90),
+            Agreement {
+                interval_secs: 1200,
+                refresher: Refresher::Uac
+            }
+        );
+        let silent = TimerRequest::from_headers(None, None, []);
+        assert_eq!(answered(&silent, voxgate_refreshes, 90), voxgate_refreshes);
+        let too_small = TimerRequest::from_headers(Some("30;refresher=uac"), None, []);
+        assert_eq!(
+            answered(&too_small, voxgate_refreshes, 90),
+            voxgate_refreshes
+        );
     }
 
     #[test]
