@@ -1,7 +1,7 @@
 //! Calls from SIPp (the PBX) to the real voxgate binary over loopback: echo audio, hang-up from
 //! either side, CANCEL, admission, codec refusal, INVITE retransmission, hold/resume, late offer,
-//! IPv6, RTCP both ways (the test as the caller's media). Scenario files: `tests/sipp/*.xml`;
-//! harness: `tests/common/`.
+//! IPv6, RTCP both ways (the test as the caller's media), RFC 4028 session timers with either side
+//! refreshing. Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
@@ -18,6 +18,7 @@ use common::rtp::{
     split_rtcp, verify_echo, RtpPacket, RtpSink, RTCP_RR, RTCP_SDES, RTCP_SR,
 };
 use common::sip::{self, Response};
+use common::sipp::TracedMessage;
 use common::{Gateway, GatewayConfig, PortBlock, Sipp};
 
 const CALLS_ACTIVE: &str = "voxgate_calls_active";
@@ -670,4 +671,201 @@ fn rtcp_reports_flow_both_ways_without_disturbing_the_call() {
     let bye = sip::hang_up(&sip_socket, &invite, &ok, target, Duration::from_secs(3));
     assert_eq!(bye.map(|r| r.status), Some(200), "BYE answered");
     gateway.assert_running();
+}
+
+/// RFC 4028 over the wire needs real time: voxgate refuses intervals below Min-SE 90 s (the
+/// RFC 4028 §4 floor, also its configuration floor), so these calls last 45–70 s each.
+const SESSION_TIMER_DEADLINE: Duration = Duration::from_secs(110);
+
+/// The first message in `messages` whose start line begins with `start`.
+fn first_starting<'a>(messages: &'a [TracedMessage], start: &str) -> Option<&'a TracedMessage> {
+    messages.iter().find(|m| m.first_line().starts_with(start))
+}
+
+/// The 200s voxgate sent to the caller's INVITEs and UPDATEs, one per CSeq (retransmissions
+/// dropped), as (CSeq, Session-Expires).
+fn timer_answers(received: &[TracedMessage]) -> Vec<(String, Option<String>)> {
+    let mut answers: Vec<(String, Option<String>)> = Vec::new();
+    for message in received {
+        let method = message.cseq_method().unwrap_or_default();
+        if message.status() != Some(200) || !(method == "INVITE" || method == "UPDATE") {
+            continue;
+        }
+        let cseq = message.header("CSeq").unwrap_or_default();
+        if answers.iter().all(|(seen, _)| *seen != cseq) {
+            answers.push((cseq, message.header("Session-Expires")));
+        }
+    }
+    answers
+}
+
+/// (13) RFC 4028 with the caller (SIPp) as the refresher: Session-Expires 90;refresher=uac and
+/// Min-SE 90; it refreshes by re-INVITE at 6 s and by UPDATE at 63 s, and hangs up at 69 s.
+/// Every 200 of voxgate carries Session-Expires 90;refresher=uac, and voxgate never sends BYE:
+/// without the re-INVITE's refresh it would at 60 s, without the UPDATE's at 66 s.
+#[test]
+fn session_timer_refreshed_by_the_caller_keeps_the_call_up_past_the_interval() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let received = outcome.received();
+    let answers = timer_answers(&received);
+    let cseqs: Vec<&str> = answers.iter().map(|(cseq, _)| cseq.as_str()).collect();
+    assert_eq!(
+        cseqs,
+        ["1 INVITE", "2 INVITE", "3 UPDATE"],
+        "{}",
+        outcome.report()
+    );
+    for (cseq, session_expires) in &answers {
+        assert_eq!(
+            session_expires.as_deref(),
+            Some("90;refresher=uac"),
+            "200 to {cseq}"
+        );
+    }
+    assert!(
+        first_starting(&received, "BYE ").is_none(),
+        "voxgate hung up a refreshed call\n{}",
+        outcome.report()
+    );
+    let traced = outcome.traced();
+    let answered = traced
+        .iter()
+        .find(|m| !m.sent && m.status() == Some(200))
+        .expect("200 to the INVITE")
+        .at_secs;
+    let bye = traced
+        .iter()
+        .find(|m| m.sent && m.first_line().starts_with("BYE "))
+        .expect("SIPp's BYE")
+        .at_secs;
+    assert!(
+        bye - answered > 66.0,
+        "the call must outlive the unrefreshed expiry for the test to mean anything \
+         (BYE {:.1} s after the 200)",
+        bye - answered
+    );
+    assert_eq!(
+        gateway.wait_metric(CALLS_ACTIVE, &[], SETTLE, |v| v == 0.0),
+        0.0
+    );
+}
+
+/// (14) RFC 4028 with the caller as the refresher that never refreshes: voxgate ends the call
+/// with BYE before the session expires (§10: at 90 − min(32, 30) = 60 s after its 200).
+#[test]
+fn session_timer_without_refresh_ends_with_bye_before_expiry() {
+    let gateway = Gateway::start("");
+    let before = gateway
+        .metrics()
+        .get(CALLS_TOTAL, &[("result", "failed")])
+        .unwrap_or(0.0);
+    let outcome = Sipp::new("uac_session_timer_expiry.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let received = outcome.received();
+    let answered = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200 to the INVITE");
+    assert_eq!(
+        answered.header("Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
+    let bye = first_starting(&received, "BYE ").expect("BYE from voxgate");
+    let after = bye.at_secs - answered.at_secs;
+    assert!(
+        (45.0..90.0).contains(&after),
+        "BYE {after:.1} s after the 200: must come before the 90 s session expires, \
+         and not before the caller could have refreshed"
+    );
+    let failed = gateway.wait_metric(CALLS_TOTAL, &[("result", "failed")], SETTLE, |v| v > before);
+    assert_eq!(failed, before + 1.0, "an expired session counts as failed");
+}
+
+/// What voxgate's refresh request looked like and when it came, for (15) and (16).
+fn voxgate_refresh(outcome: &common::sipp::SippOutcome, method: &str) -> (f64, TracedMessage) {
+    let received = outcome.received();
+    let answered = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .unwrap_or_else(|| panic!("200 to the INVITE\n{}", outcome.report()));
+    assert_eq!(
+        answered.header("Session-Expires").as_deref(),
+        Some("90;refresher=uas"),
+        "voxgate accepts being the refresher"
+    );
+    let refresh = first_starting(&received, &format!("{method} "))
+        .unwrap_or_else(|| panic!("no {method} from voxgate\n{}", outcome.report()))
+        .clone();
+    assert_eq!(
+        refresh.header("Session-Expires").as_deref(),
+        Some("90;refresher=uac"),
+        "in its own request voxgate is the transaction's UAC (RFC 4028 §7.2)"
+    );
+    (refresh.at_secs - answered.at_secs, refresh)
+}
+
+/// (15) RFC 4028 with voxgate as the refresher (Session-Expires 90;refresher=uas) and a caller
+/// that allows UPDATE: voxgate refreshes with a body-less UPDATE at half the interval, SIPp
+/// answers 200, then hangs up.
+#[test]
+fn session_timer_with_voxgate_refreshing_sends_update_at_half_the_interval() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer_uas.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let (after, update) = voxgate_refresh(&outcome, "UPDATE");
+    assert!(
+        (40.0..60.0).contains(&after),
+        "UPDATE {after:.1} s after the 200 (half of 90 s expected)"
+    );
+    assert!(update.body().is_empty(), "refresh without an offer");
+    assert!(
+        first_starting(&outcome.received(), "BYE ").is_none(),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// (16) As (15) with a caller whose Allow lacks UPDATE: voxgate refreshes with a re-INVITE
+/// carrying its unchanged offer; SIPp answers 200 with SDP and voxgate ACKs it.
+#[test]
+fn session_timer_with_voxgate_refreshing_sends_reinvite_without_update_support() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer_uas_reinvite.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let (after, reinvite) = voxgate_refresh(&outcome, "INVITE");
+    assert!(
+        (40.0..60.0).contains(&after),
+        "re-INVITE {after:.1} s after the 200 (half of 90 s expected)"
+    );
+    let received = outcome.received();
+    let first_answer = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200")
+        .body()
+        .to_owned();
+    assert_eq!(
+        reinvite.body(),
+        first_answer,
+        "the refresh re-offers the session unchanged (same o= version)"
+    );
+    assert!(
+        first_starting(&received, "ACK ").is_some(),
+        "ACK for the refresh's 200"
+    );
+    assert!(
+        first_starting(&received, "BYE ").is_none(),
+        "{}",
+        outcome.report()
+    );
 }
