@@ -1268,15 +1268,18 @@ mod tests {
                 "::1/128".parse().expect("net")
             ]
         );
-        assert_eq!(settings.agents.len(), 1);
+        assert_eq!(settings.agents.len(), 2);
         assert_eq!(settings.agents[0].name, "echo");
         assert_eq!(settings.agents[0].kind, AgentKind::Echo);
         assert_eq!(settings.agents[0].echo_delay_ms, 0);
+        assert_eq!(settings.agents[1].name, "assistant");
+        assert_eq!(settings.agents[1].kind, AgentKind::Openai);
+        assert_eq!(settings.agents[1].fallback.as_deref(), Some("echo"));
         assert_eq!(settings.routes.len(), 2);
         assert_eq!(settings.routes[0].user.as_deref(), Some("echo"));
         assert_eq!(settings.routes[0].agent, "echo");
         assert!(settings.routes[1].is_catch_all());
-        assert_eq!(settings.routes[1].agent, "echo");
+        assert_eq!(settings.routes[1].agent, "assistant");
         // The example states every default: loading it equals loading the bare minimum.
         let minimal = load_text(&file("", ""), &[]).expect("valid file");
         assert_eq!(settings.timers(), minimal.timers());

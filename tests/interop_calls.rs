@@ -1,17 +1,25 @@
 //! Calls from SIPp (the PBX) to the real voxgate binary over loopback: echo audio, hang-up from
 //! either side, CANCEL, admission, codec refusal, INVITE retransmission, hold/resume, late offer,
-//! IPv6. Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
+//! IPv6, RTCP both ways (the test as the caller's media), RFC 4028 session timers with either side
+//! refreshing. Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::rtp::{verify_echo, RtpSink};
+use common::pcap::{index_of, payload_for};
+use common::rtp::{
+    receiver_report, report_blocks, rtcp_sender_ssrc, rtp_packet, sdes_cnames, sender_report,
+    split_rtcp, verify_echo, RtpPacket, RtpSink, RTCP_RR, RTCP_SDES, RTCP_SR,
+};
 use common::sip::{self, Response};
-use common::{Gateway, GatewayConfig, Sipp};
+use common::sipp::TracedMessage;
+use common::{Gateway, GatewayConfig, PortBlock, Sipp};
 
 const CALLS_ACTIVE: &str = "voxgate_calls_active";
 const CALLS_TOTAL: &str = "voxgate_calls_total";
@@ -404,5 +412,460 @@ fn ipv6_loopback_options_and_call() {
     assert_eq!(
         gateway.wait_metric(CALLS_ACTIVE, &[], SETTLE, |v| v == 0.0),
         0.0
+    );
+}
+
+/// The caller's media played by the test from an RTP socket it owns: one thread sends PCMU
+/// every 20 ms (payloads from [`pcap::payload_for`]), another records what voxgate sends back.
+struct CallerMedia {
+    stop: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<(Instant, RtpPacket)>>>,
+    sent: Arc<AtomicU32>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const CALLER_SSRC: u32 = 0x5eed_0002;
+
+impl CallerMedia {
+    fn start(socket: UdpSocket, to: SocketAddr) -> CallerMedia {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(AtomicU32::new(0));
+        let sender = socket.try_clone().expect("clone RTP socket");
+        let (stop_send, sent_count) = (stop.clone(), sent.clone());
+        let send = std::thread::spawn(move || {
+            let start = Instant::now();
+            for i in 0usize.. {
+                if stop_send.load(Ordering::SeqCst) || i >= 9_000 {
+                    return;
+                }
+                let packet = rtp_packet(i as u16, (i * 160) as u32, CALLER_SSRC, &payload_for(i));
+                let _ = sender.send_to(&packet, to);
+                sent_count.fetch_add(1, Ordering::SeqCst);
+                // Pacing the audio clock, not waiting for a condition.
+                let next = start + Duration::from_millis(20 * (i as u64 + 1));
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let (stop_read, log) = (stop.clone(), received.clone());
+        let read = std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            while !stop_read.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                    if let Some(packet) = RtpPacket::parse(&buffer[..n], from) {
+                        log.lock().expect("lock").push((Instant::now(), packet));
+                    }
+                }
+            }
+        });
+        CallerMedia {
+            stop,
+            received,
+            sent,
+            threads: vec![send, read],
+        }
+    }
+
+    /// Packets voxgate sent that arrived after `since`.
+    fn received_since(&self, since: Instant) -> Vec<RtpPacket> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, packet)| packet.clone())
+            .collect()
+    }
+
+    /// Waits up to `timeout` until `check` holds on the packets received since `since`.
+    fn wait(
+        &self,
+        since: Instant,
+        timeout: Duration,
+        check: impl Fn(&[RtpPacket]) -> bool,
+    ) -> Vec<RtpPacket> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let packets = self.received_since(since);
+            if check(&packets) || Instant::now() >= deadline {
+                return packets;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CallerMedia {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The RTP address in an SDP body (`c=` and `m=audio`).
+fn sdp_rtp_addr(sdp: &str) -> SocketAddr {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("c=IN IP4 "))
+        .unwrap_or_else(|| panic!("no c= in {sdp}"));
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no m=audio in {sdp}"));
+    format!("{}:{}", ip.trim(), port)
+        .parse()
+        .expect("RTP address")
+}
+
+/// Reads RTCP datagrams on `socket` until one from `from` satisfies `want`, up to `timeout`.
+fn next_rtcp(
+    socket: &UdpSocket,
+    from: SocketAddr,
+    timeout: Duration,
+    want: impl Fn(&[(u8, &[u8])]) -> bool,
+) -> Option<Vec<(u8, Vec<u8>)>> {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 2048];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let Ok((n, source)) = socket.recv_from(&mut buffer) else {
+            continue;
+        };
+        assert_eq!(source, from, "RTCP from voxgate's RTP port + 1");
+        let packets = split_rtcp(&buffer[..n])
+            .unwrap_or_else(|| panic!("not a compound RTCP packet: {:02x?}", &buffer[..n]));
+        if want(&packets) {
+            return Some(
+                packets
+                    .into_iter()
+                    .map(|(kind, bytes)| (kind, bytes.to_vec()))
+                    .collect(),
+            );
+        }
+    }
+    None
+}
+
+/// (12) RTCP (RFC 3550) between the caller and voxgate, the caller played by the test from an
+/// RTP/RTCP socket pair it owns: voxgate's compound reports reach the caller's RTP port + 1 from
+/// voxgate's RTP port + 1, start with SR or RR, carry an SDES CNAME and the SSRC of voxgate's
+/// RTP. An RR and an SR from the caller are read without disturbing the call: the SR comes back
+/// as LSR in voxgate's next report block about the caller, and the echo goes on.
+#[test]
+fn rtcp_reports_flow_both_ways_without_disturbing_the_call() {
+    let mut gateway = Gateway::start_with(GatewayConfig {
+        rtp_extra: "rtcp_interval_secs = 1".into(),
+        ..GatewayConfig::default()
+    });
+    let target = gateway.sip_addr();
+    let (sip_socket, local) = local_socket();
+    let media = PortBlock::reserve(2);
+    let rtp = UdpSocket::bind(("127.0.0.1", media.port(0))).expect("bind caller RTP");
+    let rtcp = UdpSocket::bind(("127.0.0.1", media.port(1))).expect("bind caller RTCP");
+    let invite = sip::request(
+        "INVITE",
+        target,
+        local,
+        &sip::pcmu_offer(local.ip(), media.port(0)),
+    );
+    let ok = sip::exchange(
+        &sip_socket,
+        invite.text.as_bytes(),
+        target,
+        Duration::from_secs(5),
+    )
+    .into_iter()
+    .rfind(Response::is_final)
+    .expect("final response to the INVITE");
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    sip_socket
+        .send_to(
+            sip::in_dialog("ACK", 1, &invite, &ok, local).as_bytes(),
+            target,
+        )
+        .expect("ACK");
+    let voxgate_rtp = sdp_rtp_addr(ok.body());
+    let voxgate_rtcp = SocketAddr::new(voxgate_rtp.ip(), voxgate_rtp.port() + 1);
+
+    let start = Instant::now();
+    let caller = CallerMedia::start(rtp, voxgate_rtp);
+    let first = caller.wait(start, Duration::from_secs(5), |p| !p.is_empty());
+    let voxgate_ssrc = first.first().expect("RTP from voxgate").ssrc;
+
+    let report = next_rtcp(&rtcp, voxgate_rtcp, Duration::from_secs(10), |_| true)
+        .expect("an RTCP report from voxgate within 10 s (interval 1 s)");
+    let kinds: Vec<u8> = report.iter().map(|(kind, _)| *kind).collect();
+    assert!(
+        matches!(kinds.first(), Some(&RTCP_SR | &RTCP_RR)),
+        "compound starts with SR or RR: {kinds:?}"
+    );
+    assert_eq!(rtcp_sender_ssrc(&report[0].1), Some(voxgate_ssrc));
+    let cnames: Vec<(u32, String)> = report
+        .iter()
+        .filter(|(kind, _)| *kind == RTCP_SDES)
+        .flat_map(|(_, bytes)| sdes_cnames(bytes))
+        .collect();
+    assert!(
+        cnames
+            .iter()
+            .any(|(ssrc, cname)| *ssrc == voxgate_ssrc && !cname.is_empty()),
+        "SDES CNAME for voxgate's SSRC {voxgate_ssrc:#x}: {cnames:?} in {kinds:?}"
+    );
+
+    // The caller's own reports: an RR, then an SR whose NTP time voxgate must echo as LSR.
+    let highest = first.last().map_or(0, |p| u32::from(p.seq));
+    rtcp.send_to(
+        &receiver_report(CALLER_SSRC, (voxgate_ssrc, highest)),
+        voxgate_rtcp,
+    )
+    .expect("send RR");
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    let ntp = ((since_epoch.as_secs() + 2_208_988_800) << 32)
+        | ((u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000);
+    let sent_at = Instant::now();
+    let packets = caller.sent.load(Ordering::SeqCst);
+    rtcp.send_to(
+        &sender_report(CALLER_SSRC, ntp, (voxgate_ssrc, highest), packets),
+        voxgate_rtcp,
+    )
+    .expect("send SR");
+    let lsr = (ntp >> 16) as u32;
+    let answered = next_rtcp(&rtcp, voxgate_rtcp, Duration::from_secs(10), |packets| {
+        packets
+            .iter()
+            .filter(|(kind, _)| *kind == RTCP_SR || *kind == RTCP_RR)
+            .flat_map(|(kind, bytes)| report_blocks(*kind, bytes))
+            .any(|block| block.ssrc == CALLER_SSRC && block.last_sr == lsr)
+    });
+    assert!(
+        answered.is_some(),
+        "no report from voxgate about the caller's SSRC with LSR {lsr:#x}"
+    );
+
+    let echoed = caller.wait(sent_at, Duration::from_secs(5), |packets| {
+        packets
+            .iter()
+            .filter(|p| p.ssrc == voxgate_ssrc && index_of(&p.payload).is_some())
+            .count()
+            >= 25
+    });
+    let echoed = echoed
+        .iter()
+        .filter(|p| p.ssrc == voxgate_ssrc && index_of(&p.payload).is_some())
+        .count();
+    assert!(
+        echoed >= 25,
+        "echo after the caller's RTCP: {echoed} packets of ours came back"
+    );
+    drop(caller);
+    let bye = sip::hang_up(&sip_socket, &invite, &ok, target, Duration::from_secs(3));
+    assert_eq!(bye.map(|r| r.status), Some(200), "BYE answered");
+    gateway.assert_running();
+}
+
+/// RFC 4028 over the wire needs real time: voxgate refuses intervals below Min-SE 90 s (the
+/// RFC 4028 §4 floor, also its configuration floor), so these calls last 45–70 s each.
+const SESSION_TIMER_DEADLINE: Duration = Duration::from_secs(110);
+
+/// The first message in `messages` whose start line begins with `start`.
+fn first_starting<'a>(messages: &'a [TracedMessage], start: &str) -> Option<&'a TracedMessage> {
+    messages.iter().find(|m| m.first_line().starts_with(start))
+}
+
+/// The 200s voxgate sent to the caller's INVITEs and UPDATEs, one per CSeq (retransmissions
+/// dropped), as (CSeq, Session-Expires).
+fn timer_answers(received: &[TracedMessage]) -> Vec<(String, Option<String>)> {
+    let mut answers: Vec<(String, Option<String>)> = Vec::new();
+    for message in received {
+        let method = message.cseq_method().unwrap_or_default();
+        if message.status() != Some(200) || !(method == "INVITE" || method == "UPDATE") {
+            continue;
+        }
+        let cseq = message.header("CSeq").unwrap_or_default();
+        if answers.iter().all(|(seen, _)| *seen != cseq) {
+            answers.push((cseq, message.header("Session-Expires")));
+        }
+    }
+    answers
+}
+
+/// (13) RFC 4028 with the caller (SIPp) as the refresher: Session-Expires 90;refresher=uac and
+/// Min-SE 90; it refreshes by re-INVITE at 6 s and by UPDATE at 63 s, and hangs up at 69 s.
+/// Every 200 of voxgate carries Session-Expires 90;refresher=uac, and voxgate never sends BYE:
+/// without the re-INVITE's refresh it would at 60 s, without the UPDATE's at 66 s.
+#[test]
+fn session_timer_refreshed_by_the_caller_keeps_the_call_up_past_the_interval() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let received = outcome.received();
+    let answers = timer_answers(&received);
+    let cseqs: Vec<&str> = answers.iter().map(|(cseq, _)| cseq.as_str()).collect();
+    assert_eq!(
+        cseqs,
+        ["1 INVITE", "2 INVITE", "3 UPDATE"],
+        "{}",
+        outcome.report()
+    );
+    for (cseq, session_expires) in &answers {
+        assert_eq!(
+            session_expires.as_deref(),
+            Some("90;refresher=uac"),
+            "200 to {cseq}"
+        );
+    }
+    assert!(
+        first_starting(&received, "BYE ").is_none(),
+        "voxgate hung up a refreshed call\n{}",
+        outcome.report()
+    );
+    let traced = outcome.traced();
+    let answered = traced
+        .iter()
+        .find(|m| !m.sent && m.status() == Some(200))
+        .expect("200 to the INVITE")
+        .at_secs;
+    let bye = traced
+        .iter()
+        .find(|m| m.sent && m.first_line().starts_with("BYE "))
+        .expect("SIPp's BYE")
+        .at_secs;
+    assert!(
+        bye - answered > 66.0,
+        "the call must outlive the unrefreshed expiry for the test to mean anything \
+         (BYE {:.1} s after the 200)",
+        bye - answered
+    );
+    assert_eq!(
+        gateway.wait_metric(CALLS_ACTIVE, &[], SETTLE, |v| v == 0.0),
+        0.0
+    );
+}
+
+/// (14) RFC 4028 with the caller as the refresher that never refreshes: voxgate ends the call
+/// with BYE before the session expires (§10: at 90 − min(32, 30) = 60 s after its 200).
+#[test]
+fn session_timer_without_refresh_ends_with_bye_before_expiry() {
+    let gateway = Gateway::start("");
+    let before = gateway
+        .metrics()
+        .get(CALLS_TOTAL, &[("result", "failed")])
+        .unwrap_or(0.0);
+    let outcome = Sipp::new("uac_session_timer_expiry.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let received = outcome.received();
+    let answered = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200 to the INVITE");
+    assert_eq!(
+        answered.header("Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
+    let bye = first_starting(&received, "BYE ").expect("BYE from voxgate");
+    let after = bye.at_secs - answered.at_secs;
+    assert!(
+        (45.0..90.0).contains(&after),
+        "BYE {after:.1} s after the 200: must come before the 90 s session expires, \
+         and not before the caller could have refreshed"
+    );
+    let failed = gateway.wait_metric(CALLS_TOTAL, &[("result", "failed")], SETTLE, |v| v > before);
+    assert_eq!(failed, before + 1.0, "an expired session counts as failed");
+}
+
+/// What voxgate's refresh request looked like and when it came, for (15) and (16).
+fn voxgate_refresh(outcome: &common::sipp::SippOutcome, method: &str) -> (f64, TracedMessage) {
+    let received = outcome.received();
+    let answered = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .unwrap_or_else(|| panic!("200 to the INVITE\n{}", outcome.report()));
+    assert_eq!(
+        answered.header("Session-Expires").as_deref(),
+        Some("90;refresher=uas"),
+        "voxgate accepts being the refresher"
+    );
+    let refresh = first_starting(&received, &format!("{method} "))
+        .unwrap_or_else(|| panic!("no {method} from voxgate\n{}", outcome.report()))
+        .clone();
+    assert_eq!(
+        refresh.header("Session-Expires").as_deref(),
+        Some("90;refresher=uac"),
+        "in its own request voxgate is the transaction's UAC (RFC 4028 §7.2)"
+    );
+    (refresh.at_secs - answered.at_secs, refresh)
+}
+
+/// (15) RFC 4028 with voxgate as the refresher (Session-Expires 90;refresher=uas) and a caller
+/// that allows UPDATE: voxgate refreshes with a body-less UPDATE at half the interval, SIPp
+/// answers 200, then hangs up.
+#[test]
+fn session_timer_with_voxgate_refreshing_sends_update_at_half_the_interval() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer_uas.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let (after, update) = voxgate_refresh(&outcome, "UPDATE");
+    assert!(
+        (40.0..60.0).contains(&after),
+        "UPDATE {after:.1} s after the 200 (half of 90 s expected)"
+    );
+    assert!(update.body().is_empty(), "refresh without an offer");
+    assert!(
+        first_starting(&outcome.received(), "BYE ").is_none(),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// (16) As (15) with a caller whose Allow lacks UPDATE: voxgate refreshes with a re-INVITE
+/// carrying its unchanged offer; SIPp answers 200 with SDP and voxgate ACKs it.
+#[test]
+fn session_timer_with_voxgate_refreshing_sends_reinvite_without_update_support() {
+    let gateway = Gateway::start("");
+    let outcome = Sipp::new("uac_session_timer_uas_reinvite.xml", gateway.sip_addr())
+        .deadline(SESSION_TIMER_DEADLINE)
+        .run();
+    outcome.assert_success();
+    let (after, reinvite) = voxgate_refresh(&outcome, "INVITE");
+    assert!(
+        (40.0..60.0).contains(&after),
+        "re-INVITE {after:.1} s after the 200 (half of 90 s expected)"
+    );
+    let received = outcome.received();
+    let first_answer = received
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200")
+        .body()
+        .to_owned();
+    assert_eq!(
+        reinvite.body(),
+        first_answer,
+        "the refresh re-offers the session unchanged (same o= version)"
+    );
+    assert!(
+        first_starting(&received, "ACK ").is_some(),
+        "ACK for the refresh's 200"
+    );
+    assert!(
+        first_starting(&received, "BYE ").is_none(),
+        "{}",
+        outcome.report()
     );
 }

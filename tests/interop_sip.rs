@@ -14,6 +14,7 @@ use common::sip::{self, Response};
 use common::{Gateway, GatewayConfig, Sipp};
 
 const PARSE_ERRORS: &str = "voxgate_sip_parse_errors_total";
+const CALLS_TOTAL: &str = "voxgate_calls_total";
 
 fn assert_still_serving(gateway: &mut Gateway) {
     gateway.assert_running();
@@ -318,4 +319,80 @@ fn rfc4475_torture_messages_get_the_right_outcome_and_never_crash() {
         "torture outcomes wrong:\n{}",
         failures.join("\n")
     );
+}
+
+/// RFC 3261 §8.2.2.2: the same INVITE (From tag, Call-ID, CSeq) arriving on a second branch, as
+/// a forking proxy or a loop delivers it, is a merged request: one copy makes the call (200),
+/// the other gets 482 Loop Detected, and only one call is counted.
+#[test]
+fn same_invite_on_two_branches_makes_one_call_and_482_for_the_copy() {
+    let gateway = Gateway::start("");
+    let before = gateway.metrics().sum(CALLS_TOTAL);
+    let target = gateway.sip_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("local");
+    let invite = sip::request(
+        "INVITE",
+        target,
+        local,
+        &sip::pcmu_offer(local.ip(), local.port() + 2),
+    );
+    let copy_branch = format!("z9hG4bK{}", sip::unique("copy"));
+    let copy = sip::Request {
+        text: invite.text.replace(&invite.branch, &copy_branch),
+        branch: copy_branch,
+        ..invite.clone()
+    };
+    socket
+        .send_to(invite.text.as_bytes(), target)
+        .expect("send INVITE");
+    socket
+        .send_to(copy.text.as_bytes(), target)
+        .expect("send the copy");
+
+    // Final responses by branch, until both copies have one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut original, mut merged) = (None, None);
+    while (original.is_none() || merged.is_none()) && Instant::now() < deadline {
+        for response in sip::collect(&socket, Duration::from_millis(200), false) {
+            if !response.is_final() {
+                continue;
+            }
+            let via = response.header("Via").unwrap_or_default();
+            if via.contains(&invite.branch) {
+                original.get_or_insert(response);
+            } else if via.contains(&copy.branch) {
+                merged.get_or_insert(response);
+            }
+        }
+    }
+    let original = original.expect("final response to the first INVITE");
+    let merged = merged.expect("final response to the copy");
+    assert_eq!(original.status, 200, "{}", original.text);
+    assert_eq!(merged.status, 482, "{}", merged.text);
+    assert_eq!(merged.reason, "Loop Detected");
+    assert!(
+        merged
+            .header("To")
+            .and_then(|to| sip::tag_of(&to))
+            .is_some(),
+        "482 without a To tag: {}",
+        merged.text
+    );
+    socket
+        .send_to(
+            sip::ack_for_failure(&copy, &merged, target, local).as_bytes(),
+            target,
+        )
+        .expect("ACK the 482");
+    assert_eq!(
+        gateway.metrics().sum("voxgate_calls_active"),
+        1.0,
+        "one call"
+    );
+
+    let bye = sip::hang_up(&socket, &invite, &original, target, Duration::from_secs(3));
+    assert_eq!(bye.map(|r| r.status), Some(200), "BYE answered");
+    let total = gateway.wait_metric(CALLS_TOTAL, &[], Duration::from_secs(10), |v| v > before);
+    assert_eq!(total, before + 1.0, "exactly one call counted");
 }

@@ -15,6 +15,8 @@ pub mod bridge;
 pub mod route;
 pub mod speech;
 pub mod switchboard;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +31,9 @@ use crate::metrics::CallResult;
 use crate::sip::dialog::{Dialog, DialogError};
 use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
 use crate::sip::message::{self, Request, Response};
-use crate::sip::session_timer::{self, Agreement, SessionTimer, SessionTimerOutput, TimerRequest};
+use crate::sip::session_timer::{
+    self, Agreement, Refresher, SessionTimer, SessionTimerOutput, TimerRequest,
+};
 
 /// Extra time the call gives the media task to report a speech session's failure itself.
 const AGENT_REPORT_GRACE: Duration = Duration::from_secs(2);
@@ -323,6 +327,11 @@ impl Call {
         )
     }
 
+    /// The INVITE has no final response yet (media being bound, or ringing).
+    fn is_invite_pending(&self) -> bool {
+        matches!(self.state, State::AwaitingMedia | State::Ringing { .. })
+    }
+
     /// `io/` bound the media ports (or failed to): build the SDP and ring or answer.
     pub fn handle_media_allocated(
         &mut self,
@@ -404,13 +413,8 @@ impl Call {
                 Err(error) => {
                     tracing::info!(%error, "offer refused");
                     let status = error.status();
-                    self.refuse(
-                        ctx,
-                        status,
-                        "Not Acceptable Here",
-                        None,
-                        CallResult::Rejected,
-                    );
+                    let reason = message::default_reason(status);
+                    self.refuse(ctx, status, reason, None, CallResult::Rejected);
                     return;
                 }
             }
@@ -602,8 +606,15 @@ impl Call {
         match method.as_str() {
             "BYE" => {
                 self.reply(ctx, tx, request, 200, None, &[], None);
-                tracing::info!("caller hung up");
-                self.end(ctx, CallResult::Completed);
+                if self.is_invite_pending() {
+                    // RFC 3261 §15.1.2: a BYE in the early dialog still leaves the INVITE to
+                    // be answered; 487 is the recommended response.
+                    tracing::info!("caller hung up before answer");
+                    self.refuse(ctx, 487, "Request Terminated", None, CallResult::Cancelled);
+                } else {
+                    tracing::info!("caller hung up");
+                    self.end(ctx, CallResult::Completed);
+                }
             }
             "INVITE" | "UPDATE" => self.handle_offer_request(ctx, tx, request, &method),
             "INFO" | "OPTIONS" => {
@@ -625,6 +636,15 @@ impl Call {
         request: &Request,
         method: &str,
     ) {
+        if self.is_invite_pending() && (method == "INVITE" || !request.body().is_empty()) {
+            // RFC 3261 §14.2: a re-INVITE before the INVITE is answered gets 500 with a
+            // Retry-After of 0–10 s; RFC 3311 §5.2 the same for an UPDATE offer while the
+            // INVITE's offer awaits our answer (voxgate answers in the 200, never earlier).
+            let retry_after = (rand::random::<u32>() % 11).to_string();
+            let headers = [("Retry-After", retry_after.as_str())];
+            self.reply(ctx, tx, request, 500, None, &headers, None);
+            return;
+        }
         if self.refresh.is_some() && method == "INVITE" || self.awaiting_ack_answer {
             // RFC 3261 §14.2: an offer while ours is pending → 491 Request Pending.
             self.reply(ctx, tx, request, 491, None, &[], None);
@@ -674,9 +694,11 @@ impl Call {
                     Some(answer)
                 }
                 Err(error) => {
-                    // RFC 3261 §14.2: a refused re-offer leaves the session as it was.
-                    tracing::info!(%error, "re-offer refused with 488");
-                    self.reply(ctx, tx, request, 488, None, &[], None);
+                    // RFC 3261 §14.2: a refused re-offer leaves the session as it was. Glare
+                    // (our offer outstanding) is 491 (RFC 3311 §5.2 for UPDATE), bad SDP 400.
+                    let status = error.status();
+                    tracing::info!(%error, status, "re-offer refused");
+                    self.reply(ctx, tx, request, status, None, &[], None);
                     return;
                 }
             }
@@ -757,12 +779,27 @@ impl Call {
             return;
         }
         self.refresh = None;
+        if refresh.is_invite && !(200..300).contains(&status) {
+            // RFC 3261 §14.1: a refused re-INVITE leaves the session as it was; our offer is
+            // void (the transaction ACKed the failure itself).
+            if let Some(negotiator) = self.negotiator.as_mut() {
+                negotiator.withdraw_offer();
+            }
+        }
         if refresh.is_invite && (200..300).contains(&status) {
             let ack = self.dialog.ack_for(refresh.cseq);
             ctx.endpoint.send_ack(&self.flow, &ack);
             if let Some(negotiator) = self.negotiator.as_mut() {
-                if let Err(error) = negotiator.handle_answer(sdp_body(response)) {
-                    tracing::warn!(%error, "refresh answer unusable; keeping the previous media");
+                match negotiator.handle_answer(sdp_body(response)) {
+                    // The answer may move the peer's media (another port, hold); the media
+                    // task ignores a Configure that changes nothing.
+                    Ok(negotiated) => ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::Configure(MediaParams::from_negotiated(&negotiated)),
+                    }),
+                    Err(error) => {
+                        tracing::warn!(%error, "refresh answer unusable; keeping the previous media")
+                    }
                 }
             }
         }
@@ -771,9 +808,16 @@ impl Call {
                 if let (Some(timer), Some(agreement)) =
                     (self.session_timer.as_mut(), self.agreement)
                 {
+                    let response_timer = timer_request_of_response(response);
+                    let agreement =
+                        session_timer::answered(&response_timer, agreement, ctx.config.min_se_secs);
+                    self.agreement = Some(agreement);
                     timer.handle_refreshed(ctx.now, agreement);
+                    tracing::debug!(
+                        refresher = agreement.refresher.as_str(),
+                        "session refreshed"
+                    );
                 }
-                tracing::debug!("session refreshed");
             }
             // RFC 4028 §10: 408/481 to a refresh means the session is gone.
             408 | 481 => {
@@ -882,10 +926,18 @@ impl Call {
         let Some(timer) = self.session_timer.as_mut() else {
             return;
         };
+        let refresher = timer.agreement().refresher;
         match timer.handle_timeout(ctx.now) {
             Some(SessionTimerOutput::Refresh) => self.send_refresh(ctx),
             Some(SessionTimerOutput::Expired) => {
-                tracing::warn!("session expired: the caller's side stopped refreshing (RFC 4028)");
+                match refresher {
+                    Refresher::Uas => tracing::warn!(
+                        "session expired: none of voxgate's refreshes succeeded (RFC 4028)"
+                    ),
+                    Refresher::Uac => tracing::warn!(
+                        "session expired: the caller's side stopped refreshing (RFC 4028)"
+                    ),
+                }
                 self.hang_up(ctx, "session expired", CallResult::Failed);
             }
             None => {}
@@ -908,7 +960,7 @@ impl Call {
         let mut request = self.dialog.next_request(method);
         request
             .headers
-            .push(("Session-Expires", agreement.header_value()));
+            .push(("Session-Expires", agreement.request_header_value()));
         request.headers.push(("Supported", SUPPORTED.to_owned()));
         let body = if method == "INVITE" {
             self.negotiator
@@ -961,6 +1013,19 @@ pub fn timer_request_of(request: &Request) -> TimerRequest {
     TimerRequest::from_headers(
         request.header("Session-Expires"),
         request.header("Min-SE"),
+        supported,
+    )
+}
+
+/// The session-timer headers of a response (to a refresh voxgate sent).
+fn timer_request_of_response(response: &Response) -> TimerRequest {
+    let supported: Vec<&str> = response
+        .headers_named("Supported")
+        .chain(response.headers_named("Require"))
+        .collect();
+    TimerRequest::from_headers(
+        response.header("Session-Expires"),
+        response.header("Min-SE"),
         supported,
     )
 }

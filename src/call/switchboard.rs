@@ -39,6 +39,8 @@ pub struct Switchboard {
     outputs: VecDeque<Output>,
     next_key: u64,
     drain_deadline: Option<Instant>,
+    /// The calls left at the drain deadline were hung up; the deadline is no longer a timer.
+    drain_hung_up: bool,
     drained_reported: bool,
 }
 
@@ -78,6 +80,7 @@ impl Switchboard {
             outputs: VecDeque::new(),
             next_key: 1,
             drain_deadline: None,
+            drain_hung_up: false,
             drained_reported: false,
         }
     }
@@ -158,7 +161,10 @@ impl Switchboard {
         for key in due {
             self.with_call(now, key, |call, ctx| call.handle_timeout(ctx));
         }
-        if self.drain_deadline.is_some_and(|deadline| deadline <= now) {
+        if !self.drain_hung_up && self.drain_deadline.is_some_and(|deadline| deadline <= now) {
+            // Once: afterwards every call is ending (BYE out) and new ones are refused, so the
+            // deadline must stop being reported by poll_timeout or io/ would wake in a loop.
+            self.drain_hung_up = true;
             let keys: Vec<CallKey> = self.calls.keys().copied().collect();
             for key in keys {
                 self.with_call(now, key, |call, ctx| {
@@ -173,7 +179,9 @@ impl Switchboard {
     /// The earliest timer of the endpoint, any call, or the drain deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(Call::poll_timeout);
-        let drain = self.drain_deadline.filter(|_| !self.calls.is_empty());
+        let drain = self
+            .drain_deadline
+            .filter(|_| !self.drain_hung_up && !self.calls.is_empty());
         self.endpoint
             .poll_timeout()
             .into_iter()
@@ -232,6 +240,9 @@ impl Switchboard {
                 }
             }
         }
+        // The last call may have just ended (BYE either way, CANCEL): report the drain now,
+        // not at the next transaction timer, which can be 64·T1 away.
+        self.check_drained(now);
     }
 
     fn handle_request(&mut self, now: Instant, tx: ServerTxId, request: Box<Request>, flow: Flow) {

@@ -405,6 +405,21 @@ impl Negotiator {
         Ok(negotiated)
     }
 
+    /// Our offer was refused (a non-2xx final response to our re-INVITE or UPDATE, or none at
+    /// all): `LocalOffer` → back to the session in force, `Done` (or `Idle` before any).
+    ///
+    /// RFC 3261 §14.1: after a failed re-INVITE the session parameters stay as they were, so
+    /// the peer's next offer must be answered, not refused as glare.
+    pub fn withdraw_offer(&mut self) {
+        if matches!(self.state, State::LocalOffer { .. }) {
+            self.state = if self.negotiated.is_some() {
+                State::Done
+            } else {
+                State::Idle
+            };
+        }
+    }
+
     /// Put the call on hold (or resume it) at the next offer or answer.
     ///
     /// While held we offer/answer `sendonly` at most (RFC 3264 §8.4). Nothing is sent by this
@@ -1575,6 +1590,29 @@ mod tests {
             Negotiator::new(local()).handle_answer(ASTERISK_OFFER.as_bytes()),
             Err(OfferError::NoOfferPending)
         );
+    }
+
+    #[test]
+    fn withdrawn_offer_leaves_the_session_in_force_and_takes_offers_again() {
+        let mut negotiator = Negotiator::new(local());
+        let (answer, first) = negotiator
+            .handle_offer(ASTERISK_OFFER.as_bytes())
+            .expect("accepted");
+        negotiator.create_offer();
+        assert!(negotiator.is_offer_pending());
+        negotiator.withdraw_offer();
+        assert!(!negotiator.is_offer_pending());
+        assert_eq!(negotiator.negotiated(), Some(&first));
+        let (again, _) = negotiator
+            .handle_offer(ASTERISK_OFFER.as_bytes())
+            .expect("no glare after the withdrawal");
+        assert_eq!(again, answer, "same session, same body and version");
+        // Before any session, a withdrawn offer leaves nothing negotiated.
+        let mut fresh = Negotiator::new(local());
+        fresh.create_offer();
+        fresh.withdraw_offer();
+        assert_eq!(fresh.negotiated(), None);
+        assert!(!fresh.is_offer_pending());
     }
 
     #[test]

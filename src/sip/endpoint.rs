@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  handle_inbound ──parse──> request ──match §17.2.3──> server transaction (absorb retransmit)
+//!                    │                 ├─ merged copy (§8.2.2.2) ──> 482 Loop Detected
 //!                    │                 └─ new ──> Event::Request / Event::Ack / Event::Cancelled
 //!                    └─────> response ──match §17.1.3──> client transaction ──> Event::Response
 //!  respond / send_request / send_ack ──> transactions ──> poll_transmit()
@@ -156,6 +157,19 @@ struct ServerEntry {
     machine: ServerMachine,
     reply: Flow,
     reply_target: Target,
+    /// Set when this transaction is the one `merge_index` points to.
+    merge_key: Option<MergeKey>,
+}
+
+/// What makes two requests without a To tag "the same request" (RFC 3261 §8.2.2.2): From tag,
+/// Call-ID and CSeq (number and method). A copy on another branch took another path (forking
+/// proxy, loop) and is answered 482 Loop Detected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MergeKey {
+    from_tag: String,
+    call_id: String,
+    cseq: u32,
+    method: String,
 }
 
 enum ClientMachine {
@@ -177,6 +191,8 @@ pub struct Endpoint {
     config: EndpointConfig,
     servers: HashMap<TransactionKey, ServerEntry>,
     server_keys: HashMap<ServerTxId, TransactionKey>,
+    /// Server transactions of requests without a To tag, for merged-request detection.
+    merge_index: HashMap<MergeKey, TransactionKey>,
     clients: HashMap<TransactionKey, ClientEntry>,
     next_id: u64,
     events: VecDeque<Event>,
@@ -191,6 +207,7 @@ impl Endpoint {
             config,
             servers: HashMap::new(),
             server_keys: HashMap::new(),
+            merge_index: HashMap::new(),
             clients: HashMap::new(),
             next_id: 1,
             events: VecDeque::new(),
@@ -292,6 +309,19 @@ impl Endpoint {
             self.drain_server(&key);
             return;
         }
+        // §8.2.2.2: a request without a To tag whose From tag, Call-ID and CSeq are those of a
+        // transaction in progress, on another branch, is a merged copy of it.
+        let merge_key = request.to_tag().is_none().then(|| MergeKey {
+            from_tag: request.from_tag().unwrap_or_default().to_owned(),
+            call_id: request.call_id().to_owned(),
+            cseq: request.cseq().seq,
+            method: method.clone(),
+        });
+        let merged = merge_key
+            .as_ref()
+            .and_then(|merge| self.merge_index.get(merge))
+            .is_some_and(|original| *original != key);
+        let merge_key = merge_key.filter(|_| !merged);
         let reliable = flow.transport == Transport::Tcp;
         let id = ServerTxId(self.take_id());
         let machine = if method == "INVITE" {
@@ -307,9 +337,28 @@ impl Endpoint {
                 machine,
                 reply: flow,
                 reply_target,
+                merge_key: merge_key.clone(),
             },
         );
         self.server_keys.insert(id, key.clone());
+        if let Some(merge) = merge_key {
+            self.merge_index.insert(merge, key.clone());
+        }
+        if merged {
+            tracing::info!(
+                from = %flow.remote,
+                call_id = request.call_id(),
+                "merged request (same From tag, Call-ID and CSeq on another branch): 482"
+            );
+            // A final response outside a dialog carries a To tag (§8.2.6.2); the copy's own
+            // transaction absorbs its retransmissions and ACK.
+            let bytes = message::response(&request, 482)
+                .to_tag(&message::new_tag())
+                .header("Server", &self.config.user_agent)
+                .build();
+            self.respond(now, id, 482, bytes);
+            return;
+        }
         if method == "INVITE" {
             // §17.2.1: a 100 Trying right away stops the caller's INVITE retransmissions.
             let trying = message::response(&request, 100)
@@ -322,8 +371,10 @@ impl Endpoint {
             return;
         }
         if let Some(status) = self.precheck(&request) {
+            // §8.2.6.2: a final response carries a To tag (kept if the request had one).
             let mut builder = message::response(&request, status.0)
                 .reason(status.1)
+                .to_tag(&message::new_tag())
                 .header("Server", &self.config.user_agent);
             if let Some((name, value)) = status.2 {
                 builder = builder.header(name, &value);
@@ -643,6 +694,9 @@ impl Endpoint {
         if terminated {
             if let Some(entry) = self.servers.remove(key) {
                 self.server_keys.remove(&entry.id);
+                if let Some(merge) = entry.merge_key {
+                    self.merge_index.remove(&merge);
+                }
             }
         }
     }
@@ -797,6 +851,128 @@ pub fn host_literal(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{self, offer, pbx_addr, secs, voxgate_addr, Caller};
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new(EndpointConfig {
+            timers: Timers::default(),
+            max_message_bytes: 65_535,
+            user_agent: "voxgate-test".into(),
+            public_address: None,
+        })
+    }
+
+    fn udp() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            remote: pbx_addr(),
+            local: voxgate_addr(),
+            connection: None,
+        }
+    }
+
+    /// The (status, CSeq method) of every response sent so far.
+    fn sent(endpoint: &mut Endpoint) -> Vec<(u16, String)> {
+        std::iter::from_fn(|| endpoint.poll_transmit())
+            .filter_map(
+                |transmit| match message::parse(&transmit.bytes, Transport::Udp, 65_535) {
+                    Ok(Message::Response(response)) => {
+                        Some((response.status(), response.cseq().method.to_string()))
+                    }
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
+    fn parse_request(text: &str) -> Request {
+        match message::parse(text.as_bytes(), Transport::Udp, 65_535) {
+            Ok(Message::Request(request)) => request,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn requests(endpoint: &mut Endpoint) -> Vec<(ServerTxId, String)> {
+        std::iter::from_fn(|| endpoint.poll_event())
+            .filter_map(|event| match event {
+                Event::Request { tx, request, .. } => Some((tx, request.method().to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_invite_on_another_branch_gets_482_and_never_reaches_the_tu() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut caller = Caller::new("echo");
+        let sdp = offer(1, "sendrecv");
+        let invite = caller.invite(&[], Some(&sdp));
+        endpoint.handle_inbound(now, invite.as_bytes(), udp());
+        let copy = caller.invite_copy(&[], Some(&sdp));
+        endpoint.handle_inbound(now, copy.as_bytes(), udp());
+        let tus = requests(&mut endpoint);
+        assert_eq!(tus.len(), 1, "only the first copy reaches the TU");
+        assert_eq!(
+            sent(&mut endpoint),
+            [(100, "INVITE".into()), (482, "INVITE".into())]
+        );
+        // Retransmissions of either copy are absorbed by their own transactions.
+        endpoint.handle_inbound(now, copy.as_bytes(), udp());
+        assert_eq!(sent(&mut endpoint), [(482, "INVITE".into())]);
+        assert!(requests(&mut endpoint).is_empty());
+        // The original goes on: the TU answers it on its own transaction.
+        let original = parse_request(&invite);
+        let busy = message::response(&original, 486).to_tag("x").build();
+        endpoint.respond(now, tus[0].0, 486, busy);
+        assert_eq!(sent(&mut endpoint), [(486, "INVITE".into())]);
+    }
+
+    #[test]
+    fn merged_options_gets_482_but_requests_with_a_to_tag_or_another_cseq_do_not() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut caller = Caller::new("echo");
+        let options = caller.out_of_dialog("OPTIONS");
+        endpoint.handle_inbound(now, options.as_bytes(), udp());
+        assert_eq!(requests(&mut endpoint).len(), 1);
+        let copy = options.replace(";branch=z9hG4bK", ";branch=z9hG4bKcopy");
+        endpoint.handle_inbound(now, copy.as_bytes(), udp());
+        assert_eq!(sent(&mut endpoint), [(482, "OPTIONS".into())]);
+        assert!(requests(&mut endpoint).is_empty());
+        // The next CSeq is a new request.
+        endpoint.handle_inbound(now, caller.out_of_dialog("OPTIONS").as_bytes(), udp());
+        assert_eq!(requests(&mut endpoint).len(), 1);
+        // In a dialog (To tag) the dialog layer judges CSeq, not the merge check.
+        caller.to_tag = Some("ours".into());
+        let bye = caller.request("BYE", &[], None);
+        endpoint.handle_inbound(now, bye.as_bytes(), udp());
+        let again = bye.replace(";branch=z9hG4bK", ";branch=z9hG4bKother");
+        endpoint.handle_inbound(now, again.as_bytes(), udp());
+        assert_eq!(requests(&mut endpoint).len(), 2);
+    }
+
+    #[test]
+    fn a_copy_after_the_original_transaction_ended_is_a_new_request() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut caller = Caller::new("echo");
+        let options = caller.out_of_dialog("OPTIONS");
+        endpoint.handle_inbound(now, options.as_bytes(), udp());
+        let (tx, _) = requests(&mut endpoint)[0].clone();
+        let request = parse_request(&options);
+        endpoint.respond(now, tx, 200, message::response(&request, 200).build());
+        // Timer J (64·T1 on UDP) ends the transaction.
+        endpoint.handle_timeout(now + secs(32));
+        assert_eq!(endpoint.transaction_counts(), (0, 0));
+        let copy = options.replace(";branch=z9hG4bK", ";branch=z9hG4bKlate");
+        endpoint.handle_inbound(now + secs(33), copy.as_bytes(), udp());
+        assert_eq!(
+            requests(&mut endpoint).len(),
+            1,
+            "no transaction left to merge with"
+        );
+    }
 
     #[test]
     fn uri_host_port_handles_name_addr_params_and_ipv6() {

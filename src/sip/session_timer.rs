@@ -4,11 +4,18 @@
 //!
 //! ```text
 //!   negotiate(request) ──> Running ──refresh seen/sent (handle_refreshed)──> Running
-//!                             │ voxgate refresher: deadline = interval/2 → Output::Refresh
+//!                             │ voxgate refresher: deadline = interval/2 → Output::Refresh,
+//!                             │   retried every interval/4 while no 2xx came back
 //!                             └ peer refresher:    deadline = interval − min(32 s, interval/3)
 //!                                                  → Output::Expired (send BYE, §10)
 //! ```
-//! voxgate is always the UAS of its dialogs, so `refresher=uas` means voxgate refreshes.
+//! Only a 2xx to a refresh extends the session (§10), so when voxgate refreshes and none of its
+//! refreshes succeeds, the session also ends at interval − min(32 s, interval/3).
+//! voxgate is always the UAS of its dialogs, so `refresher=uas` means voxgate refreshes. The
+//! `refresher` parameter names the UAC or UAS of the *transaction* it travels in (§7.2: "if the
+//! parameter contains the value 'uac', the UAC will perform them"), so in a refresh voxgate sends
+//! itself, and in the 2xx to it, voxgate is the `uac`: [`Agreement::request_header_value`] and
+//! [`answered`] translate.
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +94,40 @@ impl Agreement {
             self.refresher.as_str()
         )
     }
+
+    /// The `Session-Expires` header value for a refresh request voxgate sends, where voxgate
+    /// is the UAC of the transaction: `uac` when voxgate refreshes, `uas` when the caller does.
+    pub fn request_header_value(&self) -> String {
+        let refresher = match self.refresher {
+            Refresher::Uas => Refresher::Uac,
+            Refresher::Uac => Refresher::Uas,
+        };
+        format!("{};refresher={}", self.interval_secs, refresher.as_str())
+    }
+}
+
+/// The agreement after a 2xx to a refresh voxgate sent, whose session-timer headers are
+/// `response` (RFC 4028 §7.2): its `refresher` decides who refreshes (`uac` is voxgate here),
+/// its interval is taken when not below `min_se_secs`. Without Session-Expires the current
+/// agreement stays: a peer that does not support timers answers without one, and voxgate keeps
+/// refreshing it (the refreshes are what detect a dead peer).
+pub fn answered(response: &TimerRequest, current: Agreement, min_se_secs: u32) -> Agreement {
+    let Some(interval_secs) = response.session_expires else {
+        return current;
+    };
+    let refresher = match response.refresher {
+        Some(Refresher::Uac) => Refresher::Uas,
+        Some(Refresher::Uas) => Refresher::Uac,
+        None => current.refresher,
+    };
+    Agreement {
+        interval_secs: if interval_secs >= min_se_secs {
+            interval_secs
+        } else {
+            current.interval_secs
+        },
+        refresher,
+    }
 }
 
 /// The request's interval is below voxgate's Min-SE: answer 422 with `Min-SE: {min_se}`.
@@ -150,6 +191,8 @@ pub enum SessionTimerOutput {
 pub struct SessionTimer {
     agreement: Agreement,
     deadline: Option<Instant>,
+    /// When to give up on the session: shortly before it expires without a refresh.
+    give_up_at: Instant,
 }
 
 impl SessionTimer {
@@ -158,6 +201,7 @@ impl SessionTimer {
         let mut timer = SessionTimer {
             agreement,
             deadline: None,
+            give_up_at: now,
         };
         timer.handle_refreshed(now, agreement);
         timer
@@ -172,13 +216,13 @@ impl SessionTimer {
     pub fn handle_refreshed(&mut self, now: Instant, agreement: Agreement) {
         self.agreement = agreement;
         let interval = Duration::from_secs(agreement.interval_secs.into());
-        let wait = match agreement.refresher {
-            Refresher::Uas => interval / 2,
-            // §10: the side that is not the refresher sends BYE shortly before the session
-            // expires: at interval − min(32 s, interval/3).
-            Refresher::Uac => interval - Duration::from_secs(32).min(interval / 3),
-        };
-        self.deadline = Some(now + wait);
+        // §10: the side that is not the refresher sends BYE shortly before the session
+        // expires: at interval − min(32 s, interval/3).
+        self.give_up_at = now + (interval - Duration::from_secs(32).min(interval / 3));
+        self.deadline = Some(match agreement.refresher {
+            Refresher::Uas => now + interval / 2,
+            Refresher::Uac => self.give_up_at,
+        });
     }
 
     /// Fires the timer if due.
@@ -187,19 +231,17 @@ impl SessionTimer {
         if now < deadline {
             return None;
         }
-        match self.agreement.refresher {
-            Refresher::Uas => {
-                // Retry a refresh at most once more before the session would expire, so a lost
-                // refresh still leaves time; the caller re-arms on success via handle_refreshed.
-                let interval = Duration::from_secs(self.agreement.interval_secs.into());
-                self.deadline = Some(now + interval / 4);
-                Some(SessionTimerOutput::Refresh)
-            }
-            Refresher::Uac => {
-                self.deadline = None;
-                Some(SessionTimerOutput::Expired)
-            }
+        if now >= self.give_up_at {
+            // The peer did not refresh, or none of our refreshes got a 2xx: only a 2xx extends
+            // the session (§10), so it is over.
+            self.deadline = None;
+            return Some(SessionTimerOutput::Expired);
         }
+        // voxgate refreshes: retry every quarter interval until a 2xx re-arms the timer through
+        // handle_refreshed, or the session runs out.
+        let interval = Duration::from_secs(self.agreement.interval_secs.into());
+        self.deadline = Some((now + interval / 4).min(self.give_up_at));
+        Some(SessionTimerOutput::Refresh)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -287,6 +329,36 @@ mod tests {
     }
 
     #[test]
+    fn refresher_in_voxgates_requests_and_their_answers_is_seen_from_the_transaction() {
+        let voxgate_refreshes = Agreement {
+            interval_secs: 1800,
+            refresher: Refresher::Uas,
+        };
+        assert_eq!(voxgate_refreshes.header_value(), "1800;refresher=uas");
+        assert_eq!(
+            voxgate_refreshes.request_header_value(),
+            "1800;refresher=uac"
+        );
+        let keep = TimerRequest::from_headers(Some("1800;refresher=uac"), None, ["timer"]);
+        assert_eq!(answered(&keep, voxgate_refreshes, 90), voxgate_refreshes);
+        let take_over = TimerRequest::from_headers(Some("1200;refresher=uas"), None, ["timer"]);
+        assert_eq!(
+            answered(&take_over, voxgate_refreshes, 90),
+            Agreement {
+                interval_secs: 1200,
+                refresher: Refresher::Uac
+            }
+        );
+        let silent = TimerRequest::from_headers(None, None, []);
+        assert_eq!(answered(&silent, voxgate_refreshes, 90), voxgate_refreshes);
+        let too_small = TimerRequest::from_headers(Some("30;refresher=uac"), None, []);
+        assert_eq!(
+            answered(&too_small, voxgate_refreshes, 90),
+            voxgate_refreshes
+        );
+    }
+
+    #[test]
     fn voxgate_refreshes_at_half_interval_and_again_if_unanswered() {
         let agreement = Agreement {
             interval_secs: 1800,
@@ -302,6 +374,41 @@ mod tests {
         assert_eq!(timer.poll_timeout(), Some(t0() + secs(1350)));
         timer.handle_refreshed(t0() + secs(901), agreement);
         assert_eq!(timer.poll_timeout(), Some(t0() + secs(1801)));
+    }
+
+    #[test]
+    fn voxgate_refresher_without_any_successful_refresh_gives_up_before_expiry() {
+        let agreement = Agreement {
+            interval_secs: 1800,
+            refresher: Refresher::Uas,
+        };
+        let mut timer = SessionTimer::start(t0(), agreement);
+        let mut fired = Vec::new();
+        while let Some(at) = timer.poll_timeout() {
+            fired.push((at - t0(), timer.handle_timeout(at)));
+        }
+        assert_eq!(
+            fired,
+            [
+                (secs(900), Some(SessionTimerOutput::Refresh)),
+                (secs(1350), Some(SessionTimerOutput::Refresh)),
+                (secs(1768), Some(SessionTimerOutput::Expired)),
+            ]
+        );
+        let short = Agreement {
+            interval_secs: 90,
+            refresher: Refresher::Uas,
+        };
+        let mut timer = SessionTimer::start(t0(), short);
+        assert_eq!(
+            timer.handle_timeout(t0() + secs(45)),
+            Some(SessionTimerOutput::Refresh)
+        );
+        assert_eq!(timer.poll_timeout(), Some(t0() + secs(60)));
+        assert_eq!(
+            timer.handle_timeout(t0() + secs(60)),
+            Some(SessionTimerOutput::Expired)
+        );
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct GatewayConfig {
     pub route_agent: String,
     /// Environment variables for the process (e.g. `OPENAI_API_KEY`).
     pub env: Vec<(String, String)>,
+    /// Extra `key = value` lines inside `[sip]` (e.g. `session_expires_secs = 90`).
+    pub sip_extra: String,
+    /// Extra `key = value` lines inside `[rtp]` (e.g. `rtcp_interval_secs = 1`).
+    pub rtp_extra: String,
 }
 
 impl Default for GatewayConfig {
@@ -53,6 +57,8 @@ impl Default for GatewayConfig {
             extra: String::new(),
             route_agent: "echo".into(),
             env: Vec::new(),
+            sip_extra: String::new(),
+            rtp_extra: String::new(),
         }
     }
 }
@@ -71,15 +77,17 @@ impl GatewayConfig {
             .unwrap_or_default();
         let allow: Vec<String> = self.allow_from.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
-            "[sip]\nlisten = {listen}\n{t1}\n\
-             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n\n\
+            "[sip]\nlisten = {listen}\n{t1}{}\n\n\
+             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n{}\n\n\
              [calls]\nmax_concurrent = {}\ndrain_timeout_secs = {}\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n\n\
              [[agents]]\nname = \"echo\"\nkind = \"echo\"\n{}\n\n\
              [[routes]]\nagent = \"{}\"\n\n{}\n",
+            self.sip_extra,
             rtp.base,
             rtp.base + rtp.len - 1,
+            self.rtp_extra,
             // voxgate refuses a max_concurrent above the RTP port pairs the range holds.
             self.max_concurrent.min(usize::from(rtp.len / 2)),
             self.drain_timeout_secs,

@@ -248,3 +248,158 @@ pub fn verify_echo(
     }
     Ok(streams)
 }
+
+/// A PCMU RTP packet (RFC 3550 §5.1, no CSRC, no extension) with `payload`.
+pub fn rtp_packet(seq: u16, timestamp: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x80, 0];
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&timestamp.to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// RTCP packet types (RFC 3550 §12.1).
+pub const RTCP_SR: u8 = 200;
+/// Receiver report.
+pub const RTCP_RR: u8 = 201;
+/// Source description.
+pub const RTCP_SDES: u8 = 202;
+
+/// The packets of a compound RTCP datagram as (packet type, bytes), or `None` when a header or
+/// length does not add up (RFC 3550 §6.1: version 2, lengths in 32-bit words minus one).
+pub fn split_rtcp(datagram: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut packets = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let header = rest.get(..4)?;
+        if header[0] >> 6 != 2 {
+            return None;
+        }
+        let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let packet = rest.get(..(words + 1) * 4)?;
+        packets.push((header[1], packet));
+        rest = &rest[packet.len()..];
+    }
+    (!packets.is_empty()).then_some(packets)
+}
+
+/// The sender SSRC of an SR or RR (the word after the header).
+pub fn rtcp_sender_ssrc(packet: &[u8]) -> Option<u32> {
+    let bytes = packet.get(4..8)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// A report block of an SR or RR: whom it is about and its LSR (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportBlock {
+    /// The source reported on.
+    pub ssrc: u32,
+    /// Middle 32 bits of the NTP time of the last SR received from that source; 0 if none.
+    pub last_sr: u32,
+}
+
+/// The report blocks of an SR (`packet_type` 200) or RR (201).
+pub fn report_blocks(packet_type: u8, packet: &[u8]) -> Vec<ReportBlock> {
+    let count = usize::from(packet.first().copied().unwrap_or(0) & 0x1f);
+    let start = if packet_type == RTCP_SR { 28 } else { 8 };
+    (0..count)
+        .filter_map(|i| {
+            let block = packet.get(start + 24 * i..start + 24 * (i + 1))?;
+            let word = |at: usize| {
+                u32::from_be_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]])
+            };
+            Some(ReportBlock {
+                ssrc: word(0),
+                last_sr: word(16),
+            })
+        })
+        .collect()
+}
+
+/// The (SSRC, CNAME) of every chunk of an SDES packet that carries a CNAME item.
+pub fn sdes_cnames(packet: &[u8]) -> Vec<(u32, String)> {
+    let count = usize::from(packet.first().copied().unwrap_or(0) & 0x1f);
+    let mut out = Vec::new();
+    let mut at = 4;
+    for _ in 0..count {
+        let Some(ssrc) = packet.get(at..at + 4) else {
+            break;
+        };
+        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        at += 4;
+        // Items until the zero type; the chunk then pads to a 32-bit boundary.
+        while let Some(&kind) = packet.get(at) {
+            if kind == 0 {
+                at = (at + 4) & !3;
+                break;
+            }
+            let Some(&len) = packet.get(at + 1) else {
+                return out;
+            };
+            let Some(text) = packet.get(at + 2..at + 2 + usize::from(len)) else {
+                return out;
+            };
+            if kind == 1 {
+                out.push((ssrc, String::from_utf8_lossy(text).into_owned()));
+            }
+            at += 2 + usize::from(len);
+        }
+    }
+    out
+}
+
+fn rtcp_header(count: u8, packet_type: u8, body_len: usize) -> Vec<u8> {
+    let words = ((4 + body_len) / 4 - 1) as u16;
+    let mut header = vec![0x80 | count, packet_type];
+    header.extend_from_slice(&words.to_be_bytes());
+    header
+}
+
+fn report_block_bytes(about: u32, highest_seq: u32) -> Vec<u8> {
+    let mut block = about.to_be_bytes().to_vec();
+    block.extend_from_slice(&[0, 0, 0, 0]); // nothing lost
+    block.extend_from_slice(&highest_seq.to_be_bytes());
+    block.extend_from_slice(&[0; 12]); // jitter, LSR, DLSR
+    block
+}
+
+/// An SDES packet with one chunk: `ssrc` and its CNAME.
+pub fn sdes_packet(ssrc: u32, cname: &str) -> Vec<u8> {
+    let mut chunk = ssrc.to_be_bytes().to_vec();
+    chunk.push(1);
+    chunk.push(cname.len() as u8);
+    chunk.extend_from_slice(cname.as_bytes());
+    chunk.push(0);
+    while chunk.len() % 4 != 0 {
+        chunk.push(0);
+    }
+    let mut packet = rtcp_header(1, RTCP_SDES, chunk.len());
+    packet.extend(chunk);
+    packet
+}
+
+/// A compound SR + SDES from `ssrc` sent at NTP time `ntp`, reporting on `about` (its SSRC and
+/// the highest sequence number received).
+pub fn sender_report(ssrc: u32, ntp: u64, about: (u32, u32), packets: u32) -> Vec<u8> {
+    let mut body = ssrc.to_be_bytes().to_vec();
+    body.extend_from_slice(&ntp.to_be_bytes());
+    body.extend_from_slice(&(packets * 160).to_be_bytes()); // RTP timestamp
+    body.extend_from_slice(&packets.to_be_bytes());
+    body.extend_from_slice(&(packets * 160).to_be_bytes()); // octets
+    body.extend(report_block_bytes(about.0, about.1));
+    let mut packet = rtcp_header(1, RTCP_SR, body.len());
+    packet.extend(body);
+    packet.extend(sdes_packet(ssrc, "caller@test"));
+    packet
+}
+
+/// A compound RR + SDES from `ssrc` reporting on `about`.
+pub fn receiver_report(ssrc: u32, about: (u32, u32)) -> Vec<u8> {
+    let mut body = ssrc.to_be_bytes().to_vec();
+    body.extend(report_block_bytes(about.0, about.1));
+    let mut packet = rtcp_header(1, RTCP_RR, body.len());
+    packet.extend(body);
+    packet.extend(sdes_packet(ssrc, "caller@test"));
+    packet
+}
