@@ -221,6 +221,24 @@ impl Harness {
         self.pump();
     }
 
+    /// Reports the speech agent of `call` ready (what the media task does on `session.updated`).
+    pub fn agent_ready(&mut self, call: CallKey) {
+        self.switchboard.handle_agent_ready(self.now, call);
+        self.pump();
+    }
+
+    /// Reports the speech agent of `call` failed.
+    pub fn agent_failed(&mut self, call: CallKey, why: &str) {
+        self.switchboard.handle_agent_failed(self.now, call, why);
+        self.pump();
+    }
+
+    /// Reports the speech agent of `call` ended the call.
+    pub fn agent_hangup(&mut self, call: CallKey, why: &str) {
+        self.switchboard.handle_agent_hangup(self.now, call, why);
+        self.pump();
+    }
+
     /// Starts draining with active calls hung up at `deadline`.
     pub fn begin_drain(&mut self, deadline: Instant) {
         self.switchboard.begin_drain(self.now, deadline);

@@ -1134,3 +1134,97 @@ fn caller_taking_over_the_refresh_in_its_answer_stops_ours() {
     let (at, _) = h.next_request("BYE", secs(1_200)).expect("BYE");
     assert_eq!(at - refreshed, secs(1_200 - 32));
 }
+
+fn openai_settings() -> crate::config::Settings {
+    let mut settings = settings();
+    settings.agents[0].kind = crate::config::AgentKind::Openai;
+    settings.realtime.connect_timeout_ms = 3_000;
+    settings.realtime.api_key = Some(crate::config::Secret::new("sk-test"));
+    settings
+}
+
+fn call_of(h: &mut Harness) -> CallKey {
+    call_key(&h.take_outputs())
+}
+
+#[test]
+fn speech_agent_call_rings_at_once_and_is_answered_when_the_session_is_ready() {
+    let mut h = Harness::new(&openai_settings());
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    let call = call_of(&mut h);
+    assert_eq!(
+        statuses(&h.take_responses()),
+        [(100, "INVITE".into()), (180, "INVITE".into())],
+        "180 at once while the session comes up, no 200 yet"
+    );
+    h.advance(secs(1));
+    assert!(h.take_responses().is_empty());
+    h.agent_ready(call);
+    let responses = h.take_responses();
+    assert_eq!(statuses(&responses), [(200, "INVITE".into())]);
+    assert_eq!(
+        configured(&h.take_outputs()).len(),
+        1,
+        "media configured on answer"
+    );
+    // The agent ends the call: BYE.
+    h.send(&caller.ack(None));
+    h.agent_hangup(call, "the agent ended the call");
+    let bye = h.take_requests();
+    assert_eq!(bye.len(), 1);
+    assert_eq!(bye[0].method().to_string(), "BYE");
+    assert_eq!(ended(&h.take_outputs()), [CallResult::Completed]);
+}
+
+#[test]
+fn speech_agent_failure_before_answer_is_a_503_with_a_reason() {
+    let mut h = Harness::new(&openai_settings());
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    let call = call_of(&mut h);
+    h.take();
+    h.agent_failed(
+        call,
+        "cannot connect to wss://api.openai.com/v1/realtime: \"refused\"",
+    );
+    let responses = h.take_responses();
+    assert_eq!(statuses(&responses), [(503, "INVITE".into())]);
+    let reason = responses[0].header("Reason").expect("Reason header");
+    assert_eq!(
+        reason,
+        "SIP;cause=503;text=\"cannot connect to wss://api.openai.com/v1/realtime: refused\""
+    );
+    assert_eq!(ended(&h.take_outputs()), [CallResult::Rejected]);
+}
+
+#[test]
+fn speech_agent_that_never_reports_is_refused_after_the_connect_timeout() {
+    let mut h = Harness::new(&openai_settings());
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    h.take();
+    h.advance(ms(2_900));
+    assert!(h.take_responses().is_empty());
+    h.advance(ms(2_200));
+    let responses = h.take_responses();
+    // The 503 (retransmitted over UDP until the ACK) comes 2 s after the connect timeout.
+    assert_eq!(statuses(&responses[..1]), [(503, "INVITE".into())]);
+    assert!(responses.iter().all(|r| r.status() == 503));
+    assert!(responses[0].header("Reason").is_some());
+}
+
+#[test]
+fn speech_agent_failure_after_answer_hangs_up_as_failed() {
+    let mut h = Harness::new(&openai_settings());
+    let mut caller = Caller::new("echo");
+    h.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    let call = call_of(&mut h);
+    h.agent_ready(call);
+    h.take();
+    h.send(&caller.ack(None));
+    h.agent_failed(call, "the Realtime connection broke");
+    let requests = h.take_requests();
+    assert_eq!(requests[0].method().to_string(), "BYE");
+    assert_eq!(ended(&h.take_outputs()), [CallResult::Failed]);
+}
