@@ -86,4 +86,5 @@ fn audio_truncate_tool_output_and_response_events_validate() {
     valid(&events::response_create(None, "r-1"));
     valid(&events::response_create(Some("Say goodbye."), "r-2"));
     valid(&events::response_cancel("c-1"));
+    valid(&events::audio_format_update("audio/pcma", "f-1"));
 }

@@ -47,6 +47,9 @@ pub struct BridgeConfig {
     pub session_limit: Duration,
     /// How long before the limit the goodbye starts.
     pub goodbye_margin: Duration,
+    /// Instructions for the model's first words once the call's media is up; none: the model
+    /// waits for the caller.
+    pub greeting: Option<String>,
 }
 
 /// What the bridge asks `io/` to do or to record.
@@ -184,15 +187,27 @@ impl<S: SpeechSession> Bridge<S> {
         self.playout.queued()
     }
 
-    /// The negotiated packetisation time (frames popped by [`Bridge::tick`] are this long).
-    pub fn set_ptime(&mut self, ptime: Duration) {
-        if ptime == self.config.ptime || ptime.is_zero() {
-            return;
+    /// The call's negotiated media: the session speaks `codec` (PCMU or PCMA, never
+    /// transcoded) in frames of `ptime`. The greeting starts here, once the caller can hear it.
+    pub fn set_media(&mut self, codec: G711, ptime: Duration) {
+        if codec != self.config.codec {
+            self.config.codec = codec;
+            self.session.set_audio_format(codec);
+            self.rebuild_playout(ptime);
+        } else if ptime != self.config.ptime && !ptime.is_zero() {
+            self.rebuild_playout(ptime);
         }
+        if let Some(greeting) = self.config.greeting.take() {
+            self.session.prompt(&greeting);
+        }
+    }
+
+    fn rebuild_playout(&mut self, ptime: Duration) {
         self.config.ptime = ptime;
         let samples = (ptime.as_micros() * 8 / 1_000) as usize;
         self.silence = Codec::new(self.config.codec).silence(samples.max(1));
         let mut playout = PlayoutQueue::new(self.config.codec, ptime);
+        // (A codec change happens at answer, before any agent audio of that law exists.)
         // Audio already queued (a greeting) is kept, re-cut into the new frame size.
         while !self.playout.is_empty() {
             let frame = self.playout.pop();

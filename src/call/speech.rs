@@ -151,6 +151,8 @@ pub trait SpeechSession: Send {
     fn interrupt(&mut self);
     /// The result of a tool call; `respond` asks the model to go on speaking afterwards.
     fn tool_output(&mut self, call_id: &str, output: &str, respond: bool);
+    /// The call's codec: audio in both directions is this G.711 law (no transcoding).
+    fn set_audio_format(&mut self, law: crate::media::G711);
     /// Ask the model to say something now (queued until any active response is done).
     fn prompt(&mut self, instructions: &str);
     /// True while the backend generates a response (or one was asked for and not refused).

@@ -242,7 +242,11 @@ impl MediaTask {
                             ticker = tokio::time::interval(ptime);
                             ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
                         }
+                        let media = (params.codec, params.ptime);
                         self.configure(params);
+                        if let Some(leg) = self.speech.as_mut() {
+                            leg.set_media(media.0, media.1).await;
+                        }
                     }
                     Some(MediaCommand::Stop) | None => break,
                 },
@@ -302,9 +306,6 @@ impl MediaTask {
                 Duration::from_millis(self.agent.echo_delay_ms.into()),
                 params.ptime,
             );
-        }
-        if let Some(leg) = self.speech.as_mut() {
-            leg.set_ptime(params.ptime);
         }
         self.outbound.set_payload_type(params.payload_type);
         let mut accepted = vec![params.payload_type];

@@ -96,6 +96,7 @@ impl SpeechLeg {
                 tools: agent.tools.clone(),
                 session_limit: limit,
                 goodbye_margin: (limit / 4).min(Duration::from_secs(30)),
+                greeting: agent.greeting.clone(),
             },
         );
         let transcript = realtime
@@ -225,9 +226,10 @@ impl SpeechLeg {
         self.process(now).await;
     }
 
-    /// The negotiated packetisation time.
-    pub fn set_ptime(&mut self, ptime: Duration) {
-        self.bridge.set_ptime(ptime);
+    /// The negotiated codec and packetisation time (starts the greeting).
+    pub async fn set_media(&mut self, codec: G711, ptime: Duration) {
+        self.bridge.set_media(codec, ptime);
+        self.process(Instant::now()).await;
     }
 
     /// One ptime tick with the caller's frame; returns the frame to send.

@@ -115,6 +115,22 @@ fn turn_detection(detection: &TurnDetection) -> Value {
     value
 }
 
+/// `session.update` switching both audio directions to `format` (`audio/pcma` for an A-law call).
+pub fn audio_format_update(format: &str, event_id: &str) -> String {
+    json!({
+        "type": "session.update",
+        "event_id": event_id,
+        "session": {
+            "type": "realtime",
+            "audio": {
+                "input": { "format": { "type": format } },
+                "output": { "format": { "type": format } },
+            },
+        },
+    })
+    .to_string()
+}
+
 /// A function tool definition.
 pub fn function_tool(name: &str, description: &str, parameters: &Value) -> Value {
     json!({

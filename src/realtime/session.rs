@@ -57,7 +57,8 @@ struct Pending {
 pub struct RealtimeSession {
     phase: Phase,
     session_update: String,
-    greeting: Option<String>,
+    /// The audio format both directions use (`audio/pcmu` unless the call negotiated PCMA).
+    format: &'static str,
     interrupt_response: bool,
     response_active: bool,
     /// Tool calls of the current response still waiting for an output.
@@ -91,7 +92,7 @@ impl RealtimeSession {
         RealtimeSession {
             phase: Phase::AwaitingCreated,
             session_update: events::session_update(agent, &tools, "voxgate-session-1"),
-            greeting: agent.greeting.clone(),
+            format: "audio/pcmu",
             interrupt_response: agent.turn_detection.interrupts_response(),
             response_active: false,
             outstanding_calls: 0,
@@ -263,9 +264,24 @@ impl RealtimeSession {
         }
         self.phase = Phase::Ready;
         self.events.push_back(SpeechEvent::Ready);
-        if let Some(greeting) = self.greeting.take() {
-            self.prompt(&greeting);
+        if self.format != "audio/pcmu" {
+            let format = self.format;
+            self.format = "audio/pcmu";
+            self.switch_format(format);
         }
+    }
+
+    fn switch_format(&mut self, format: &'static str) {
+        if format == self.format {
+            return;
+        }
+        self.format = format;
+        if self.phase != Phase::Ready {
+            return; // applied when the session is confirmed
+        }
+        let id = self.event_id("format");
+        self.outbox
+            .push_back(events::audio_format_update(format, &id));
     }
 
     fn count_item_audio(&mut self, item: &str, bytes: u64) {
@@ -363,6 +379,18 @@ impl SpeechSession for RealtimeSession {
             .push((call_id.to_owned(), output.to_owned()));
         self.pending.respond |= respond;
         self.flush_pending();
+    }
+
+    fn set_audio_format(&mut self, law: crate::media::G711) {
+        let format = match law {
+            crate::media::G711::Pcmu => "audio/pcmu",
+            crate::media::G711::Pcma => "audio/pcma",
+        };
+        if self.phase == Phase::Ready {
+            self.switch_format(format);
+        } else {
+            self.format = format;
+        }
     }
 
     fn prompt(&mut self, instructions: &str) {

@@ -13,6 +13,7 @@ struct Fake {
     outputs: Vec<(String, String, bool)>,
     prompts: Vec<String>,
     responding: bool,
+    formats: Vec<G711>,
 }
 
 impl SpeechSession for Fake {
@@ -36,6 +37,9 @@ impl SpeechSession for Fake {
     }
     fn responding(&self) -> bool {
         self.responding
+    }
+    fn set_audio_format(&mut self, law: G711) {
+        self.formats.push(law);
     }
     fn poll_transmit(&mut self) -> Option<String> {
         None
@@ -62,6 +66,7 @@ fn config() -> BridgeConfig {
         }],
         session_limit: Duration::from_secs(3_600),
         goodbye_margin: Duration::from_secs(30),
+        greeting: Some("Greet the caller.".into()),
     }
 }
 
@@ -350,4 +355,29 @@ fn a_failed_session_is_reported_once_and_gets_no_more_audio() {
     let before = h.bridge.session().audio.len();
     h.tick();
     assert_eq!(h.bridge.session().audio.len(), before);
+}
+
+#[test]
+fn the_greeting_starts_with_the_media_and_pcma_calls_switch_the_session_to_pcma() {
+    let mut h = Harness::ready();
+    assert!(
+        h.bridge.session().prompts.is_empty(),
+        "no greeting before the media is up"
+    );
+    h.bridge.set_media(G711::Pcma, ms(20));
+    assert_eq!(h.bridge.session().formats, vec![G711::Pcma]);
+    assert_eq!(
+        h.bridge.session().prompts,
+        vec!["Greet the caller.".to_owned()]
+    );
+    // A-law silence fills the caller's gaps now, and the greeting is asked for once.
+    h.tick();
+    let silence = h.bridge.session().audio.last().cloned();
+    h.bridge.set_media(G711::Pcma, ms(20));
+    assert_eq!(h.bridge.session().prompts.len(), 1);
+    assert_eq!(h.bridge.session().formats.len(), 1);
+    h.now += ms(20);
+    h.bridge.tick(h.now, None);
+    assert_eq!(h.bridge.session().audio.last(), Some(&vec![0xd5; 160]));
+    assert_eq!(silence, Some(vec![0x42; 160]));
 }

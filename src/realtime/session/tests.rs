@@ -144,23 +144,22 @@ fn an_error_about_the_session_update_rejects_the_session() {
 }
 
 #[test]
-fn greeting_is_a_response_create_with_its_instructions() {
-    let mut agent = agent();
-    agent.greeting = Some("Greet the caller.".into());
-    let mut session = RealtimeSession::new(&agent);
-    feed(
-        &mut session,
-        json!({"type": "session.created", "session": {}}),
-    );
-    sent(&mut session);
-    feed(
-        &mut session,
-        json!({"type": "session.updated", "session": pcmu_session()}),
-    );
+fn an_alaw_call_switches_both_formats_to_pcma() {
+    let mut session = ready(&agent());
+    session.set_audio_format(crate::media::G711::Pcma);
     let out = sent(&mut session);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0]["type"], "response.create");
-    assert_eq!(out[0]["response"]["instructions"], "Greet the caller.");
+    assert_eq!(out[0]["type"], "session.update");
+    assert_eq!(
+        out[0]["session"]["audio"]["input"]["format"]["type"],
+        "audio/pcma"
+    );
+    assert_eq!(
+        out[0]["session"]["audio"]["output"]["format"]["type"],
+        "audio/pcma"
+    );
+    session.set_audio_format(crate::media::G711::Pcma);
+    assert!(sent(&mut session).is_empty(), "only on a change");
 }
 
 #[test]
