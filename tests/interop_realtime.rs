@@ -240,13 +240,21 @@ fn end_call_hangs_up_after_the_goodbye() {
         return;
     }
     let frames = 50;
-    let standin = RealtimeStandIn::start(Behaviour::new().greeting(
-        Reply::audio(tagged_audio(frames, 1)).function_call("end_call", serde_json::json!({})),
-    ));
+    let standin = RealtimeStandIn::start(
+        Behaviour::new().greeting(
+            Reply::audio(tagged_audio(frames, 1))
+                .transcript("Thanks for calling, goodbye!")
+                .function_call("end_call", serde_json::json!({})),
+        ),
+    );
+    let transcripts = tempfile::tempdir().expect("transcripts dir");
     let gateway = gateway(
         &standin.url(),
         "greeting = \"Say goodbye and hang up.\"",
-        "",
+        &format!(
+            "transcripts_dir = {:?}",
+            transcripts.path().display().to_string()
+        ),
     );
     let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(500);
     let sink = RtpSink::bind(sipp.echo_addr());
@@ -276,6 +284,29 @@ fn end_call_hangs_up_after_the_goodbye() {
     );
     standin.wait_for_session(0, WAIT, "voxgate to close the session", |s| s.is_ended());
     standin.assert_no_violations();
+    // The call's JSON-lines transcript: start, what the agent said, the tool call, the end.
+    let files: Vec<_> = std::fs::read_dir(transcripts.path())
+        .expect("transcripts dir")
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "one transcript file per call");
+    let text = std::fs::read_to_string(files[0].path()).expect("transcript");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events.first(), Some(&"call_started"), "{events:?}");
+    assert_eq!(events.last(), Some(&"call_ended"), "{events:?}");
+    assert!(lines.iter().any(|l| l["event"] == "transcript"
+        && l["role"] == "agent"
+        && l["text"] == "Thanks for calling, goodbye!"));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "tool_call" && l["tool"] == "end_call"));
+    assert!(lines
+        .iter()
+        .all(|l| l["call_id"].as_str().is_some_and(|id| !id.is_empty()) && l["at_ms"].is_u64()));
 }
 
 /// A one-shot HTTP server for a tool: records the request body, answers `body`.
@@ -457,7 +488,12 @@ fn dropped_session_ends_the_call_with_bye_and_is_counted() {
         return;
     }
     let standin = RealtimeStandIn::start(
-        Behaviour::new().step(When::caller_audio_ms(600), [Action::DropConnection]),
+        Behaviour::new()
+            .step(
+                When::caller_audio_ms(300),
+                [Action::server_error("transient fault")],
+            )
+            .step(When::caller_audio_ms(400), [Action::DropConnection]),
     );
     let gateway = gateway(&standin.url(), "", "");
     let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(500);
@@ -482,6 +518,27 @@ fn dropped_session_ends_the_call_with_bye_and_is_counted() {
     assert!(
         gateway.log().contains("Realtime session failed"),
         "the log says why"
+    );
+    // The error event before the drop was counted and did not end the call by itself.
+    assert_eq!(
+        metric(
+            &gateway,
+            "voxgate_realtime_errors_total",
+            &[("code", "server_error")]
+        ),
+        1.0
+    );
+    let session = standin.session(0);
+    let error_at = session
+        .server_events
+        .iter()
+        .find(|e| e.event_type() == Some("error"))
+        .expect("error sent")
+        .at;
+    let appends_after_error = session.appends.iter().filter(|a| a.at > error_at).count();
+    assert!(
+        appends_after_error >= 10,
+        "audio kept flowing after the error"
     );
     assert_eq!(
         metric(&gateway, "voxgate_realtime_sessions_active", &[]),
