@@ -546,3 +546,46 @@ fn dropped_session_ends_the_call_with_bye_and_is_counted() {
     );
     standin.assert_no_violations();
 }
+
+/// The session's lifetime limit (shortened to 10 s here): shortly before it the model is asked
+/// to say goodbye, the goodbye plays, then voxgate hangs up and counts it.
+#[test]
+fn session_time_limit_ends_the_call_with_a_goodbye() {
+    if common::sipp::skip_without_root("session_time_limit_ends_the_call_with_a_goodbye") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(
+        // The agent has no greeting, so the goodbye is the first response voxgate asks for.
+        Behaviour::new().greeting(Reply::audio(tagged_audio(25, 2)).transcript("Goodbye!")),
+    );
+    let gateway = gateway(&standin.url(), "", "session_limit_secs = 10");
+    let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(1_000);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success(); // ends only with voxgate's BYE
+    let goodbye: Vec<usize> = agent_frames(&received, 2).iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        goodbye,
+        (0..25).collect::<Vec<_>>(),
+        "the goodbye played in full"
+    );
+    let session = standin.session(0);
+    let prompt = session
+        .client_events_of("response.create")
+        .next()
+        .expect("voxgate asked for the goodbye");
+    assert!(prompt.event["response"]["instructions"]
+        .as_str()
+        .is_some_and(|text| text.contains("time limit")));
+    assert_eq!(
+        gateway.wait_metric("voxgate_realtime_session_limit_total", &[], WAIT, |v| v
+            >= 1.0),
+        1.0
+    );
+    assert_eq!(
+        metric(&gateway, "voxgate_calls_total", &[("result", "completed")]),
+        1.0
+    );
+    standin.assert_no_violations();
+}
