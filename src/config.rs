@@ -344,6 +344,26 @@ impl Settings {
             key,
             reason,
         };
+        if let Some(path) = &self.realtime.apology_file {
+            let audio = std::fs::read(path).map_err(|e| {
+                error(
+                    "realtime.apology_file".into(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if audio.is_empty() || audio.len() > realtime::APOLOGY_MAX_BYTES {
+                return Err(error(
+                    "realtime.apology_file".into(),
+                    format!(
+                        "{} holds {} bytes: give 1 to {} bytes of raw 8 kHz µ-law (at most 30 s)",
+                        path.display(),
+                        audio.len(),
+                        realtime::APOLOGY_MAX_BYTES
+                    ),
+                ));
+            }
+            self.realtime.apology = Some(bytes::Bytes::from(audio));
+        }
         let key = match &self.realtime.api_key_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {

@@ -495,12 +495,26 @@ fn dropped_session_ends_the_call_with_bye_and_is_counted() {
             )
             .step(When::caller_audio_ms(400), [Action::DropConnection]),
     );
-    let gateway = gateway(&standin.url(), "", "");
+    // The admin's apology recording, played before the BYE.
+    let dir = tempfile::tempdir().expect("dir");
+    let apology = dir.path().join("apology.ul");
+    std::fs::write(&apology, tagged_audio(25, 4)).expect("write apology");
+    let gateway = gateway(
+        &standin.url(),
+        "",
+        &format!("apology_file = {:?}", apology.display().to_string()),
+    );
     let sipp = Sipp::new("uac_talk_until_bye.xml", gateway.sip_addr()).with_audio(500);
     let sink = RtpSink::bind(sipp.echo_addr());
     let outcome = sipp.run();
-    drop(sink);
+    let received = sink.finish();
     outcome.assert_success(); // ends only with voxgate's BYE
+    let apology: Vec<usize> = agent_frames(&received, 4).iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        apology,
+        (0..25).collect::<Vec<_>>(),
+        "the apology played in full"
+    );
     assert_eq!(
         gateway.wait_metric(
             "voxgate_realtime_session_failures_total",

@@ -50,6 +50,9 @@ pub struct BridgeConfig {
     /// Instructions for the model's first words once the call's media is up; none: the model
     /// waits for the caller.
     pub greeting: Option<String>,
+    /// µ-law recording played to the caller when the session fails after answer, before the
+    /// call ends.
+    pub apology: Option<Bytes>,
 }
 
 /// What the bridge asks `io/` to do or to record.
@@ -147,6 +150,8 @@ pub struct Bridge<S: SpeechSession> {
     caller_turn_ended_at: Option<Instant>,
     hangup: Option<PendingHangup>,
     goodbye_at: Option<Instant>,
+    /// The session failed after answer and the apology is playing: report when it has.
+    apologizing: Option<(FailReason, String, Option<Instant>)>,
     outputs: VecDeque<BridgeOutput>,
 }
 
@@ -168,6 +173,7 @@ impl<S: SpeechSession> Bridge<S> {
             caller_turn_ended_at: None,
             hangup: None,
             goodbye_at: None,
+            apologizing: None,
             outputs: VecDeque::new(),
         }
     }
@@ -263,6 +269,16 @@ impl<S: SpeechSession> Bridge<S> {
     }
 
     fn check_time(&mut self, now: Instant) {
+        if let Some((_, _, since)) = &mut self.apologizing {
+            let since = *since.get_or_insert(now);
+            if self.playout.is_empty() || now.saturating_duration_since(since) >= HANGUP_WAIT_MAX {
+                if let Some((reason, detail, _)) = self.apologizing.take() {
+                    self.outputs
+                        .push_back(BridgeOutput::Failed { reason, detail });
+                }
+            }
+            return;
+        }
         if self.failed {
             return;
         }
@@ -303,8 +319,30 @@ impl<S: SpeechSession> Bridge<S> {
             return;
         }
         self.failed = true;
-        self.outputs
-            .push_back(BridgeOutput::Failed { reason, detail });
+        let apology = self.config.apology.clone().filter(|_| self.ready);
+        let Some(apology) = apology else {
+            self.outputs
+                .push_back(BridgeOutput::Failed { reason, detail });
+            return;
+        };
+        // Answered: tell the caller before hanging up (the recording is µ-law; an A-law call
+        // gets it converted — a prompt, not the call's audio path).
+        tracing::info!("playing the apology before hanging up");
+        self.playout.flush();
+        let audio: Vec<u8> = match self.config.codec {
+            G711::Pcmu => apology.to_vec(),
+            G711::Pcma => apology
+                .iter()
+                .map(|&code| {
+                    crate::media::g711::linear_to_alaw(crate::media::g711::ulaw_to_linear(code))
+                })
+                .collect(),
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.playout.push_tagged(&audio, tag);
+        self.playout.finish_utterance();
+        self.apologizing = Some((reason, detail, None));
     }
 
     fn drain_events(&mut self, now: Instant) {

@@ -36,10 +36,19 @@ pub struct RealtimeSettings {
     /// The service's session lifetime, seconds (OpenAI: 3600); the agent says goodbye shortly
     /// before it and the call ends.
     pub session_limit_secs: u64,
+    /// A short recording (raw G.711 µ-law, 8 kHz mono, e.g. `sox in.wav -r 8000 -c 1 -e u-law
+    /// apology.ul`) played to the caller when the session drops mid-call, before the BYE.
+    pub apology_file: Option<PathBuf>,
     /// The key, once resolved (never read from the file itself).
     #[serde(skip)]
     pub api_key: Option<Secret>,
+    /// The apology recording, once read.
+    #[serde(skip)]
+    pub apology: Option<bytes::Bytes>,
 }
+
+/// Longest apology recording accepted: 30 s of 8 kHz G.711.
+pub const APOLOGY_MAX_BYTES: usize = 30 * 8_000;
 
 impl Default for RealtimeSettings {
     fn default() -> Self {
@@ -50,7 +59,9 @@ impl Default for RealtimeSettings {
             connect_timeout_ms: 5_000,
             transcripts_dir: None,
             session_limit_secs: 3_600,
+            apology_file: None,
             api_key: None,
+            apology: None,
         }
     }
 }

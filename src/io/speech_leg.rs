@@ -97,6 +97,7 @@ impl SpeechLeg {
                 session_limit: limit,
                 goodbye_margin: (limit / 4).min(Duration::from_secs(30)),
                 greeting: agent.greeting.clone(),
+                apology: realtime.apology.clone(),
             },
         );
         let transcript = realtime

@@ -67,6 +67,7 @@ fn config() -> BridgeConfig {
         session_limit: Duration::from_secs(3_600),
         goodbye_margin: Duration::from_secs(30),
         greeting: Some("Greet the caller.".into()),
+        apology: None,
     }
 }
 
@@ -380,4 +381,42 @@ fn the_greeting_starts_with_the_media_and_pcma_calls_switch_the_session_to_pcma(
     h.bridge.tick(h.now, None);
     assert_eq!(h.bridge.session().audio.last(), Some(&vec![0xd5; 160]));
     assert_eq!(silence, Some(vec![0x42; 160]));
+}
+
+#[test]
+fn a_session_failing_after_answer_plays_the_apology_then_reports_the_failure() {
+    let mut h = Harness::ready();
+    h.bridge.config.apology = Some(Bytes::from(vec![0x33; 400])); // 50 ms
+    h.audio("a", 1_600, 0x11);
+    h.tick();
+    h.bridge
+        .handle_closed(FailReason::Dropped, "connection reset".into());
+    assert!(h.outputs().is_empty(), "not before the apology has played");
+    let frames: Vec<PlayoutFrame> = (0..3).map(|_| h.tick()).collect();
+    assert!(
+        frames.iter().all(|f| f.payload[0] == 0x33),
+        "the agent's audio was dropped"
+    );
+    assert!(frames[0].marker);
+    assert_eq!(frames[2].audio, ms(10), "the last frame is padded");
+    assert!(h.outputs().is_empty());
+    h.tick();
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Failed {
+            reason: FailReason::Dropped,
+            detail: "connection reset".into()
+        }]
+    );
+}
+
+#[test]
+fn a_session_failing_before_answer_reports_at_once_without_an_apology() {
+    let mut bridge = Bridge::new(Fake::default(), config());
+    bridge.config.apology = Some(Bytes::from(vec![0x33; 400]));
+    bridge.handle_closed(FailReason::Connect, "refused".into());
+    assert!(matches!(
+        bridge.poll_output(),
+        Some(BridgeOutput::Failed { .. })
+    ));
 }
