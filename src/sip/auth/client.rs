@@ -235,8 +235,8 @@ impl DigestClient {
         let session = self.sessions.get_mut(index)?;
         session.nc = session.nc.checked_add(1)?;
         let challenge = &session.challenge;
-        // RFC 7616 §3.4: with a choice, qop=auth (the body of a SIP request may be rewritten by
-        // proxies, and auth-int buys nothing we need); auth-int only when it is all that is offered.
+        // qop=auth when offered: a proxy may legitimately rewrite a SIP body, which would break
+        // auth-int. auth-int only when it is all that is offered.
         let qop = if challenge.qop.contains(&Qop::Auth) {
             Some(Qop::Auth)
         } else {
