@@ -1,5 +1,6 @@
 //! SIP (RFC 3261) as sans-IO state machines. Messages are rsip types behind [`message`].
 
+pub mod auth;
 pub mod builder;
 pub mod dialog;
 pub mod endpoint;
