@@ -394,7 +394,7 @@ impl<A: Authenticator> Registration<A> {
     }
 
     /// The next REGISTER to send: pass it to `Endpoint::send_request` on the trunk's flow and
-    /// route that transaction's response or timeout back here.
+    /// route that transaction's response (and its timeout, with the request's CSeq) back here.
     pub fn poll_request(&mut self) -> Option<OutgoingRequest> {
         self.requests.pop_front()
     }
@@ -487,18 +487,19 @@ impl<A: Authenticator> Registration<A> {
         }
     }
 
-    /// The REGISTER transaction got no final response (Timer F; the endpoint's
-    /// `Event::RequestTimedOut`).
-    pub fn handle_request_timeout(&mut self, now: Instant) {
-        if self.pending().is_some() {
+    /// The REGISTER with CSeq `cseq` ([`OutgoingRequest::cseq`]) got no final response (Timer
+    /// F; the endpoint's `Event::RequestTimedOut`). Ignored for a superseded REGISTER.
+    pub fn handle_request_timeout(&mut self, now: Instant, cseq: u32) {
+        if self.pending().is_some_and(|pending| pending.cseq == cseq) {
             let text = format!("{} timed out (no response)", self.verb());
             self.fail(now, AttemptResult::TimedOut, None, text, None);
         }
     }
 
-    /// The transport could not send the REGISTER (e.g. TCP connection refused).
-    pub fn handle_transport_error(&mut self, now: Instant) {
-        if self.pending().is_some() {
+    /// The transport could not send the REGISTER with CSeq `cseq` (e.g. TCP connection
+    /// refused). Ignored for a superseded REGISTER.
+    pub fn handle_transport_error(&mut self, now: Instant, cseq: u32) {
+        if self.pending().is_some_and(|pending| pending.cseq == cseq) {
             let text = format!("{} failed: transport error", self.verb());
             self.fail(now, AttemptResult::TransportError, None, text, None);
         }

@@ -2,10 +2,11 @@
 //! transactions, Timer F), in virtual time: challenges, refresh timing, 423, backoff, Retry-After,
 //! Contact rewriting, lost bindings and unregistration.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::*;
-use crate::sip::endpoint::{Endpoint, EndpointConfig, Event as EndpointEvent, Flow};
+use crate::sip::endpoint::{ClientTxId, Endpoint, EndpointConfig, Event as EndpointEvent, Flow};
 use crate::sip::message::{Message, Request};
 use crate::sip::transaction::Timers;
 use crate::testkit::{self, ms, secs};
@@ -87,6 +88,8 @@ struct Rig {
     /// First transmissions of each REGISTER (retransmissions left out), with their time.
     sent: Vec<(Instant, Request)>,
     events: Vec<Event>,
+    /// The CSeq each REGISTER transaction carries (what `io/` would keep).
+    transactions: HashMap<ClientTxId, u32>,
 }
 
 impl Rig {
@@ -110,6 +113,7 @@ impl Rig {
             seen_from: LOCAL.parse().unwrap(),
             sent: Vec::new(),
             events: Vec::new(),
+            transactions: HashMap::new(),
         };
         rig.pump();
         rig
@@ -120,8 +124,10 @@ impl Rig {
             let mut busy = false;
             while let Some(request) = self.registration.poll_request() {
                 busy = true;
-                self.endpoint
+                let tx = self
+                    .endpoint
                     .send_request(self.now, &self.flow, &request, None);
+                self.transactions.insert(tx, request.cseq);
             }
             while let Some(transmit) = self.endpoint.poll_transmit() {
                 let Ok(Message::Request(request)) =
@@ -140,8 +146,9 @@ impl Rig {
                     EndpointEvent::Response { response, .. } => {
                         self.registration.handle_response(self.now, &response)
                     }
-                    EndpointEvent::RequestTimedOut { .. } => {
-                        self.registration.handle_request_timeout(self.now)
+                    EndpointEvent::RequestTimedOut { tx } => {
+                        let cseq = self.transactions[&tx];
+                        self.registration.handle_request_timeout(self.now, cseq)
                     }
                     other => panic!("unexpected endpoint event {other:?}"),
                 }
@@ -881,6 +888,25 @@ fn unregister_finishes_on_timeout_or_failure() {
     assert!(rig.attempts().is_empty());
     rig.reply(200, &[]);
     assert!(rig.registration.is_finished());
+}
+
+#[test]
+fn the_timeout_of_a_superseded_register_is_ignored() {
+    let mut rig = Rig::new(config());
+    rig.registration.unregister(rig.now);
+    rig.pump();
+    // Both transactions are unanswered; CSeq 1 failing must not end the unregistration,
+    // CSeq 2 failing does.
+    rig.registration.handle_request_timeout(rig.now, 1);
+    assert!(!rig.registration.is_finished());
+    rig.registration.handle_transport_error(rig.now, 1);
+    assert!(!rig.registration.is_finished());
+    rig.registration.handle_transport_error(rig.now, 2);
+    assert!(rig.registration.is_finished());
+    assert_eq!(
+        rig.registration.last_result(),
+        Some(AttemptResult::TransportError)
+    );
 }
 
 #[test]
