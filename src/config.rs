@@ -30,8 +30,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod digest;
 mod realtime;
 
+pub use digest::{
+    TrunkUser, DEFAULT_AUTH_ALGORITHMS, DEFAULT_AUTH_REALM, DEFAULT_NONCE_LIFETIME_SECS,
+    NONCE_LIFETIME_RANGE_SECS,
+};
 pub use realtime::{
     NoiseReduction, RealtimeSettings, ToolSettings, TurnDetection, DEFAULT_REALTIME_URL,
     RESERVED_TOOL_NAMES,
@@ -140,7 +145,7 @@ pub struct MetricsSettings {
 }
 
 /// One `[[trunks]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkSettings {
     /// Name used in logs and metrics.
@@ -148,6 +153,32 @@ pub struct TrunkSettings {
     /// Source networks allowed to send INVITEs over this trunk.
     #[serde(default)]
     pub allow_from: Vec<IpNet>,
+
+    // Digest authentication (config/digest.rs): inbound users, outbound credentials.
+    /// Callers that may authenticate when their source is in no trunk's `allow_from`.
+    #[serde(default)]
+    pub users: Vec<TrunkUser>,
+    /// The realm of this trunk's 401 challenges (default `voxgate`; one realm per trunk).
+    #[serde(default)]
+    pub auth_realm: Option<String>,
+    /// The algorithms offered, one challenge each, in order (default `["MD5"]`).
+    #[serde(default, deserialize_with = "digest::algorithms")]
+    pub auth_algorithms: Option<Vec<crate::sip::auth::Algorithm>>,
+    /// How long a nonce stays good, seconds (default 300).
+    #[serde(default)]
+    pub auth_nonce_lifetime_secs: Option<u64>,
+    /// The user name voxgate answers 401/407 challenges to its in-dialog requests with.
+    #[serde(default)]
+    pub outbound_username: Option<String>,
+    /// Environment variable holding the outbound password.
+    #[serde(default)]
+    pub outbound_password_env: Option<String>,
+    /// File holding the outbound password (first line).
+    #[serde(default)]
+    pub outbound_password_file: Option<PathBuf>,
+    /// The outbound password, once resolved (never read from the file itself).
+    #[serde(skip)]
+    pub outbound_password: Option<Secret>,
 }
 
 /// What kind of agent answers a call.
@@ -328,14 +359,17 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Reads the Realtime API key (from `realtime.api_key_file`, else the variable named by
-    /// `realtime.api_key_env`, looked up with `lookup`) when an OpenAI agent exists, and checks
-    /// that every OpenAI agent can answer: with the key, or through its `fallback`.
+    /// Reads every trunk password (`[[trunks.users]]`, `outbound_password_*`: from its file, else
+    /// the variable it names, looked up with `lookup`), then the Realtime API key (from
+    /// `realtime.api_key_file`, else the variable named by `realtime.api_key_env`) when an OpenAI
+    /// agent exists, and checks that every OpenAI agent can answer: with the key, or through its
+    /// `fallback`.
     pub fn resolve_secrets(
         &mut self,
         file: &Path,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
+        self.resolve_trunk_secrets(file, &lookup)?;
         if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
             return Ok(());
         }
@@ -482,6 +516,10 @@ impl Settings {
         self.calls.validate(&self.rtp)?;
         self.validate_metrics()?;
         let trunks = unique_names("trunks", self.trunks.iter().map(|t| t.name.as_str()))?;
+        let mut realms = Vec::new();
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            trunk.validate_digest(i, &mut realms)?;
+        }
         let agents = unique_names("agents", self.agents.iter().map(|a| a.name.as_str()))?;
         for (i, agent) in self.agents.iter().enumerate() {
             agent.validate(i)?;

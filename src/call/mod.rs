@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod inbound_auth;
 pub mod route;
 pub mod speech;
 pub mod switchboard;

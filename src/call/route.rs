@@ -75,6 +75,17 @@ impl Router {
         let trunk = self
             .trunk_for(source)
             .ok_or(RouteError::UnknownSource { source_ip: source })?;
+        self.route_on(trunk, request_uri_user, to_user)
+    }
+
+    /// Routes an INVITE already known to come over `trunk` (e.g. its caller authenticated as one
+    /// of the trunk's users) dialling `request_uri_user` / `to_user`.
+    pub fn route_on(
+        &self,
+        trunk: &str,
+        request_uri_user: Option<&str>,
+        to_user: Option<&str>,
+    ) -> Result<Routed, RouteError> {
         let route = self.settings.routes.iter().find(|route| {
             let trunk_matches = route.trunk.as_deref().is_none_or(|name| name == trunk);
             let user = match route.field {
@@ -154,10 +165,12 @@ mod tests {
                 TrunkSettings {
                     name: "asterisk".into(),
                     allow_from: vec!["10.0.0.0/8".parse().unwrap()],
+                    ..TrunkSettings::default()
                 },
                 TrunkSettings {
                     name: "local".into(),
                     allow_from: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                    ..TrunkSettings::default()
                 },
             ],
             agents: vec![agent("sales"), agent("support"), agent("echo")],

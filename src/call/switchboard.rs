@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::call::route::Router;
+use crate::call::inbound_auth::{AuthResult, Checked, InboundAuth, InboundAuthStats};
+use crate::call::route::{RouteError, Router};
 use crate::call::{Call, CallConfig, CallKey, Ctx, NewCall, Output};
 use crate::config::Settings;
 use crate::metrics::CallResult;
@@ -30,6 +31,8 @@ pub struct Switchboard {
     endpoint: Endpoint,
     config: CallConfig,
     router: Router,
+    /// Digest authentication for INVITEs from sources no trunk allows (trunks with users).
+    inbound_auth: Option<InboundAuth>,
     max_concurrent: usize,
     at_capacity_status: u16,
     calls: HashMap<CallKey, Call>,
@@ -71,6 +74,7 @@ impl Switchboard {
             endpoint,
             config,
             router: Router::new(settings),
+            inbound_auth: InboundAuth::new(settings),
             max_concurrent: settings.calls.max_concurrent,
             at_capacity_status: settings.calls.at_capacity_status,
             calls: HashMap::new(),
@@ -93,6 +97,11 @@ impl Switchboard {
     /// The endpoint, for its statistics.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Inbound digest decisions so far (`None` when no trunk has users).
+    pub fn inbound_auth_stats(&self) -> Option<&InboundAuthStats> {
+        self.inbound_auth.as_ref().map(InboundAuth::stats)
     }
 
     /// One SIP message arrived on `flow`.
@@ -325,8 +334,24 @@ impl Switchboard {
             );
             return;
         }
-        let routed = match self.router.route(
-            flow.remote.ip(),
+        let source = flow.remote.ip();
+        let trunk = match self.router.trunk_for(source) {
+            Some(trunk) => trunk.to_owned(),
+            None if self.inbound_auth.is_some() => {
+                match self.authenticate(now, tx, &request, flow) {
+                    Some(trunk) => trunk,
+                    None => return,
+                }
+            }
+            None => {
+                let error = RouteError::UnknownSource { source_ip: source };
+                tracing::warn!(peer = %flow.remote, %error, "refused new call");
+                self.reply(now, tx, &request, 403, "Forbidden", &[]);
+                return;
+            }
+        };
+        let routed = match self.router.route_on(
+            &trunk,
             request.request_uri_user().as_deref(),
             request.to_user().as_deref(),
         ) {
@@ -428,6 +453,31 @@ impl Switchboard {
         self.calls.insert(key, call);
     }
 
+    /// Digest check of an INVITE from a source no trunk allows: the trunk its caller
+    /// authenticated on, or `None` after answering it 401 (challenge), 403 or 400.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        flow: Flow,
+    ) -> Option<String> {
+        let auth = self.inbound_auth.as_mut()?;
+        let values: Vec<&str> = request.headers_named("Authorization").collect();
+        let checked = auth.check(now, "INVITE", &values);
+        log_inbound_auth(flow, &checked);
+        let Some((status, reason)) = checked.result.response() else {
+            return checked.trunk;
+        };
+        let headers: Vec<(&str, &str)> = checked
+            .headers
+            .iter()
+            .map(|header| (header.name, header.value.as_str()))
+            .collect();
+        self.reply(now, tx, request, status, reason, &headers);
+        None
+    }
+
     fn dialog_of(&self, request: &Request) -> Option<CallKey> {
         let id = DialogId {
             call_id: request.call_id().to_owned(),
@@ -494,5 +544,54 @@ impl Switchboard {
             self.drained_reported = true;
             self.outputs.push_back(Output::Drained);
         }
+    }
+}
+
+/// One log line per digest decision, in an admin's words (the INVITE's source, the user, the
+/// trunk); never a password or a digest.
+fn log_inbound_auth(flow: Flow, checked: &Checked) {
+    let source = flow.remote.ip();
+    let user = checked.username.as_deref().unwrap_or_default();
+    let trunk = checked.trunk.as_deref().unwrap_or_default();
+    let on_trunk = checked
+        .trunk
+        .as_deref()
+        .map(|trunk| format!(" (trunk {trunk})"))
+        .unwrap_or_default();
+    match checked.result {
+        AuthResult::Ok => tracing::info!(
+            peer = %flow.remote,
+            "INVITE from {source} authenticated as user {user:?} (trunk {trunk})"
+        ),
+        AuthResult::Challenged => tracing::debug!(
+            peer = %flow.remote,
+            "INVITE from {source} challenged (401): no credentials yet"
+        ),
+        AuthResult::Stale => tracing::info!(
+            peer = %flow.remote,
+            "INVITE from {source} challenged again (401, stale=true): the nonce of user \
+             {user:?} expired or is not ours{on_trunk}"
+        ),
+        AuthResult::Replayed => tracing::warn!(
+            peer = %flow.remote,
+            "INVITE from {source} challenged again (401, stale=true): replayed credentials \
+             (nonce count already used) for user {user:?}{on_trunk}"
+        ),
+        AuthResult::WrongPassword => tracing::warn!(
+            peer = %flow.remote,
+            "INVITE from {source} refused: wrong password for user {user:?}{on_trunk}"
+        ),
+        AuthResult::UnknownUser => tracing::warn!(
+            peer = %flow.remote,
+            "INVITE from {source} refused: no user {user:?}{on_trunk}"
+        ),
+        AuthResult::Unsupported => tracing::warn!(
+            peer = %flow.remote,
+            "INVITE from {source} refused: digest algorithm or qop not offered{on_trunk}"
+        ),
+        AuthResult::Malformed => tracing::warn!(
+            peer = %flow.remote,
+            "INVITE from {source} refused (400): malformed Authorization header{on_trunk}"
+        ),
     }
 }
