@@ -55,6 +55,8 @@ pub struct Metrics {
     pub rtp_interarrival_jitter_seconds: Histogram,
     /// The speech-agent (OpenAI Realtime) metrics.
     pub realtime: RealtimeMetrics,
+    /// Digest decisions on INVITEs from sources outside `allow_from`, by trunk and result.
+    pub inbound_auth_total: IntCounterVec,
 }
 
 /// Metrics of the speech sessions calls are bridged to.
@@ -272,8 +274,18 @@ impl Metrics {
             ]),
         )
         .expect("valid metric definition");
+        let inbound_auth_total = IntCounterVec::new(
+            Opts::new(
+                "voxgate_inbound_auth_total",
+                "Digest authentication of INVITEs from sources outside allow_from, by trunk and \
+                 result",
+            ),
+            &["trunk", "result"],
+        )
+        .expect("valid metric definition");
         let realtime = RealtimeMetrics::new(&registry);
         let metrics = Metrics {
+            inbound_auth_total,
             realtime,
             registry,
             calls_active,
@@ -291,7 +303,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(self.inbound_auth_total.clone()),
             Box::new(self.calls_active.clone()),
             Box::new(self.calls_total.clone()),
             Box::new(self.sip_messages_total.clone()),
@@ -332,6 +345,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Exports a zero for every result of each trunk that challenges callers.
+    pub fn prime_inbound_auth<'a>(&self, trunks: impl IntoIterator<Item = &'a str>) {
+        for trunk in trunks {
+            for result in crate::call::inbound_auth::AuthResult::ALL {
+                self.inbound_auth_total
+                    .with_label_values(&[trunk, result.as_str()]);
+            }
+        }
+    }
+
     /// Counts an ended call.
     pub fn count_call(&self, result: CallResult) {
         self.calls_total.with_label_values(&[result.as_str()]).inc();
@@ -364,8 +387,10 @@ mod tests {
         metrics.count_sip("invite", true);
         metrics.count_sip("FOO", false);
         metrics.jitter_buffer_delay_seconds.observe(0.04);
+        metrics.prime_inbound_auth(["pbx"]);
         let text = metrics.render();
         for name in [
+            "voxgate_inbound_auth_total{result=\"wrong_password\",trunk=\"pbx\"} 0",
             "voxgate_calls_active",
             "voxgate_calls_total{result=\"completed\"} 0",
             "voxgate_sip_messages_total{direction=\"in\",method=\"INVITE\"} 1",

@@ -11,6 +11,8 @@
 //! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
 
 pub mod agent;
+#[cfg(test)]
+mod auth_tests;
 pub mod bridge;
 pub mod inbound_auth;
 pub mod route;
@@ -19,7 +21,7 @@ pub mod switchboard;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,10 @@ use crate::config::{AgentKind, AgentSettings};
 use crate::media::sdp::{Direction, LocalMedia, Negotiated, Negotiator};
 use crate::media::G711;
 use crate::metrics::CallResult;
-use crate::sip::dialog::{Dialog, DialogError};
+use crate::sip::auth::{
+    AuthHeader, ChallengeOrigin, ChallengeOutcome, ClientCredentials, DigestClient,
+};
+use crate::sip::dialog::{Dialog, DialogError, OutgoingRequest};
 use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
 use crate::sip::message::{self, Request, Response};
 use crate::sip::session_timer::{
@@ -38,6 +43,11 @@ use crate::sip::session_timer::{
 
 /// Extra time the call gives the media task to report a speech session's failure itself.
 const AGENT_REPORT_GRACE: Duration = Duration::from_secs(2);
+
+/// How many times one in-dialog request is sent again with credentials after 401/407: a first
+/// answer, and one more for a `stale=true` challenge; a server that keeps challenging after that
+/// is not looped with.
+const MAX_AUTH_RETRIES: u8 = 2;
 
 /// A Reason header's text: no quotes or backslashes, one line, bounded.
 fn reason_text(why: &str) -> String {
@@ -215,6 +225,12 @@ pub struct Call {
     answered_at: Option<Instant>,
     /// Client transactions started since the switchboard last asked.
     started_requests: Vec<ClientTxId>,
+    /// Answers 401/407 to this call's own requests with the trunk's credentials (none: the
+    /// trunk has no outbound credentials, and a challenge ends the request).
+    digest: Option<DigestClient>,
+    /// The credentials each in-flight request of this call carried, and how many times it has
+    /// been sent again after a challenge.
+    sent_auth: HashMap<ClientTxId, SentAuth>,
     /// The INVITE server transaction whose 2xx still waits for its ACK.
     awaiting_ack: Option<ServerTxId>,
 }
@@ -237,6 +253,17 @@ pub struct NewCall {
     pub trunk: String,
     /// The session-timer headers of the INVITE (already checked against Min-SE).
     pub timer_request: TimerRequest,
+    /// The trunk's credentials for challenges to voxgate's in-dialog requests.
+    pub credentials: Option<ClientCredentials>,
+}
+
+/// The credentials a request was sent with, for telling a refused password from a stale nonce
+/// when it is challenged (and for the ACK of a re-INVITE, RFC 3261 §13.2.2.4).
+#[derive(Debug, Clone, Default)]
+struct SentAuth {
+    headers: Vec<AuthHeader>,
+    /// Times the request was already sent again after a challenge.
+    retries: u8,
 }
 
 impl Call {
@@ -285,6 +312,8 @@ impl Call {
             awaiting_ack_answer: false,
             answered_at: None,
             started_requests: Vec::new(),
+            digest: new.credentials.map(DigestClient::new),
+            sent_auth: HashMap::new(),
             awaiting_ack: None,
         }
     }
@@ -764,19 +793,32 @@ impl Call {
         ctx.endpoint.respond(ctx.now, tx, status, builder.build());
     }
 
-    /// A response to a request this call sent (BYE, session refresh).
+    /// A response to a request this call sent (BYE, session refresh). A 401/407 is answered
+    /// with the trunk's credentials: the request goes again (next CSeq, new transaction) with
+    /// `Authorization`/`Proxy-Authorization`, at most [`MAX_AUTH_RETRIES`] times; a challenge
+    /// that cannot or may not be answered counts as the request's failure.
     pub fn handle_response(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId, response: &Response) {
         let _entered = self.span.clone().entered();
         let status = response.status();
+        if status < 200 {
+            return;
+        }
+        let sent = self.sent_auth.remove(&tx).unwrap_or_default();
         if let State::Ending { bye } = self.state {
-            if bye == tx && status >= 200 {
+            if bye == tx {
+                if let Some(retries) = self.answer_challenge("BYE", response, &sent) {
+                    let bye = self.dialog.next_request("BYE");
+                    let tx = self.send_in_dialog(ctx, bye, None, retries);
+                    self.state = State::Ending { bye: tx };
+                    return;
+                }
                 tracing::debug!(status, "BYE answered");
                 self.finish();
                 return;
             }
         }
         let Some(refresh) = self.refresh else { return };
-        if refresh.tx != tx || status < 200 {
+        if refresh.tx != tx {
             return;
         }
         self.refresh = None;
@@ -787,8 +829,20 @@ impl Call {
                 negotiator.withdraw_offer();
             }
         }
+        let method = if refresh.is_invite {
+            "INVITE"
+        } else {
+            "UPDATE"
+        };
+        if let Some(retries) = self.answer_challenge(method, response, &sent) {
+            self.send_refresh_attempt(ctx, retries);
+            return;
+        }
         if refresh.is_invite && (200..300).contains(&status) {
-            let ack = self.dialog.ack_for(refresh.cseq);
+            let mut ack = self.dialog.ack_for(refresh.cseq);
+            // RFC 3261 §13.2.2.4: the ACK carries the INVITE's credentials.
+            ack.headers
+                .extend(sent.headers.iter().map(|h| (h.name, h.value.clone())));
             ctx.endpoint.send_ack(&self.flow, &ack);
             if let Some(negotiator) = self.negotiator.as_mut() {
                 match negotiator.handle_answer(sdp_body(response)) {
@@ -829,9 +883,102 @@ impl Call {
         }
     }
 
+    /// Whether to send `method` again after `response` (a final response to it), and with what
+    /// retry count: only for a 401/407 the trunk's digest client can answer, within
+    /// [`MAX_AUTH_RETRIES`]. Logs why a challenge is not answered.
+    fn answer_challenge(
+        &mut self,
+        method: &str,
+        response: &Response,
+        sent: &SentAuth,
+    ) -> Option<u8> {
+        let status = response.status();
+        let origin = ChallengeOrigin::from_status(status)?;
+        let Some(client) = self.digest.as_mut() else {
+            tracing::warn!(
+                status,
+                "{method} challenged ({status}) but the trunk has no outbound credentials \
+                 (outbound_username, outbound_password_env): not answered"
+            );
+            return None;
+        };
+        if sent.retries >= MAX_AUTH_RETRIES {
+            tracing::warn!(
+                status,
+                "{method} challenged ({status}) again after {} answers: giving up",
+                sent.retries
+            );
+            return None;
+        }
+        let challenges: Vec<&str> = response.headers_named(origin.challenge_header()).collect();
+        let answered = sent
+            .headers
+            .iter()
+            .filter(|header| header.name == origin.credentials_header())
+            .map(|header| header.value.as_str());
+        match client.handle_challenge(origin, challenges, answered) {
+            ChallengeOutcome::Retry { stale } => {
+                tracing::debug!(
+                    status,
+                    stale,
+                    "{method} challenged; sending it again with credentials"
+                );
+                Some(sent.retries + 1)
+            }
+            ChallengeOutcome::Refused { realm, .. } => {
+                tracing::warn!(
+                    status,
+                    "{method} refused: the peer did not accept the trunk's credentials for \
+                     realm {realm:?} ({status} again)"
+                );
+                None
+            }
+            ChallengeOutcome::Unanswerable(error) => {
+                tracing::warn!(status, %error, "{method} challenged ({status}) in a way voxgate cannot answer");
+                None
+            }
+            ChallengeOutcome::RealmMismatch { offered } => {
+                tracing::warn!(
+                    status,
+                    "{method} challenged ({status}) for realm {offered:?}, which the trunk's \
+                     credentials are not for"
+                );
+                None
+            }
+        }
+    }
+
+    /// Sends an in-dialog request on a new client transaction, with the credentials the
+    /// trunk's digest client holds for the peer (none before a first challenge).
+    fn send_in_dialog(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut request: OutgoingRequest,
+        body: Option<(&str, Bytes)>,
+        retries: u8,
+    ) -> ClientTxId {
+        let headers = match self.digest.as_mut() {
+            Some(client) => {
+                let body_bytes = body.as_ref().map_or(&[][..], |(_, bytes)| bytes.as_ref());
+                client.authorize(&request.method, &request.request_uri, body_bytes)
+            }
+            None => Vec::new(),
+        };
+        request
+            .headers
+            .extend(headers.iter().map(|h| (h.name, h.value.clone())));
+        let tx = ctx
+            .endpoint
+            .send_request(ctx.now, &self.flow, &request, body);
+        self.started_requests.push(tx);
+        self.sent_auth.insert(tx, SentAuth { headers, retries });
+        tx
+    }
+
     /// A request this call sent got no answer (Timer B / F).
     pub fn handle_request_timeout(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId) {
         let _entered = self.span.clone().entered();
+        self.sent_auth.remove(&tx);
         if let State::Ending { bye } = self.state {
             if bye == tx {
                 tracing::warn!("BYE got no answer; forgetting the call");
@@ -857,8 +1004,7 @@ impl Call {
             State::Answered | State::Confirmed => {
                 tracing::info!(why, "hanging up");
                 let bye = self.dialog.next_request("BYE");
-                let tx = ctx.endpoint.send_request(ctx.now, &self.flow, &bye, None);
-                self.started_requests.push(tx);
+                let tx = self.send_in_dialog(ctx, bye, None, 0);
                 self.dialog.terminate();
                 self.state = State::Ending { bye: tx };
                 ctx.outputs.push_back(Output::Media {
@@ -946,6 +1092,11 @@ impl Call {
     }
 
     fn send_refresh(&mut self, ctx: &mut Ctx<'_>) {
+        self.send_refresh_attempt(ctx, 0);
+    }
+
+    /// Sends a session refresh; `retries` counts earlier sends of it answered with 401/407.
+    fn send_refresh_attempt(&mut self, ctx: &mut Ctx<'_>, retries: u8) {
         if self.state != State::Confirmed || self.refresh.is_some() {
             return;
         }
@@ -970,14 +1121,12 @@ impl Call {
         } else {
             None
         };
-        let tx = ctx
-            .endpoint
-            .send_request(ctx.now, &self.flow, &request, body);
-        self.started_requests.push(tx);
+        let cseq = request.cseq;
+        let tx = self.send_in_dialog(ctx, request, body, retries);
         tracing::debug!(method, "refreshing the session");
         self.refresh = Some(Refresh {
             tx,
-            cseq: request.cseq,
+            cseq,
             is_invite: method == "INVITE",
         });
     }

@@ -19,6 +19,7 @@ use crate::call::route::{RouteError, Router};
 use crate::call::{Call, CallConfig, CallKey, Ctx, NewCall, Output};
 use crate::config::Settings;
 use crate::metrics::CallResult;
+use crate::sip::auth::ClientCredentials;
 use crate::sip::dialog::{Dialog, DialogId, UasSetup};
 use crate::sip::endpoint::{
     ClientTxId, Endpoint, EndpointConfig, Event, Flow, ServerTxId, Transmit, ALLOW, SUPPORTED,
@@ -33,6 +34,8 @@ pub struct Switchboard {
     router: Router,
     /// Digest authentication for INVITEs from sources no trunk allows (trunks with users).
     inbound_auth: Option<InboundAuth>,
+    /// Per trunk, the credentials calls answer challenges to their own requests with.
+    credentials: HashMap<String, ClientCredentials>,
     max_concurrent: usize,
     at_capacity_status: u16,
     calls: HashMap<CallKey, Call>,
@@ -75,6 +78,11 @@ impl Switchboard {
             config,
             router: Router::new(settings),
             inbound_auth: InboundAuth::new(settings),
+            credentials: settings
+                .trunks
+                .iter()
+                .filter_map(|trunk| Some((trunk.name.clone(), trunk.credentials()?)))
+                .collect(),
             max_concurrent: settings.calls.max_concurrent,
             at_capacity_status: settings.calls.at_capacity_status,
             calls: HashMap::new(),
@@ -442,6 +450,7 @@ impl Switchboard {
             agent: routed.agent,
             trunk: routed.trunk,
             timer_request,
+            credentials: self.credentials.get(&trunk).cloned(),
         };
         let mut ctx = Ctx {
             now,

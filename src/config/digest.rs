@@ -368,3 +368,213 @@ fn read_password(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ConfigError, Settings};
+    use super::*;
+
+    const BASE: &str = r#"
+[sip]
+listen = "127.0.0.1:5060"
+
+[[agents]]
+name = "echo"
+kind = "echo"
+
+[[routes]]
+agent = "echo"
+"#;
+
+    /// Loads `BASE` plus `trunks` and resolves secrets with `env`; errors as (key, reason).
+    fn load(trunks: &str, env: &[(&str, &str)]) -> Result<Settings, (String, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("voxgate.toml");
+        std::fs::write(&path, format!("{BASE}\n{trunks}")).expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(&path, Vec::new())
+            .and_then(|mut settings| {
+                settings.resolve_secrets(&path, |name| {
+                    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+                })?;
+                Ok(settings)
+            })
+            .map_err(|error| match error {
+                ConfigError::Invalid { key, reason, .. } => (key, reason),
+                ConfigError::Load { reason, .. } => ("<load>".into(), reason),
+            })
+    }
+
+    #[track_caller]
+    fn refused(trunks: &str, env: &[(&str, &str)], key: &str, reason_part: &str) {
+        match load(trunks, env) {
+            Ok(_) => panic!("loaded:\n{trunks}"),
+            Err((got, reason)) => {
+                assert_eq!(got, key, "reason: {reason}");
+                assert!(reason.contains(reason_part), "{reason}");
+            }
+        }
+    }
+
+    const USERS: &str = r#"
+[[trunks]]
+name = "pbx"
+allow_from = ["192.0.2.10/32"]
+auth_algorithms = ["sha-256", "MD5"]
+auth_nonce_lifetime_secs = 60
+outbound_username = "voxgate"
+outbound_password_env = "OUT_PW"
+[[trunks.users]]
+username = "pbx1"
+password_env = "PBX1_PW"
+"#;
+
+    #[test]
+    fn users_and_outbound_credentials_resolve_from_the_environment_and_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("pbx2.pass");
+        std::fs::write(&file, "from file  \r\nsecond line\n").expect("write");
+        let text = format!(
+            "{USERS}[[trunks.users]]\nusername = \"pbx2\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let settings = load(&text, &[("PBX1_PW", "one"), ("OUT_PW", "out")]).expect("loads");
+        let trunk = &settings.trunks[0];
+        assert!(trunk.has_users());
+        assert_eq!(trunk.auth_realm(), "voxgate");
+        assert_eq!(trunk.auth_algorithms(), [Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(trunk.auth_nonce_lifetime(), Duration::from_secs(60));
+        let passwords: Vec<&str> = trunk
+            .users
+            .iter()
+            .map(|u| u.password.as_ref().expect("resolved").expose())
+            .collect();
+        assert_eq!(passwords, ["one", "from file  "], "first line, as written");
+        let credentials = trunk.credentials().expect("outbound credentials");
+        assert_eq!(credentials.username, "voxgate");
+        assert_eq!(credentials.password.expose(), "out");
+        let debug = format!("{settings:?}");
+        assert!(
+            !debug.contains("\"one\"")
+                && !debug.contains("from file")
+                && !debug.contains("\"out\""),
+            "passwords never print: {debug}"
+        );
+    }
+
+    #[test]
+    fn defaults_without_auth_keys() {
+        let text = "[[trunks]]\nname = \"pbx\"\n[[trunks.users]]\nusername = \"a\"\npassword_env = \"A\"\n";
+        let settings = load(text, &[("A", "x")]).expect("loads");
+        let trunk = &settings.trunks[0];
+        assert_eq!(trunk.auth_realm(), DEFAULT_AUTH_REALM);
+        assert_eq!(trunk.auth_algorithms(), DEFAULT_AUTH_ALGORITHMS);
+        assert_eq!(
+            trunk.auth_nonce_lifetime(),
+            Duration::from_secs(DEFAULT_NONCE_LIFETIME_SECS)
+        );
+        assert!(trunk.credentials().is_none());
+    }
+
+    #[test]
+    fn missing_passwords_name_the_variable_or_file() {
+        refused(
+            USERS,
+            &[("OUT_PW", "out")],
+            "trunks[0].users[0].password_env",
+            "environment variable PBX1_PW is not set",
+        );
+        refused(
+            USERS,
+            &[("PBX1_PW", "one"), ("OUT_PW", "")],
+            "trunks[0].outbound_password_env",
+            "OUT_PW is not set (or empty)",
+        );
+        let missing = "[[trunks]]\nname = \"pbx\"\n[[trunks.users]]\nusername = \"a\"\npassword_file = \"/nonexistent/voxgate.pass\"\n";
+        refused(
+            missing,
+            &[],
+            "trunks[0].users[0].password_file",
+            "cannot read /nonexistent/voxgate.pass",
+        );
+    }
+
+    #[test]
+    fn password_sources_are_exactly_one() {
+        let none = "[[trunks]]\nname = \"pbx\"\n[[trunks.users]]\nusername = \"a\"\n";
+        refused(
+            none,
+            &[],
+            "trunks[0].users[0]",
+            "no password: set password_env",
+        );
+        let both = "[[trunks]]\nname = \"pbx\"\n[[trunks.users]]\nusername = \"a\"\npassword_env = \"A\"\npassword_file = \"/x\"\n";
+        refused(both, &[], "trunks[0].users[0].password_file", "one way");
+        let no_user = "[[trunks]]\nname = \"pbx\"\noutbound_password_env = \"A\"\n";
+        refused(
+            no_user,
+            &[],
+            "trunks[0].outbound_password_env",
+            "outbound_username",
+        );
+        let no_password = "[[trunks]]\nname = \"pbx\"\noutbound_username = \"v\"\n";
+        refused(no_password, &[], "trunks[0]", "outbound_password_env");
+    }
+
+    #[test]
+    fn refuses_unusable_names_realms_algorithms_and_lifetimes() {
+        let user = "[[trunks.users]]\nusername = \"a\"\npassword_env = \"A\"\n";
+        let trunk = |keys: &str| format!("[[trunks]]\nname = \"pbx\"\n{keys}\n{user}");
+        refused(
+            &trunk("auth_algorithms = [\"SHA-512-256\"]"),
+            &[],
+            "trunks[0].auth_algorithms",
+            "not a digest algorithm voxgate knows",
+        );
+        refused(
+            &trunk("auth_algorithms = []"),
+            &[],
+            "trunks[0].auth_algorithms",
+            "empty",
+        );
+        refused(
+            &trunk("auth_algorithms = [\"MD5\", \"md5\"]"),
+            &[],
+            "trunks[0].auth_algorithms[1]",
+            "twice",
+        );
+        refused(
+            &trunk("auth_realm = \"a\\\"b\""),
+            &[],
+            "trunks[0].auth_realm",
+            "quotes",
+        );
+        refused(
+            &trunk("auth_nonce_lifetime_secs = 4"),
+            &[],
+            "trunks[0].auth_nonce_lifetime_secs",
+            "outside 5..=3600",
+        );
+        let dup_user = format!("{}{user}", trunk(""));
+        refused(&dup_user, &[], "trunks[0].users[1].username", "already");
+        let empty_user = "[[trunks]]\nname = \"pbx\"\n[[trunks.users]]\nusername = \" \"\npassword_env = \"A\"\n";
+        refused(empty_user, &[], "trunks[0].users[0].username", "non-empty");
+        let stray = "[[trunks]]\nname = \"pbx\"\nauth_realm = \"x\"\n";
+        refused(stray, &[], "trunks[0].auth_realm", "no [[trunks.users]]");
+        let same_realm = format!("{}\n[[trunks]]\nname = \"other\"\n{user}", trunk(""));
+        refused(
+            &same_realm,
+            &[],
+            "trunks[1].auth_realm",
+            "already the realm of trunks[0]",
+        );
+        let own_realm = format!(
+            "{}\n[[trunks]]\nname = \"other\"\nauth_realm = \"other\"\n{user}",
+            trunk("")
+        );
+        assert!(load(&own_realm, &[("A", "x")]).is_ok());
+    }
+}

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::inbound_auth::InboundAuthStats;
 use crate::call::switchboard::Switchboard;
 use crate::call::{CallKey, MediaCommand, Output};
 use crate::config::Settings;
@@ -112,8 +113,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for address in transports.local_addresses() {
         tracing::info!(%address, "listening for SIP on UDP and TCP");
     }
+    let switchboard = Switchboard::new(&settings);
+    metrics.prime_inbound_auth(
+        settings
+            .trunks
+            .iter()
+            .filter(|t| t.has_users())
+            .map(|t| t.name.as_str()),
+    );
     let core = Core {
-        switchboard: Switchboard::new(&settings),
+        switchboard,
+        last_inbound_auth: InboundAuthStats::default(),
         transports,
         metrics,
         media: HashMap::new(),
@@ -136,6 +146,8 @@ struct Core {
     core_tx: mpsc::Sender<CoreInput>,
     settings: Settings,
     last_parse_errors: u64,
+    /// The inbound digest counts already exported.
+    last_inbound_auth: InboundAuthStats,
 }
 
 impl Core {
@@ -308,6 +320,18 @@ impl Core {
             .sip_parse_errors_total
             .inc_by(parse_errors - self.last_parse_errors);
         self.last_parse_errors = parse_errors;
+        if let Some(stats) = self.switchboard.inbound_auth_stats() {
+            if *stats != self.last_inbound_auth {
+                for (trunk, result, count) in stats.iter() {
+                    let before = self.last_inbound_auth.get(trunk, result);
+                    self.metrics
+                        .inbound_auth_total
+                        .with_label_values(&[trunk, result.as_str()])
+                        .inc_by(count.saturating_sub(before));
+                }
+                self.last_inbound_auth = stats.clone();
+            }
+        }
         drained
     }
 }
