@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub max_concurrent: usize,
     /// `[[trunks]] allow_from` of the single trunk `pbx`.
     pub allow_from: Vec<String>,
+    /// Extra lines inside the `[[trunks]]` entry of `pbx`, after `allow_from` (keys, then
+    /// `[[trunks.users]]` tables, e.g. for digest authentication).
+    pub trunk_extra: String,
     /// Extra lines inside the `[[agents]]` entry of the echo agent (e.g. `ring_ms = 1000`).
     pub agent_extra: String,
     /// Also listen on `[::1]` (same port).
@@ -51,6 +54,7 @@ impl Default for GatewayConfig {
             drain_timeout_secs: 2,
             max_concurrent: 100,
             allow_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            trunk_extra: String::new(),
             agent_extra: String::new(),
             ipv6: false,
             rtp_ports: 40,
@@ -81,7 +85,7 @@ impl GatewayConfig {
              [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n{}\n\n\
              [calls]\nmax_concurrent = {}\ndrain_timeout_secs = {}\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
-             [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n\n\
+             [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n{}\n\n\
              [[agents]]\nname = \"echo\"\nkind = \"echo\"\n{}\n\n\
              [[routes]]\nagent = \"{}\"\n\n{}\n",
             self.sip_extra,
@@ -92,6 +96,7 @@ impl GatewayConfig {
             self.max_concurrent.min(usize::from(rtp.len / 2)),
             self.drain_timeout_secs,
             allow.join(", "),
+            self.trunk_extra,
             self.agent_extra,
             self.route_agent,
             self.extra,
