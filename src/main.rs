@@ -175,6 +175,36 @@ fn summary(settings: &Settings) -> String {
         settings.agents.len(),
         settings.routes.len(),
     ) + &agent_summary(settings)
+        + &digest_summary(settings)
+}
+
+/// `; trunk "pbx": digest for callers outside allow_from (realm "voxgate", MD5, 2 user(s))`
+/// and `; trunk "pbx": answers challenges as "voxgate"` per trunk that has them.
+fn digest_summary(settings: &Settings) -> String {
+    let mut text = String::new();
+    for trunk in &settings.trunks {
+        if trunk.has_users() {
+            let algorithms: Vec<&str> = trunk
+                .auth_algorithms()
+                .into_iter()
+                .map(|algorithm| algorithm.as_str())
+                .collect();
+            text.push_str(&format!(
+                "; trunk {:?}: digest for callers outside allow_from (realm {:?}, {}, {} user(s))",
+                trunk.name,
+                trunk.auth_realm(),
+                algorithms.join("/"),
+                trunk.users.len()
+            ));
+        }
+        if let Some(credentials) = trunk.credentials() {
+            text.push_str(&format!(
+                "; trunk {:?}: answers challenges as {:?}",
+                trunk.name, credentials.username
+            ));
+        }
+    }
+    text
 }
 
 /// `; agent "assistant": OpenAI Realtime` or `…: echo (no OPENAI_API_KEY)` per OpenAI agent.
