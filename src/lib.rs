@@ -7,8 +7,9 @@
 //! - [`sip`]: RFC 3261 sans-IO: message seam to rsip, TCP framing, transactions, dialogs, endpoint.
 //! - [`media`]: sans-IO media: SDP offer/answer, RTP stream, jitter buffer, playout, RTCP, G.711.
 //! - [`realtime`]: the OpenAI Realtime GA protocol, sans-IO (events, session rules).
-//! - [`call`]: one call = dialog + media + agent, a sans-IO state machine; routing; agents;
-//!   the speech-session interface and the bridge (barge-in, tools, playout accounting).
+//! - [`call`]: one call = dialog + media + agent, a sans-IO state machine; admission (source
+//!   address or digest), routing; agents; the speech-session interface and the bridge
+//!   (barge-in, tools, playout accounting).
 //! - [`io`]: the only async code: sockets, timers, tasks, HTTP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

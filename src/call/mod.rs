@@ -6,6 +6,8 @@
 //!     └ 403/404/415/422/486/488/503 (refused before a Call exists, see switchboard)
 //!  Confirmed ─BYE in─> Ended(Completed)        Confirmed ─hang_up─> Ending ─BYE answered─> Ended
 //!  Confirmed ─re-INVITE/UPDATE─> offer/answer, session refresh (RFC 4028), hold/resume
+//!  voxgate's BYE / refresh ─401/407─> the same request again (next CSeq, new transaction) with
+//!      the trunk's credentials (RFC 3261 §22.2), at most twice; refused → as any failure
 //! ```
 //! The [`switchboard`] owns the calls and the SIP [`Endpoint`]; every input reaches a call
 //! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
@@ -795,7 +797,7 @@ impl Call {
 
     /// A response to a request this call sent (BYE, session refresh). A 401/407 is answered
     /// with the trunk's credentials: the request goes again (next CSeq, new transaction) with
-    /// `Authorization`/`Proxy-Authorization`, at most [`MAX_AUTH_RETRIES`] times; a challenge
+    /// `Authorization`/`Proxy-Authorization`, at most twice; a challenge
     /// that cannot or may not be answered counts as the request's failure.
     pub fn handle_response(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId, response: &Response) {
         let _entered = self.span.clone().entered();

@@ -2,6 +2,14 @@
 //! [`Call`]s, admits or refuses new INVITEs (trunk, capacity, drain, session timer), answers
 //! out-of-dialog OPTIONS, and hands in-dialog traffic to the call it belongs to.
 //!
+//! Admission: a source in a trunk's `allow_from` gets that trunk; any other source is refused
+//! with 403, unless some trunk has digest users ([`InboundAuth`]): then the INVITE is challenged
+//! (401) and its retry admitted on the trunk its user belongs to, or refused (403, 400). The ACK
+//! of a 401/403 is absorbed by the INVITE server transaction. Only new INVITEs are checked:
+//! OPTIONS keepalives are answered from anywhere (dispatchers rely on them), CANCEL cannot be
+//! challenged (RFC 3261 §22.1), and in-dialog requests belong to a dialog an admitted INVITE
+//! created.
+//!
 //! Sans-IO like everything it owns: `handle_*(now, …)` in, [`Switchboard::poll_output`] and
 //! [`Switchboard::poll_transmit`] out, [`Switchboard::poll_timeout`] for the next wake-up.
 //!
