@@ -189,11 +189,6 @@ impl InboundAuth {
         })
     }
 
-    /// The trunks that challenge, in configuration order.
-    pub fn trunks(&self) -> impl Iterator<Item = &str> {
-        self.gates.iter().map(|gate| gate.trunk.as_str())
-    }
-
     /// Decides on a request (`method`, its `Authorization` values) from a source no trunk
     /// allows; see the module table.
     pub fn check<S: AsRef<str>>(

@@ -88,7 +88,9 @@ impl TrunkSettings {
 
     /// The credentials voxgate answers 401/407 challenges with on this trunk, once
     /// [`Settings::resolve_secrets`] has run; `None` when the trunk has none (a challenge is then
-    /// not answered). Today: `outbound_username` + `outbound_password_*`.
+    /// not answered). Today: `outbound_username` + `outbound_password_*`. The one place the SIP
+    /// side asks, so register-mode trunks can answer with their registration credentials by
+    /// falling back to them here when no `outbound_*` keys are set.
     pub fn credentials(&self) -> Option<ClientCredentials> {
         let username = self.outbound_username.as_ref()?;
         let password = self.outbound_password.clone()?;
