@@ -88,6 +88,7 @@ pub fn settings() -> Settings {
         trunks: vec![TrunkSettings {
             name: "pbx".into(),
             allow_from: vec!["192.0.2.0/24".parse().expect("literal network")],
+            ..TrunkSettings::default()
         }],
         agents: vec![AgentSettings {
             name: "echo".into(),

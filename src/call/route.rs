@@ -154,10 +154,12 @@ mod tests {
                 TrunkSettings {
                     name: "asterisk".into(),
                     allow_from: vec!["10.0.0.0/8".parse().unwrap()],
+                    ..TrunkSettings::default()
                 },
                 TrunkSettings {
                     name: "local".into(),
                     allow_from: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                    ..TrunkSettings::default()
                 },
             ],
             agents: vec![agent("sales"), agent("support"), agent("echo")],
