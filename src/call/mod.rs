@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod registrations;
 pub mod route;
 pub mod speech;
 pub mod switchboard;

@@ -1,5 +1,6 @@
 //! Admission and routing of new calls: which trunk an INVITE came over (by source address, the
-//! trunk's `allow_from`) and which agent answers it (the first matching `[[routes]]` entry).
+//! trunk's `allow_from`; registrations add their own rules, `call/registrations.rs`) and which
+//! agent answers it (the first matching `[[routes]]` entry).
 
 use std::net::IpAddr;
 
@@ -75,6 +76,17 @@ impl Router {
         let trunk = self
             .trunk_for(source)
             .ok_or(RouteError::UnknownSource { source_ip: source })?;
+        self.route_on(trunk, request_uri_user, to_user)
+    }
+
+    /// Routes an INVITE that arrived over `trunk` (found by source address, or by registration:
+    /// see `call/registrations.rs`) dialling `request_uri_user` / `to_user`.
+    pub fn route_on(
+        &self,
+        trunk: &str,
+        request_uri_user: Option<&str>,
+        to_user: Option<&str>,
+    ) -> Result<Routed, RouteError> {
         let route = self.settings.routes.iter().find(|route| {
             let trunk_matches = route.trunk.as_deref().is_none_or(|name| name == trunk);
             let user = match route.field {
