@@ -7,8 +7,9 @@
 //!  Confirmed ─BYE in─> Ended(Completed)        Confirmed ─hang_up─> Ending ─BYE answered─> Ended
 //!  Confirmed ─re-INVITE/UPDATE─> offer/answer, session refresh (RFC 4028), hold/resume
 //! ```
-//! The [`switchboard`] owns the calls and the SIP [`Endpoint`]; every input reaches a call
-//! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
+//! The [`switchboard`] owns the calls, the [`registrations`] and the SIP [`Endpoint`]; every
+//! input reaches a call through a [`Ctx`] that lets it answer on the endpoint and queue media
+//! commands.
 
 pub mod agent;
 pub mod bridge;

@@ -778,6 +778,30 @@ domain = "example.net"
     }
 
     #[test]
+    fn the_shipped_register_example_loads_when_uncommented() {
+        let shipped = include_str!("../../conf/voxgate.toml");
+        let start = shipped
+            .find("# [[trunks]]")
+            .expect("a commented register-mode trunk in conf/voxgate.toml");
+        let block: String = shipped[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| format!("{}\n", line.trim_start_matches('#').trim_start()))
+            .collect();
+        let settings =
+            load(&block, &[("VOXGATE_ASTERISK_PASSWORD", "pw")]).expect("the example loads");
+        let registration = settings.trunks[0]
+            .registration()
+            .expect("register settings");
+        assert_eq!(registration.registrar, "sip:pbx.example.com");
+        assert_eq!(registration.keepalive, Some(Duration::from_secs(30)));
+        assert_eq!(
+            registration.next_hop,
+            ("proxy.example.com".to_owned(), 5060)
+        );
+    }
+
+    #[test]
     fn two_register_trunks_need_distinct_contact_users() {
         let second = REGISTER.replace("asterisk", "freeswitch");
         let env = [("PBX_PASSWORD", "pw")];

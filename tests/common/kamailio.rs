@@ -12,7 +12,7 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,18 @@ use super::sip;
 /// How long Kamailio may take to answer its first OPTIONS.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where Debian puts Kamailio's modules.
-const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
+/// `binary` from the PATH, else from /usr/sbin (where Debian installs it; a normal user's PATH
+/// may lack it).
+fn program(binary: &str) -> PathBuf {
+    let sbin = Path::new("/usr/sbin").join(binary);
+    let in_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
+    if !in_path && sbin.is_file() {
+        sbin
+    } else {
+        PathBuf::from(binary)
+    }
+}
 
 /// What the generated config enforces.
 #[derive(Debug, Clone)]
@@ -51,7 +61,7 @@ impl Kamailio {
     /// Panics with an install hint unless the `kamailio` and `kamcmd` binaries run.
     pub fn require_installed() {
         for binary in ["kamailio", "kamcmd"] {
-            let runs = Command::new(binary)
+            let runs = Command::new(program(binary))
                 .arg("-v")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -122,7 +132,7 @@ impl Kamailio {
     /// The bindings in usrloc as (AOR, Contact address); `None` when `kamcmd` fails (e.g.
     /// Kamailio is down).
     pub fn bindings(&self) -> Option<Vec<(String, String)>> {
-        let output = Command::new("kamcmd")
+        let output = Command::new(program("kamcmd"))
             .args(["-s", &format!("unix:{}", self.ctl_socket().display())])
             .arg("ul.dump")
             .output()
@@ -171,7 +181,7 @@ impl Kamailio {
         self.starts += 1;
         let log = fs::File::create(self.log_path(self.starts)).expect("kamailio log");
         let dir = self.dir.path();
-        let child = Command::new("kamailio")
+        let child = Command::new(program("kamailio"))
             .arg("-f")
             .arg(dir.join("kamailio.cfg"))
             // Foreground with workers, logs to stderr, runtime files and a small memory pool
@@ -249,7 +259,6 @@ disable_tcp=yes
 auto_aliases=no
 listen=udp:127.0.0.1:{port}
 alias="127.0.0.1:{port}"
-mpath="{MODULES}"
 
 loadmodule "kex.so"
 loadmodule "corex.so"
