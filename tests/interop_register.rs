@@ -201,7 +201,7 @@ fn registers_with_kamailio_takes_calls_for_the_aor_and_registers_again_after_a_r
     assert!(kamailio.bindings().is_none(), "Kamailio is down");
     kamailio.start_again();
     assert_ne!(kamailio.pid(), first, "a new Kamailio process");
-    let bindings = kamailio.wait_bindings(Duration::from_secs(20), |b| holds_binding(b, &gateway));
+    let bindings = kamailio.wait_bindings(Duration::from_secs(30), |b| holds_binding(b, &gateway));
     assert!(
         holds_binding(&bindings, &gateway),
         "voxgate did not register with the restarted Kamailio: {bindings:?}\nlog:\n{}",
@@ -262,7 +262,7 @@ fn the_keepalive_notices_a_restarted_kamailio_and_voxgate_registers_again() {
         gateway.log()
     );
     kamailio.start_again();
-    let bindings = kamailio.wait_bindings(Duration::from_secs(25), |b| holds_binding(b, &gateway));
+    let bindings = kamailio.wait_bindings(Duration::from_secs(30), |b| holds_binding(b, &gateway));
     assert!(
         holds_binding(&bindings, &gateway),
         "voxgate did not register again: {bindings:?}\nlog:\n{}",

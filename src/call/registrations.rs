@@ -110,6 +110,8 @@ struct Keepalive {
     next_at: Option<Instant>,
     /// The last OPTIONS got no answer.
     failing: bool,
+    /// Shutdown began: no more OPTIONS, even when one in flight is answered.
+    stopped: bool,
     call_id: String,
     from_tag: String,
     cseq: u32,
@@ -221,6 +223,7 @@ impl Registrations {
             interval,
             next_at: Some(now + interval),
             failing: false,
+            stopped: false,
             call_id: message::new_call_id(&contact_address),
             from_tag: message::new_tag(),
             cseq: 0,
@@ -377,6 +380,7 @@ impl Registrations {
         for trunk in &mut self.trunks {
             if let Some(keepalive) = &mut trunk.keepalive {
                 keepalive.next_at = None;
+                keepalive.stopped = true;
             }
             if let Some(machine) = &mut trunk.machine {
                 machine.unregister(now);
@@ -530,7 +534,7 @@ impl TrunkRegistration {
 
 impl Keepalive {
     fn schedule(&mut self, now: Instant) {
-        self.next_at = Some(now + self.interval);
+        self.next_at = (!self.stopped).then(|| now + self.interval);
     }
 }
 
