@@ -109,6 +109,7 @@ fn kamailio(max_expires: u32) -> Kamailio {
         user: "voxgate".into(),
         password: PASSWORD.into(),
         max_expires,
+        tcp: false,
     })
 }
 
@@ -269,6 +270,66 @@ fn the_keepalive_notices_a_restarted_kamailio_and_voxgate_registers_again() {
         gateway.log()
     );
     assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    call_the_aor_through(&kamailio);
+}
+
+/// Over TCP the registrar sees the connection's ephemeral port, so voxgate re-registers with
+/// that Contact (as PJSIP's rewrite_contact does) and Kamailio sends the call down the same
+/// connection. When Kamailio restarts, the closed connection makes voxgate register again over
+/// a new one.
+#[test]
+fn registers_over_tcp_and_takes_calls_down_the_registration_connection() {
+    let mut kamailio = Kamailio::start(KamailioConfig {
+        port: PortBlock::reserve(2).port(0),
+        realm: "voxgate.test".into(),
+        user: "voxgate".into(),
+        password: PASSWORD.into(),
+        max_expires: 3_600,
+        tcp: true,
+    });
+    let gateway = gateway(kamailio.addr(), "transport = \"tcp\"\n", Some(100));
+    let listen_port = format!(":{};", gateway.sip_addr().port());
+    // The binding names the connection's port, not the listening one.
+    let over_the_connection = |bindings: &[(String, String)]| {
+        bindings.iter().any(|(aor, address)| {
+            aor == "voxgate"
+                && address.starts_with("sip:voxgate@127.0.0.1:")
+                && address.ends_with(";transport=tcp")
+                && !address.contains(&listen_port)
+        })
+    };
+    let bindings = kamailio.wait_bindings(Duration::from_secs(10), over_the_connection);
+    assert!(
+        over_the_connection(&bindings),
+        "{bindings:?}\nlog:\n{}",
+        gateway.log()
+    );
+    assert!(
+        gateway.log().contains("re-registering with it"),
+        "log:\n{}",
+        gateway.log()
+    );
+    assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    call_the_aor_through(&kamailio);
+    assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 1.0);
+
+    kamailio.stop();
+    kamailio.start_again();
+    assert!(
+        wait_log(
+            &gateway,
+            "TCP connection to the registrar closed",
+            Duration::from_secs(10)
+        ),
+        "log:\n{}",
+        gateway.log()
+    );
+    let bindings = kamailio.wait_bindings(Duration::from_secs(30), over_the_connection);
+    assert!(
+        over_the_connection(&bindings),
+        "voxgate did not register again: {bindings:?}\nlog:\n{}",
+        gateway.log()
+    );
     call_the_aor_through(&kamailio);
 }
 

@@ -47,6 +47,8 @@ pub struct KamailioConfig {
     pub password: String,
     /// The longest expiry granted (registrar `max_expires`).
     pub max_expires: u32,
+    /// Listen on TCP too (same port).
+    pub tcp: bool,
 }
 
 /// A running Kamailio.
@@ -248,16 +250,21 @@ fn config_text(config: &KamailioConfig, dir: &std::path::Path) -> String {
         user,
         password,
         max_expires,
+        tcp,
     } = config;
     let ctl = dir.join("ctl.sock");
+    let transports = if *tcp {
+        format!("tcp_children=1\nlisten=udp:127.0.0.1:{port}\nlisten=tcp:127.0.0.1:{port}")
+    } else {
+        format!("disable_tcp=yes\nlisten=udp:127.0.0.1:{port}")
+    };
     format!(
         r#"#!KAMAILIO
 debug=2
 log_stderror=yes
 children=1
-disable_tcp=yes
 auto_aliases=no
-listen=udp:127.0.0.1:{port}
+{transports}
 alias="127.0.0.1:{port}"
 
 loadmodule "kex.so"
