@@ -9,8 +9,8 @@
 //!  Endpoint events: Response / RequestTimedOut on a REGISTER or OPTIONS transaction
 //!      ──▶ handle_response / handle_request_timeout ──▶ that trunk's Registration / keepalive
 //!  handle_timeout: refresh, retry, binding expiry, keepalive due, unregistration deadline
-//!  keepalive: OPTIONS every keepalive_secs; no answer (Timer F) ──▶ handle_binding_lost,
-//!             and again when the registrar answers after failing
+//!  keepalive: OPTIONS every keepalive_secs; the first one unanswered (Timer F) ──▶
+//!             handle_binding_lost, and again when the registrar answers after failing
 //!  unregister_all (drain) ──▶ REGISTER Expires: 0 per trunk ──▶ finished (or the deadline)
 //! ```
 //!
@@ -517,6 +517,8 @@ impl TrunkRegistration {
         let Some(keepalive) = &mut self.keepalive else {
             return;
         };
+        // Once per outage: a registrar that never answers OPTIONS must not cost a REGISTER per
+        // keepalive; the recovery (an answer again) refreshes once more.
         if !keepalive.failing {
             keepalive.failing = true;
             tracing::warn!(
@@ -524,9 +526,9 @@ impl TrunkRegistration {
                 registrar = %self.settings.registrar,
                 "no answer to the OPTIONS keepalive: registering again"
             );
-        }
-        if let Some(machine) = &mut self.machine {
-            machine.handle_binding_lost(now);
+            if let Some(machine) = &mut self.machine {
+                machine.handle_binding_lost(now);
+            }
         }
         keepalive.schedule(now);
     }

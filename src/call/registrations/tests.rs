@@ -49,6 +49,18 @@ fn next_register(harness: &mut Harness, limit: Duration) -> Option<Request> {
         .map(|(_, request)| request)
 }
 
+/// The next keepalive OPTIONS after the one with CSeq `after` (its retransmissions skipped).
+fn next_keepalive(harness: &mut Harness, after: u32, limit: Duration) -> Request {
+    harness
+        .run_until(limit, |sent| {
+            sent.request()
+                .filter(|r| r.method().to_string() == "OPTIONS" && r.cseq().seq > after)
+                .cloned()
+        })
+        .map(|(_, request)| request)
+        .expect("a new keepalive")
+}
+
 /// The registrar's response to `request`: Via, From, To (tagged), Call-ID, CSeq, `extra`.
 fn registrar_response(request: &Request, status: u16, extra: &[(&str, String)]) -> String {
     let mut text = format!("SIP/2.0 {status} {}\r\n", message::default_reason(status));
@@ -248,6 +260,21 @@ fn an_unanswered_keepalive_registers_again_and_an_answered_one_does_not() {
     let (after, register) = register.expect("re-registered after the keepalive failed");
     assert_eq!(after, secs(60 + 32));
     assert_eq!(register.header("Expires"), Some("3600"));
+    harness.send_from(registrar(), &ok(&register, 3_600));
+
+    // A registrar that goes on ignoring OPTIONS costs no REGISTER per keepalive ...
+    let unanswered = next_keepalive(&mut harness, second.cseq().seq, secs(31));
+    assert!(
+        harness.next_request("REGISTER", secs(40)).is_none(),
+        "a REGISTER per failed keepalive"
+    );
+    // ... and when it answers again, voxgate refreshes once (it may have restarted).
+    let answered = next_keepalive(&mut harness, unanswered.cseq().seq, secs(31));
+    harness.send_from(registrar(), &registrar_response(&answered, 200, &[]));
+    assert!(
+        next_register(&mut harness, secs(1)).is_some(),
+        "refreshed on recovery"
+    );
 }
 
 #[test]
