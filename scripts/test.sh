@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property, bench smoke and the black-box interop suite (voxgate against
 # SIPp over loopback). Installs what the interop tests need when it is missing (Debian/Ubuntu:
-# the `sip-tester` package provides `sipp`). The RTP echo checks need root (SIPp plays audio with
-# raw sockets); without root those tests print SKIP and pass.
+# the `sip-tester` package provides `sipp`, `kamailio` the registrar the registration tests run).
+# The RTP echo checks need root (SIPp plays audio with raw sockets); without root those tests
+# print SKIP and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+# Debian installs kamailio in /usr/sbin, which a normal user's PATH may lack.
+command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
 if ((${#need[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         sudo=()
@@ -22,6 +25,7 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
 fi
 echo "test.sh: $(sipp -v 2>/dev/null | grep -m1 SIPp | sed 's/^ *//')"
+echo "test.sh: kamailio $(PATH="$PATH:/usr/sbin" kamailio -v 2>/dev/null | head -1)"
 [[ $(id -u) -eq 0 ]] || echo "test.sh: not root: RTP echo checks will be skipped"
 
 echo "test.sh: cargo test --all-targets"

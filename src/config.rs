@@ -15,8 +15,8 @@
 //! first [`ConfigError`] found. Checks: RFC 3261 timers (T1 > 0, T2 ≥ T1, T4 > 0), RFC 4028
 //! session timers (Min-SE ≥ 90 s, Session-Expires ≥ Min-SE), an even RTP base port with at least
 //! one RTP/RTCP pair and one pair per admitted call, jitter bounds, a G.711 ptime, 486/503 at
-//! capacity, unique non-empty trunk and agent names, routes naming known agents and trunks,
-//! at least one route and none hidden behind a catch-all.
+//! capacity, unique non-empty trunk and agent names, register-mode trunks (`config/trunk.rs`),
+//! routes naming known agents and trunks, at least one route and none hidden behind a catch-all.
 //!
 //! Keys in errors are dotted paths with zero-based indices: `routes[0]` is the first
 //! `[[routes]]` entry.
@@ -32,6 +32,12 @@ use serde::Deserialize;
 
 mod digest;
 mod realtime;
+mod trunk;
+
+pub use trunk::{
+    RegisterSettings, TrunkMode, TrunkTransport, DEFAULT_EXPIRES_SECS, EXPIRES_RANGE_SECS,
+    KEEPALIVE_RANGE_SECS,
+};
 
 pub use digest::{
     TrunkUser, DEFAULT_AUTH_ALGORITHMS, DEFAULT_AUTH_REALM, DEFAULT_NONCE_LIFETIME_SECS,
@@ -179,6 +185,51 @@ pub struct TrunkSettings {
     /// The outbound password, once resolved (never read from the file itself).
     #[serde(skip)]
     pub outbound_password: Option<Secret>,
+    // Registration (issue #4): the keys of `mode = "register"`, validated and explained in
+    // config/trunk.rs; a static trunk refuses them. The credentials also serve digest
+    // challenges to requests voxgate sends over the trunk.
+    /// `static` (default: calls from `allow_from`) or `register` (voxgate registers).
+    #[serde(default)]
+    pub mode: TrunkMode,
+    /// Register: the registrar URI, e.g. `sip:pbx.example.com` (no user part).
+    #[serde(default)]
+    pub registrar: Option<String>,
+    /// Register: an outbound proxy URI REGISTERs (and keepalives) go through.
+    #[serde(default)]
+    pub outbound_proxy: Option<String>,
+    /// Register: `udp` (default, or the registrar's `;transport=`) or `tcp`.
+    #[serde(default)]
+    pub transport: Option<TrunkTransport>,
+    /// Register: the user voxgate registers as (AOR user).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Register: the digest user name when it differs from `username`.
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    /// Register: answer only challenges for this realm.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Register: the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Register: a file whose first line is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Register: the expiry asked for, seconds (default 3600).
+    #[serde(default)]
+    pub expires: Option<u32>,
+    /// Register: the user part of voxgate's Contact (default `username`).
+    #[serde(default)]
+    pub contact_user: Option<String>,
+    /// Register: send OPTIONS to the registrar this often, seconds; none: no keepalive.
+    #[serde(default)]
+    pub keepalive_secs: Option<u32>,
+    /// Register: the AOR's domain (default the registrar's host).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Register: the password, once resolved at start-up (never read from the file itself).
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 /// What kind of agent answers a call.
@@ -359,25 +410,29 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Reads every trunk password (`[[trunks.users]]`, `outbound_password_*`: from its file, else
-    /// the variable it names, looked up with `lookup`), then the Realtime API key (from
-    /// `realtime.api_key_file`, else the variable named by `realtime.api_key_env`) when an OpenAI
-    /// agent exists, and checks that every OpenAI agent can answer: with the key, or through its
-    /// `fallback`.
+    /// Reads the secrets: trunk passwords (`[[trunks.users]]`, `outbound_password_*`, and each
+    /// register-mode trunk's `password_env` / `password_file`; variables looked up with
+    /// `lookup`), then the Realtime API key (from `realtime.api_key_file`, else the variable named
+    /// by `realtime.api_key_env`) when an OpenAI agent exists; checks that every OpenAI agent can
+    /// answer: with the key, or through its `fallback`.
     pub fn resolve_secrets(
         &mut self,
         file: &Path,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         self.resolve_trunk_secrets(file, &lookup)?;
-        if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
-            return Ok(());
-        }
         let error = |key: String, reason: String| ConfigError::Invalid {
             file: file.to_owned(),
             key,
             reason,
         };
+        for (i, trunk) in self.trunks.iter_mut().enumerate() {
+            trunk::resolve_password(trunk, i, &lookup)
+                .map_err(|problem| error(problem.key, problem.reason))?;
+        }
+        if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
+            return Ok(());
+        }
         if let Some(path) = &self.realtime.apology_file {
             let audio = std::fs::read(path).map_err(|e| {
                 error(
@@ -520,6 +575,10 @@ impl Settings {
         for (i, trunk) in self.trunks.iter().enumerate() {
             trunk.validate_digest(i, &mut realms)?;
         }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            trunk::validate_trunk(trunk, i)?;
+        }
+        trunk::validate_contact_users(&self.trunks)?;
         let agents = unique_names("agents", self.agents.iter().map(|a| a.name.as_str()))?;
         for (i, agent) in self.agents.iter().enumerate() {
             agent.validate(i)?;

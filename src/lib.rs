@@ -8,8 +8,8 @@
 //! - [`media`]: sans-IO media: SDP offer/answer, RTP stream, jitter buffer, playout, RTCP, G.711.
 //! - [`realtime`]: the OpenAI Realtime GA protocol, sans-IO (events, session rules).
 //! - [`call`]: one call = dialog + media + agent, a sans-IO state machine; admission (source
-//!   address or digest), routing; agents; the speech-session interface and the bridge
-//!   (barge-in, tools, playout accounting).
+//!   address, registration or digest), routing; agents; the speech-session interface and the
+//!   bridge (barge-in, tools, playout accounting); the register-mode trunks' registrations.
 //! - [`io`]: the only async code: sockets, timers, tasks, HTTP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

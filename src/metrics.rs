@@ -4,9 +4,11 @@
 //! (methods, directions, results): never a Call-ID or an address.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::sip::registration::AttemptResult;
 
 /// How a call ended, as the `result` label of `voxgate_calls_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,90 @@ pub struct Metrics {
     pub realtime: RealtimeMetrics,
     /// Digest decisions on INVITEs from sources outside `allow_from`, by trunk and result.
     pub inbound_auth_total: IntCounterVec,
+    /// The register-mode trunks' registrations.
+    pub registration: RegistrationMetrics,
+}
+
+/// Metrics of voxgate's registrations with PBXs and providers, labelled by trunk name (bounded:
+/// the trunks of the configuration).
+#[derive(Clone)]
+pub struct RegistrationMetrics {
+    /// 1 while the registrar holds the binding, else 0.
+    pub up: IntGaugeVec,
+    /// REGISTER transactions by how they ended (`AttemptResult` labels).
+    pub attempts_total: IntCounterVec,
+    /// The expiry the registrar granted, 0 while down.
+    pub expires_seconds: IntGaugeVec,
+}
+
+impl RegistrationMetrics {
+    fn new(registry: &Registry) -> RegistrationMetrics {
+        let metrics = RegistrationMetrics {
+            up: IntGaugeVec::new(
+                Opts::new(
+                    "voxgate_registration_up",
+                    "1 while the trunk's registrar holds voxgate's binding, else 0",
+                ),
+                &["trunk"],
+            )
+            .expect("valid metric definition"),
+            attempts_total: IntCounterVec::new(
+                Opts::new(
+                    "voxgate_registration_attempts_total",
+                    "REGISTER transactions by trunk and result",
+                ),
+                &["trunk", "result"],
+            )
+            .expect("valid metric definition"),
+            expires_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "voxgate_registration_expires_seconds",
+                    "Registration expiry granted by the trunk's registrar, 0 while down",
+                ),
+                &["trunk"],
+            )
+            .expect("valid metric definition"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 3] = [
+            Box::new(metrics.up.clone()),
+            Box::new(metrics.attempts_total.clone()),
+            Box::new(metrics.expires_seconds.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// Exports zero-valued series for a register-mode trunk, so it shows before its first try.
+    pub fn prime(&self, trunk: &str) {
+        self.up.with_label_values(&[trunk]).set(0);
+        self.expires_seconds.with_label_values(&[trunk]).set(0);
+        for result in AttemptResult::ALL {
+            self.attempts_total
+                .with_label_values(&[trunk, result.label()]);
+        }
+    }
+
+    /// Sets a trunk's state: up or down, and the expiry granted (while up).
+    pub fn set_state(&self, trunk: &str, up: bool, expires: Option<std::time::Duration>) {
+        self.up.with_label_values(&[trunk]).set(i64::from(up));
+        let secs = expires
+            .filter(|_| up)
+            .map_or(0, |expires| expires.as_secs());
+        self.expires_seconds
+            .with_label_values(&[trunk])
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `count` more attempts of a trunk that ended with `result`.
+    pub fn count_attempts(&self, trunk: &str, result: AttemptResult, count: u64) {
+        self.attempts_total
+            .with_label_values(&[trunk, result.label()])
+            .inc_by(count);
+    }
 }
 
 /// Metrics of the speech sessions calls are bridged to.
@@ -284,9 +370,11 @@ impl Metrics {
         )
         .expect("valid metric definition");
         let realtime = RealtimeMetrics::new(&registry);
+        let registration = RegistrationMetrics::new(&registry);
         let metrics = Metrics {
             inbound_auth_total,
             realtime,
+            registration,
             registry,
             calls_active,
             calls_total,
@@ -403,5 +491,33 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn registration_series_are_primed_per_trunk_and_expiry_is_zero_while_down() {
+        let metrics = Metrics::new();
+        metrics.registration.prime("carrier");
+        metrics
+            .registration
+            .count_attempts("carrier", AttemptResult::Refused, 2);
+        metrics
+            .registration
+            .set_state("carrier", true, Some(std::time::Duration::from_secs(300)));
+        let text = metrics.render();
+        for line in [
+            "voxgate_registration_up{trunk=\"carrier\"} 1",
+            "voxgate_registration_expires_seconds{trunk=\"carrier\"} 300",
+            "voxgate_registration_attempts_total{result=\"ok\",trunk=\"carrier\"} 0",
+            "voxgate_registration_attempts_total{result=\"refused\",trunk=\"carrier\"} 2",
+            "voxgate_registration_attempts_total{result=\"timeout\",trunk=\"carrier\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        metrics
+            .registration
+            .set_state("carrier", false, Some(std::time::Duration::from_secs(300)));
+        let text = metrics.render();
+        assert!(text.contains("voxgate_registration_up{trunk=\"carrier\"} 0"));
+        assert!(text.contains("voxgate_registration_expires_seconds{trunk=\"carrier\"} 0"));
     }
 }

@@ -240,6 +240,24 @@ impl Harness {
         self.pump();
     }
 
+    /// Reports `trunk`'s registrar (or outbound proxy) resolved to `remote` over `transport`
+    /// (what `io/` does at start-up); the registration starts.
+    pub fn next_hop(&mut self, trunk: &str, remote: SocketAddr, transport: Transport) {
+        let flow = Flow {
+            transport,
+            remote,
+            ..self.flow
+        };
+        self.switchboard.handle_next_hop(self.now, trunk, flow);
+        self.pump();
+    }
+
+    /// Reports a TCP connection to `peer` closed.
+    pub fn connection_closed(&mut self, peer: SocketAddr) {
+        self.switchboard.handle_connection_closed(self.now, peer);
+        self.pump();
+    }
+
     /// Starts draining with active calls hung up at `deadline`.
     pub fn begin_drain(&mut self, deadline: Instant) {
         self.switchboard.begin_drain(self.now, deadline);

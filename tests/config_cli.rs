@@ -145,59 +145,6 @@ fn serve_refuses_an_invalid_file_with_exit_2() {
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/examples");
 
-/// The keys of register-mode trunks (`mode = "register"`), which issue #4's REGISTER part adds
-/// on another branch. Until both parts are merged, `check-config` refuses them as unknown; the
-/// examples test below removes exactly these from the trunk named in the error and loads the
-/// rest. Once merged, no key is removed and this list (and the tolerance) can go.
-const REGISTER_KEYS: [&str; 11] = [
-    "mode",
-    "registrar",
-    "outbound_proxy",
-    "transport",
-    "username",
-    "auth_username",
-    "realm",
-    "password_env",
-    "password_file",
-    "expires",
-    "contact_user",
-];
-
-/// `text` without the line setting `key` in the `index`th `[[trunks]]` table itself (not in a
-/// sub-table such as `[[trunks.users]]`); `None` if there is no such line.
-fn without_trunk_key(text: &str, index: usize, key: &str) -> Option<String> {
-    let mut trunk = None;
-    let mut in_trunk = false;
-    let mut removed = false;
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            in_trunk = trimmed.starts_with("[[trunks]]");
-            if in_trunk {
-                trunk = Some(trunk.map_or(0, |i| i + 1));
-            }
-        }
-        let sets_key = trimmed
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='));
-        if !removed && in_trunk && trunk == Some(index) && sets_key {
-            removed = true;
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    removed.then_some(out)
-}
-
-/// `trunks[3].mode` → (3, "mode").
-fn trunk_key(key: &str) -> Option<(usize, &str)> {
-    let rest = key.strip_prefix("trunks[")?;
-    let (index, field) = rest.split_once("].")?;
-    Some((index.parse().ok()?, field))
-}
-
 /// Every variable a file names in a `*_env = "NAME"` line, for the test's environment.
 fn env_names(text: &str) -> Vec<String> {
     text.lines()
@@ -228,76 +175,29 @@ fn every_example_profile_loads_with_check_config() {
             "{profile} missing: {names:?}"
         );
     }
-    let dir = tempfile::tempdir().expect("temp dir");
     for file in &files {
-        let mut config = std::fs::read_to_string(file).expect("example");
+        let config = std::fs::read_to_string(file).expect("example");
         let env: Vec<(String, String)> = env_names(&config)
             .into_iter()
             .map(|name| (name, "example-secret".to_owned()))
             .collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut removed = Vec::new();
-        loop {
-            let path = write_config(dir.path(), &config);
-            let path = path.to_str().expect("utf-8 path");
-            let out = voxgate(&["check-config", "--config", path], &env);
-            let stderr = text(&out.stderr);
-            if out.status.code() == Some(0) {
-                let stdout = text(&out.stdout);
-                assert!(stdout.contains(": ok: "), "{stdout}");
-                if config.contains("[[trunks.users]]") {
-                    assert!(
-                        stdout.contains("digest for callers outside allow_from"),
-                        "{stdout}"
-                    );
-                }
-                break;
-            }
-            // error: <path>: trunks[N].<key>: unknown key (…)
-            let refused = stderr
-                .trim()
-                .strip_prefix(&format!("error: {path}: "))
-                .and_then(|rest| rest.split_once(": "))
-                .filter(|(_, reason)| reason.starts_with("unknown key"))
-                .and_then(|(key, _)| trunk_key(key))
-                .filter(|(_, field)| REGISTER_KEYS.contains(field));
-            let Some((index, field)) = refused else {
-                panic!("{}: check-config failed: {stderr}", file.display());
-            };
-            config = without_trunk_key(&config, index, field).unwrap_or_else(|| {
-                panic!("{}: no {field} line in trunks[{index}]", file.display())
-            });
-            removed.push(format!("trunks[{index}].{field}"));
-        }
-        if !removed.is_empty() {
-            eprintln!(
-                "{}: loaded without the register-mode keys this branch lacks: {}",
-                file.display(),
-                removed.join(", ")
+        let path = file.to_str().expect("utf-8 path");
+        let out = voxgate(&["check-config", "--config", path], &env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: check-config failed: {}",
+            file.display(),
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains(": ok: "), "{stdout}");
+        if config.contains("[[trunks.users]]") {
+            assert!(
+                stdout.contains("digest for callers outside allow_from"),
+                "{stdout}"
             );
         }
     }
-}
-
-#[test]
-fn without_trunk_key_leaves_other_trunks_and_sub_tables_alone() {
-    let text = "[[trunks]]\nname = \"a\"\nusername = \"x\"\n[[trunks.users]]\nusername = \"u\"\n\
-                [[trunks]]\nname = \"b\"\nusername = \"y\"\n";
-    let once = without_trunk_key(text, 1, "username").expect("removed");
-    assert_eq!(
-        once,
-        "[[trunks]]\nname = \"a\"\nusername = \"x\"\n[[trunks.users]]\nusername = \"u\"\n\
-         [[trunks]]\nname = \"b\"\n"
-    );
-    let twice = without_trunk_key(&once, 0, "username").expect("removed");
-    assert!(
-        twice.contains("username = \"u\""),
-        "the user's name stays: {twice}"
-    );
-    assert!(without_trunk_key(&twice, 0, "username").is_none());
-    assert_eq!(trunk_key("trunks[12].mode"), Some((12, "mode")));
-    assert_eq!(
-        trunk_key("trunks[0].users[1].username"),
-        Some((0, "users[1].username"))
-    );
 }

@@ -9,14 +9,16 @@
 //!  voxgate's BYE / refresh ─401/407─> the same request again (next CSeq, new transaction) with
 //!      the trunk's credentials (RFC 3261 §22.2), at most twice; refused → as any failure
 //! ```
-//! The [`switchboard`] owns the calls and the SIP [`Endpoint`]; every input reaches a call
-//! through a [`Ctx`] that lets it answer on the endpoint and queue media commands.
+//! The [`switchboard`] owns the calls, the [`registrations`] and the SIP [`Endpoint`]; every
+//! input reaches a call through a [`Ctx`] that lets it answer on the endpoint and queue media
+//! commands.
 
 pub mod agent;
 #[cfg(test)]
 mod auth_tests;
 pub mod bridge;
 pub mod inbound_auth;
+pub mod registrations;
 pub mod route;
 pub mod speech;
 pub mod switchboard;

@@ -1,5 +1,6 @@
 //! Admission and routing of new calls: which trunk an INVITE came over (by source address, the
-//! trunk's `allow_from`) and which agent answers it (the first matching `[[routes]]` entry).
+//! trunk's `allow_from`; registrations add their own rules, `call/registrations.rs`) and which
+//! agent answers it (the first matching `[[routes]]` entry).
 
 use std::net::IpAddr;
 
@@ -78,8 +79,9 @@ impl Router {
         self.route_on(trunk, request_uri_user, to_user)
     }
 
-    /// Routes an INVITE already known to come over `trunk` (e.g. its caller authenticated as one
-    /// of the trunk's users) dialling `request_uri_user` / `to_user`.
+    /// Routes an INVITE already known to come over `trunk` (by source address, by registration
+    /// — see `call/registrations.rs` — or because its caller authenticated as one of the trunk's
+    /// users) dialling `request_uri_user` / `to_user`.
     pub fn route_on(
         &self,
         trunk: &str,

@@ -13,8 +13,14 @@
 //! Sans-IO like everything it owns: `handle_*(now, …)` in, [`Switchboard::poll_output`] and
 //! [`Switchboard::poll_transmit`] out, [`Switchboard::poll_timeout`] for the next wake-up.
 //!
-//! Draining (SIGTERM): new INVITEs get 503, OPTIONS 503 (so dispatchers stop sending), active
-//! calls go on until the drain deadline, then get BYE; when none is left, [`Output::Drained`].
+//! Registrations (register-mode trunks) live in [`Registrations`]; their REGISTER and OPTIONS
+//! transactions are routed there, and a new INVITE to a registered Contact (or from a
+//! registrar) is taken over that trunk even when `allow_from` does not list its source.
+//!
+//! Draining (SIGTERM): new INVITEs get 503, OPTIONS 503 (so dispatchers stop sending), every
+//! registration is removed (REGISTER Expires: 0, waited for at most
+//! [`UNREGISTER_TIMEOUT`](crate::call::registrations::UNREGISTER_TIMEOUT)), active calls go on
+//! until the drain deadline, then get BYE; when none is left, [`Output::Drained`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::call::inbound_auth::{AuthResult, Checked, InboundAuth, InboundAuthStats};
+use crate::call::registrations::{NextHop, RegistrationStatus, Registrations};
 use crate::call::route::{RouteError, Router};
 use crate::call::{Call, CallConfig, CallKey, Ctx, NewCall, Output};
 use crate::config::Settings;
@@ -50,6 +57,7 @@ pub struct Switchboard {
     dialogs: HashMap<DialogId, CallKey>,
     invites: HashMap<ServerTxId, CallKey>,
     requests: HashMap<ClientTxId, CallKey>,
+    registrations: Registrations,
     outputs: VecDeque<Output>,
     next_key: u64,
     drain_deadline: Option<Instant>,
@@ -97,6 +105,7 @@ impl Switchboard {
             dialogs: HashMap::new(),
             invites: HashMap::new(),
             requests: HashMap::new(),
+            registrations: Registrations::new(settings),
             outputs: VecDeque::new(),
             next_key: 1,
             drain_deadline: None,
@@ -118,6 +127,29 @@ impl Switchboard {
     /// Inbound digest decisions so far (`None` when no trunk has users).
     pub fn inbound_auth_stats(&self) -> Option<&InboundAuthStats> {
         self.inbound_auth.as_ref().map(InboundAuth::stats)
+    }
+
+    /// The hosts `io/` must resolve for the register-mode trunks (then call
+    /// [`Switchboard::handle_next_hop`]).
+    pub fn next_hops(&self) -> Vec<NextHop> {
+        self.registrations.next_hops()
+    }
+
+    /// `io/` resolved a register-mode trunk's next hop: `flow` reaches it. Starts registering.
+    pub fn handle_next_hop(&mut self, now: Instant, trunk: &str, flow: Flow) {
+        self.registrations
+            .handle_next_hop(now, &mut self.endpoint, trunk, flow);
+    }
+
+    /// A TCP connection to `peer` closed (registrations over it refresh).
+    pub fn handle_connection_closed(&mut self, now: Instant, peer: SocketAddr) {
+        self.registrations
+            .handle_connection_closed(now, &mut self.endpoint, peer);
+    }
+
+    /// Every register-mode trunk's registration state, for metrics.
+    pub fn registrations(&self) -> impl Iterator<Item = RegistrationStatus<'_>> {
+        self.registrations.statuses()
     }
 
     /// One SIP message arrived on `flow`.
@@ -170,6 +202,7 @@ impl Switchboard {
             "draining: refusing new calls, waiting for active calls to finish"
         );
         self.drain_deadline = Some(deadline);
+        self.registrations.unregister_all(now, &mut self.endpoint);
         self.check_drained(now);
     }
 
@@ -177,6 +210,7 @@ impl Switchboard {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
         self.dispatch_events(now);
+        self.registrations.handle_timeout(now, &mut self.endpoint);
         let due: Vec<CallKey> = self
             .calls
             .iter()
@@ -201,7 +235,7 @@ impl Switchboard {
         self.check_drained(now);
     }
 
-    /// The earliest timer of the endpoint, any call, or the drain deadline.
+    /// The earliest timer of the endpoint, any call, any registration, or the drain deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(Call::poll_timeout);
         let drain = self
@@ -211,6 +245,7 @@ impl Switchboard {
             .poll_timeout()
             .into_iter()
             .chain(calls)
+            .chain(self.registrations.poll_timeout())
             .chain(drain)
             .min()
     }
@@ -256,11 +291,17 @@ impl Switchboard {
                         if keep {
                             self.requests.insert(tx, key);
                         }
+                    } else {
+                        self.registrations
+                            .handle_response(now, &mut self.endpoint, tx, &response);
                     }
                 }
                 Event::RequestTimedOut { tx } => {
                     if let Some(key) = self.requests.remove(&tx) {
                         self.with_call(now, key, |call, ctx| call.handle_request_timeout(ctx, tx));
+                    } else {
+                        self.registrations
+                            .handle_request_timeout(now, &mut self.endpoint, tx);
                     }
                 }
             }
@@ -350,9 +391,17 @@ impl Switchboard {
             );
             return;
         }
+        // The registered Contact first (it names one trunk even when several share a PBX),
+        // then allow_from in configuration order, then a registrar's address, then digest.
         let source = flow.remote.ip();
-        let trunk = match self.router.trunk_for(source) {
-            Some(trunk) => trunk.to_owned(),
+        let known = self
+            .registrations
+            .trunk_by_contact(request.request_uri())
+            .or_else(|| self.router.trunk_for(source))
+            .or_else(|| self.registrations.trunk_by_source(source))
+            .map(str::to_owned);
+        let trunk = match known {
+            Some(trunk) => trunk,
             None if self.inbound_auth.is_some() => {
                 match self.authenticate(now, tx, &request, flow) {
                     Some(trunk) => trunk,
@@ -557,7 +606,11 @@ impl Switchboard {
     }
 
     fn check_drained(&mut self, _now: Instant) {
-        if self.drain_deadline.is_some() && self.calls.is_empty() && !self.drained_reported {
+        if self.drain_deadline.is_some()
+            && self.calls.is_empty()
+            && self.registrations.is_finished()
+            && !self.drained_reported
+        {
             self.drained_reported = true;
             self.outputs.push_back(Output::Drained);
         }

@@ -92,9 +92,18 @@ impl TrunkSettings {
     /// side asks, so register-mode trunks can answer with their registration credentials by
     /// falling back to them here when no `outbound_*` keys are set.
     pub fn credentials(&self) -> Option<ClientCredentials> {
-        let username = self.outbound_username.as_ref()?;
-        let password = self.outbound_password.clone()?;
-        Some(ClientCredentials::new(username.clone(), password))
+        if let (Some(username), Some(password)) = (
+            self.outbound_username.as_ref(),
+            self.outbound_password.clone(),
+        ) {
+            return Some(ClientCredentials::new(username.clone(), password));
+        }
+        // A register-mode trunk answers with its registration credentials.
+        let username = self.auth_username.as_ref().or(self.username.as_ref())?;
+        let password = self.password.clone()?;
+        let mut credentials = ClientCredentials::new(username.clone(), password);
+        credentials.realm = self.realm.clone();
+        Some(credentials)
     }
 
     /// Checks the digest keys of `trunks[index]`; `realms` collects the realms of the trunks

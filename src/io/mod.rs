@@ -14,6 +14,7 @@ pub mod sip_transport;
 pub mod speech_leg;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +24,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::inbound_auth::InboundAuthStats;
+use crate::call::registrations::NextHop;
 use crate::call::switchboard::Switchboard;
 use crate::call::{CallKey, MediaCommand, Output};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::sip::endpoint::{ConnectionId, Flow};
+use crate::sip::registration::AttemptResult;
 
 use call_task::{MediaHandle, PortPool};
 use sip_transport::Transports;
@@ -75,6 +78,15 @@ pub enum CoreInput {
         /// Why, in an admin's words.
         why: String,
     },
+    /// A register-mode trunk's registrar (or outbound proxy) host resolved.
+    NextHopResolved {
+        /// The trunk.
+        trunk: String,
+        /// The address REGISTERs go to.
+        remote: std::net::SocketAddr,
+        /// The trunk's transport.
+        transport: crate::sip::message::Transport,
+    },
     /// A call's media task stopped on its own.
     MediaEnded {
         /// The call.
@@ -121,9 +133,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .filter(|t| t.has_users())
             .map(|t| t.name.as_str()),
     );
+    let families = (
+        transports.local_addresses().iter().any(SocketAddr::is_ipv4),
+        transports.local_addresses().iter().any(SocketAddr::is_ipv6),
+    );
+    let next_hops = switchboard.next_hops();
+    for hop in &next_hops {
+        metrics.registration.prime(&hop.trunk);
+    }
+    for hop in next_hops {
+        tokio::spawn(resolve_next_hop(
+            hop,
+            families,
+            core_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     let core = Core {
-        switchboard,
+        registration_counts: Vec::new(),
         last_inbound_auth: InboundAuthStats::default(),
+        switchboard,
         transports,
         metrics,
         media: HashMap::new(),
@@ -148,6 +177,8 @@ struct Core {
     last_parse_errors: u64,
     /// The inbound digest counts already exported.
     last_inbound_auth: InboundAuthStats,
+    /// Attempt counts already exported, per register-mode trunk (in status order) and result.
+    registration_counts: Vec<[u64; AttemptResult::ALL.len()]>,
 }
 
 impl Core {
@@ -216,7 +247,31 @@ impl Core {
             CoreInput::ConnectionOpened { id, peer, writer } => {
                 self.transports.connection_opened(id, peer, writer)
             }
-            CoreInput::ConnectionClosed { id } => self.transports.connection_closed(id),
+            CoreInput::ConnectionClosed { id } => {
+                if let Some(peer) = self.transports.connection_closed(id) {
+                    self.switchboard.handle_connection_closed(now, peer);
+                }
+            }
+            CoreInput::NextHopResolved {
+                trunk,
+                remote,
+                transport,
+            } => match self.transports.local_toward(remote) {
+                Some(local) => {
+                    let flow = Flow {
+                        transport,
+                        remote,
+                        local,
+                        connection: None,
+                    };
+                    self.switchboard.handle_next_hop(now, &trunk, flow);
+                }
+                None => tracing::error!(
+                    %trunk,
+                    %remote,
+                    "cannot register: voxgate listens on no address of the registrar's family"
+                ),
+            },
             CoreInput::MediaEnded { call, why } => {
                 self.switchboard.handle_media_ended(now, call, &why)
             }
@@ -332,6 +387,85 @@ impl Core {
                 self.last_inbound_auth = stats.clone();
             }
         }
+        self.export_registrations();
         drained
+    }
+
+    /// Copies the registrations' state and new attempt counts into the metrics.
+    fn export_registrations(&mut self) {
+        for (index, status) in self.switchboard.registrations().enumerate() {
+            let metrics = &self.metrics.registration;
+            metrics.set_state(status.trunk, status.up, status.expires);
+            if self.registration_counts.len() <= index {
+                self.registration_counts
+                    .resize(index + 1, [0; AttemptResult::ALL.len()]);
+            }
+            let Some(stats) = status.stats else { continue };
+            for (slot, result) in AttemptResult::ALL.iter().enumerate() {
+                let total = stats.attempts(*result);
+                let exported = &mut self.registration_counts[index][slot];
+                if total > *exported {
+                    metrics.count_attempts(status.trunk, *result, total - *exported);
+                    *exported = total;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves a register-mode trunk's registrar (or outbound proxy) host, preferring an address
+/// of a family voxgate listens on, and hands it to the core; retries every 5 s doubling to
+/// 60 s while the name does not resolve (the registration waits, calls are unaffected).
+async fn resolve_next_hop(
+    hop: NextHop,
+    (ipv4, ipv6): (bool, bool),
+    core_tx: mpsc::Sender<CoreInput>,
+    shutdown: CancellationToken,
+) {
+    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+    let mut delay = Duration::from_secs(5);
+    loop {
+        let lookup = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            tokio::net::lookup_host((hop.host.as_str(), hop.port)),
+        );
+        let result = tokio::select! {
+            result = lookup => result,
+            _ = shutdown.cancelled() => return,
+        };
+        let failure = match result {
+            Ok(Ok(addresses)) => {
+                let addresses: Vec<SocketAddr> = addresses.collect();
+                let usable = addresses
+                    .iter()
+                    .find(|address| (address.is_ipv4() && ipv4) || (address.is_ipv6() && ipv6));
+                match usable {
+                    Some(remote) => {
+                        let input = CoreInput::NextHopResolved {
+                            trunk: hop.trunk.clone(),
+                            remote: *remote,
+                            transport: hop.transport,
+                        };
+                        let _ = core_tx.send(input).await;
+                        return;
+                    }
+                    None if addresses.is_empty() => "no address".to_owned(),
+                    None => format!("no address of a family voxgate listens on ({addresses:?})"),
+                }
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
+        };
+        tracing::warn!(
+            trunk = %hop.trunk,
+            host = %hop.host,
+            retry_in_secs = delay.as_secs(),
+            "cannot resolve the registrar: {failure}"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }

@@ -92,6 +92,18 @@ impl Transports {
         &self.locals
     }
 
+    /// The local address facing `remote`: a bound address of its family (the port peers know),
+    /// with a wildcard IP replaced by the source address the kernel picks toward `remote`.
+    /// `None` when voxgate listens on no address of that family.
+    pub fn local_toward(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        let bound = self
+            .locals
+            .iter()
+            .find(|local| local.is_ipv4() == remote.is_ipv4())?;
+        let ip = local_ip_toward(*bound, remote, &mut HashMap::new());
+        Some(SocketAddr::new(ip, bound.port()))
+    }
+
     /// Records a TCP connection's writer.
     pub fn connection_opened(
         &mut self,
@@ -103,13 +115,13 @@ impl Transports {
         self.by_peer.insert(peer, id);
     }
 
-    /// Forgets a closed TCP connection.
-    pub fn connection_closed(&mut self, id: ConnectionId) {
-        if let Some((peer, _)) = self.connections.remove(&id) {
-            if self.by_peer.get(&peer) == Some(&id) {
-                self.by_peer.remove(&peer);
-            }
+    /// Forgets a closed TCP connection; returns its peer.
+    pub fn connection_closed(&mut self, id: ConnectionId) -> Option<SocketAddr> {
+        let (peer, _) = self.connections.remove(&id)?;
+        if self.by_peer.get(&peer) == Some(&id) {
+            self.by_peer.remove(&peer);
         }
+        Some(peer)
     }
 
     /// Puts a message on the wire (never blocks the core task).

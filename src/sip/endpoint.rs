@@ -512,8 +512,32 @@ impl Endpoint {
         request: &OutgoingRequest,
         body: Option<(&str, Bytes)>,
     ) -> ClientTxId {
-        let branch = message::new_branch();
         let target = request_target(request, flow);
+        self.start_client(now, flow, target, request, body)
+    }
+
+    /// [`Endpoint::send_request`] to `flow.remote`, whatever the first Route or the
+    /// Request-URI name: for requests whose next hop `io/` resolved once (a registration's
+    /// REGISTERs and keepalives), so a host name is not looked up again for every
+    /// retransmission, and a TCP flow reuses its connection to that address.
+    pub fn send_request_to_flow(
+        &mut self,
+        now: Instant,
+        flow: &Flow,
+        request: &OutgoingRequest,
+    ) -> ClientTxId {
+        self.start_client(now, flow, Target::Addr(flow.remote), request, None)
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        flow: &Flow,
+        target: Target,
+        request: &OutgoingRequest,
+        body: Option<(&str, Bytes)>,
+    ) -> ClientTxId {
+        let branch = message::new_branch();
         let bytes = self.build_request(flow, request, &branch, body);
         let reliable = flow.transport == Transport::Tcp;
         let id = ClientTxId(self.take_id());

@@ -61,7 +61,7 @@ pub const MAX_EXPIRES: Duration = Duration::from_secs(86_400);
 /// How many `stale=true` challenges one attempt answers before giving up as refused.
 pub const MAX_STALE: u8 = 2;
 
-/// Answers digest challenges (implemented by `sip/auth.rs`, RFC 8760).
+/// Answers digest challenges ([`DigestAuthenticator`]: `sip/auth.rs`, RFC 8760).
 pub trait Authenticator {
     /// The header (name, value) answering `challenge` — the raw `WWW-Authenticate` value, or the
     /// `Proxy-Authenticate` value when `proxy` (a 407) — for `method` and `uri`; `None` when the
@@ -1048,6 +1048,10 @@ fn refresh_delay(granted: Duration) -> Duration {
     let ahead = (granted / 2).min(REFRESH_AHEAD_MAX);
     granted.saturating_sub(ahead).max(MIN_REFRESH)
 }
+
+mod digest;
+
+pub use digest::DigestAuthenticator;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,8 @@
 //! - [`pcap`] + [`rtp`]: a generated PCMU pcap whose payloads carry their packet index, and a
 //!   UDP sink receiving what voxgate echoes — see [`rtp`] for why this is reliable.
 //! - [`sip`]: raw SIP requests and response parsing. [`metrics`]: Prometheus text.
+//! - [`kamailio`]: Kamailio as a digest-authenticating registrar and proxy, bindings read with
+//!   `kamcmd ul.dump`.
 //! - [`realtime`]: a local OpenAI Realtime (GA) stand-in: scripted model, protocol checks,
 //!   recorded sessions.
 //!
@@ -17,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod kamailio;
 pub mod metrics;
 pub mod pcap;
 pub mod ports;

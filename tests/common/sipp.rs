@@ -363,9 +363,10 @@ impl SippOutcome {
         //   UDP message received [512] bytes :
         //   <message>
         let mut out = Vec::new();
-        let mut blocks = self
-            .messages
-            .split("\n----------------------------------------------- ");
+        // The file starts with a separator, not after a newline: add one so the first message
+        // is a block of its own rather than taken for a preamble.
+        let messages = format!("\n{}", self.messages);
+        let mut blocks = messages.split("\n----------------------------------------------- ");
         blocks.next();
         for block in blocks {
             let mut lines = block.splitn(3, '\n');

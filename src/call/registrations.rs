@@ -1,0 +1,638 @@
+//! voxgate's registrations with PBXs and providers (issue #4): one [`Registration`] per
+//! register-mode trunk, its OPTIONS keepalive toward the registrar, and which trunk a new
+//! INVITE arrived over by registration. Owned by the switchboard, which owns the [`Endpoint`]
+//! these requests go through; sans-IO like both.
+//!
+//! ```text
+//!  new(settings) ── next_hops() ──▶ io/ resolves each registrar (or outbound proxy) host
+//!  handle_next_hop(trunk, flow) ──▶ Registration::new ── REGISTER ──▶ Endpoint::send_request_to_flow
+//!  Endpoint events: Response / RequestTimedOut on a REGISTER or OPTIONS transaction
+//!      ──▶ handle_response / handle_request_timeout ──▶ that trunk's Registration / keepalive
+//!  handle_timeout: refresh, retry, binding expiry, keepalive due, unregistration deadline
+//!  keepalive: OPTIONS every keepalive_secs; the first one unanswered (Timer F) ──▶
+//!             handle_binding_lost, and again when the registrar answers after failing
+//!  unregister_all (drain) ──▶ REGISTER Expires: 0 per trunk ──▶ finished (or the deadline)
+//! ```
+//!
+//! A new INVITE arrived over a registration when its Request-URI is the Contact voxgate
+//! registered (user, host and port; PBXs and registrars send calls to the registered Contact),
+//! or when it comes from the registrar's (or outbound proxy's) address; see
+//! [`Registrations::trunk_by_contact`] and [`Registrations::trunk_by_source`].
+//!
+//! Every attempt, up/down change and Contact rewrite is logged here with the trunk and the
+//! registrar (the machine's descriptions say the status and reason); `io/` exports
+//! [`Registrations::statuses`] as metrics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::config::{RegisterSettings, Settings, TrunkTransport};
+use crate::sip::auth::ClientCredentials;
+use crate::sip::dialog::OutgoingRequest;
+use crate::sip::endpoint::{uri_host_port, ClientTxId, Endpoint, Flow};
+use crate::sip::message::{self, Response, Transport};
+use crate::sip::registration::{
+    AttemptResult, DigestAuthenticator, Event, Registration, RegistrationConfig, RegistrationStats,
+};
+
+/// How long shutdown waits for the registrars to confirm the unregistrations (each needs a
+/// round trip, two with a challenge) before voxgate exits anyway.
+pub const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A host `io/` must resolve before a trunk can register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// The trunk's name (give it back to [`Registrations::handle_next_hop`]).
+    pub trunk: String,
+    /// The outbound proxy's host, else the registrar's (a name or an IP literal).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The transport REGISTERs use.
+    pub transport: Transport,
+}
+
+/// One trunk's registration state, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationStatus<'a> {
+    /// The trunk's name.
+    pub trunk: &'a str,
+    /// Whether the registrar holds the binding (`voxgate_registration_up`).
+    pub up: bool,
+    /// The expiry granted, while up (`voxgate_registration_expires_seconds`).
+    pub expires: Option<Duration>,
+    /// Attempt counters (`voxgate_registration_attempts_total`); none before the first REGISTER.
+    pub stats: Option<&'a RegistrationStats>,
+}
+
+/// What a client transaction started here is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A REGISTER with this CSeq.
+    Register { cseq: u32 },
+    /// A keepalive OPTIONS.
+    Keepalive,
+}
+
+/// The registrations of every register-mode trunk.
+#[derive(Debug)]
+pub struct Registrations {
+    trunks: Vec<TrunkRegistration>,
+    /// Our client transactions: which trunk and what for.
+    transactions: HashMap<ClientTxId, (usize, Purpose)>,
+    /// Set at shutdown: unregistrations still running at this instant are abandoned.
+    unregister_deadline: Option<Instant>,
+    /// The deadline passed with unregistrations unanswered.
+    gave_up: bool,
+}
+
+#[derive(Debug)]
+struct TrunkRegistration {
+    name: String,
+    settings: RegisterSettings,
+    /// How REGISTERs reach the next hop, once resolved.
+    flow: Option<Flow>,
+    machine: Option<Registration<DigestAuthenticator>>,
+    keepalive: Option<Keepalive>,
+    /// The Contact address voxgate advertised when it started (before any rewrite).
+    advertised: Option<String>,
+    /// Where INVITEs over this registration may come from: the next hop, and the registrar and
+    /// proxy when given as IP literals.
+    sources: Vec<IpAddr>,
+}
+
+/// The OPTIONS keepalive toward one registrar.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Duration,
+    /// When the next OPTIONS goes out (none while one is in flight or after shutdown).
+    next_at: Option<Instant>,
+    /// The last OPTIONS got no answer.
+    failing: bool,
+    /// Shutdown began: no more OPTIONS, even when one in flight is answered.
+    stopped: bool,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+}
+
+impl Registrations {
+    /// One entry per register-mode trunk; nothing is sent before [`Registrations::handle_next_hop`].
+    pub fn new(settings: &Settings) -> Registrations {
+        let mut trunks = Vec::new();
+        for trunk in settings.trunks.iter().filter(|trunk| trunk.is_register()) {
+            let Some(register) = trunk.registration() else {
+                // Settings::load resolves every password; only hand-built settings get here.
+                tracing::error!(
+                    trunk = %trunk.name,
+                    "register-mode trunk without a resolved password: not registering"
+                );
+                continue;
+            };
+            let mut sources = Vec::new();
+            for uri in std::iter::once(&register.registrar).chain(&register.outbound_proxy) {
+                if let Some(ip) = uri_host_port(uri).and_then(|(host, _)| host.parse().ok()) {
+                    sources.push(canonical(ip));
+                }
+            }
+            trunks.push(TrunkRegistration {
+                name: trunk.name.clone(),
+                settings: register,
+                flow: None,
+                machine: None,
+                keepalive: None,
+                advertised: None,
+                sources,
+            });
+        }
+        Registrations {
+            trunks,
+            transactions: HashMap::new(),
+            unregister_deadline: None,
+            gave_up: false,
+        }
+    }
+
+    /// The hosts to resolve, one per register-mode trunk.
+    pub fn next_hops(&self) -> Vec<NextHop> {
+        self.trunks
+            .iter()
+            .map(|trunk| NextHop {
+                trunk: trunk.name.clone(),
+                host: trunk.settings.next_hop.0.clone(),
+                port: trunk.settings.next_hop.1,
+                transport: transport_of(trunk.settings.transport),
+            })
+            .collect()
+    }
+
+    /// `io/` resolved `trunk`'s next hop: `flow` names its address and the local address facing
+    /// it. Starts registering (first REGISTER out now) and schedules the keepalive. Ignored for
+    /// an unknown trunk, one already started, or after shutdown began.
+    pub fn handle_next_hop(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        trunk: &str,
+        flow: Flow,
+    ) {
+        if self.unregister_deadline.is_some() {
+            return;
+        }
+        let Some(index) = self.trunks.iter().position(|t| t.name == trunk) else {
+            return;
+        };
+        let entry = &mut self.trunks[index];
+        if entry.machine.is_some() {
+            return;
+        }
+        let settings = &entry.settings;
+        let contact_address = endpoint.advertised(&flow);
+        let config = RegistrationConfig {
+            trunk: entry.name.clone(),
+            registrar: settings.registrar.clone(),
+            aor: settings.aor.clone(),
+            outbound_proxy: settings.outbound_proxy.clone(),
+            transport: transport_of(settings.transport),
+            contact_user: settings.contact_user.clone(),
+            contact_address: contact_address.clone(),
+            expires: settings.expires,
+            rewrite_contact: true,
+            jitter_seed: rand::random(),
+        };
+        let credentials = ClientCredentials {
+            username: settings.username.clone(),
+            auth_username: settings.auth_username.clone(),
+            password: settings.password.clone(),
+            realm: settings.realm.clone(),
+        };
+        tracing::info!(
+            trunk = %entry.name,
+            registrar = %settings.registrar,
+            next_hop = %flow.remote,
+            aor = %settings.aor,
+            "registering"
+        );
+        entry.machine = Some(Registration::new(
+            now,
+            config,
+            DigestAuthenticator::new(credentials),
+        ));
+        entry.keepalive = settings.keepalive.map(|interval| Keepalive {
+            interval,
+            next_at: Some(now + interval),
+            failing: false,
+            stopped: false,
+            call_id: message::new_call_id(&contact_address),
+            from_tag: message::new_tag(),
+            cseq: 0,
+        });
+        entry.advertised = Some(contact_address);
+        let ip = canonical(flow.remote.ip());
+        if !entry.sources.contains(&ip) {
+            entry.sources.push(ip);
+        }
+        entry.flow = Some(flow);
+        self.pump(now, endpoint);
+    }
+
+    /// A response on client transaction `tx`; false when the transaction is not ours.
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        tx: ClientTxId,
+        response: &Response,
+    ) -> bool {
+        let Some(&(index, purpose)) = self.transactions.get(&tx) else {
+            return false;
+        };
+        if response.status() >= 200 {
+            self.transactions.remove(&tx);
+        }
+        let Some(trunk) = self.trunks.get_mut(index) else {
+            return true;
+        };
+        match purpose {
+            Purpose::Register { .. } => {
+                if let Some(machine) = &mut trunk.machine {
+                    machine.handle_response(now, response);
+                }
+            }
+            Purpose::Keepalive if response.status() >= 200 => trunk.keepalive_answered(now),
+            Purpose::Keepalive => {}
+        }
+        self.pump(now, endpoint);
+        true
+    }
+
+    /// Client transaction `tx` got no final response (Timer F, or the transport failed); false
+    /// when it is not ours.
+    pub fn handle_request_timeout(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        tx: ClientTxId,
+    ) -> bool {
+        let Some((index, purpose)) = self.transactions.remove(&tx) else {
+            return false;
+        };
+        if let Some(trunk) = self.trunks.get_mut(index) {
+            match purpose {
+                Purpose::Register { cseq } => {
+                    if let Some(machine) = &mut trunk.machine {
+                        machine.handle_request_timeout(now, cseq);
+                    }
+                }
+                Purpose::Keepalive => trunk.keepalive_timed_out(now),
+            }
+        }
+        self.pump(now, endpoint);
+        true
+    }
+
+    /// A TCP connection to `peer` closed: a registration over it may be gone with it (registrars
+    /// tie TCP bindings to their connection), so those refresh now.
+    pub fn handle_connection_closed(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        peer: SocketAddr,
+    ) {
+        for trunk in &mut self.trunks {
+            let over_it = trunk
+                .flow
+                .is_some_and(|flow| flow.transport == Transport::Tcp && flow.remote == peer);
+            if let (true, Some(machine)) = (over_it, &mut trunk.machine) {
+                tracing::info!(
+                    trunk = %trunk.name,
+                    registrar = %trunk.settings.registrar,
+                    "TCP connection to the registrar closed: refreshing the registration"
+                );
+                machine.handle_binding_lost(now);
+            }
+        }
+        self.pump(now, endpoint);
+    }
+
+    /// Fires what is due at `now`: refreshes, retries, expiries, keepalives, and the end of the
+    /// wait for unregistrations.
+    pub fn handle_timeout(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        for trunk in &mut self.trunks {
+            if let Some(machine) = &mut trunk.machine {
+                if machine.poll_timeout().is_some_and(|at| at <= now) {
+                    machine.handle_timeout(now);
+                }
+            }
+        }
+        for index in 0..self.trunks.len() {
+            let due = self.trunks[index]
+                .keepalive
+                .as_ref()
+                .and_then(|keepalive| keepalive.next_at)
+                .is_some_and(|at| at <= now);
+            if due {
+                self.send_keepalive(now, endpoint, index);
+            }
+        }
+        if let Some(deadline) = self.unregister_deadline {
+            if deadline <= now && !self.gave_up && !self.all_finished() {
+                self.gave_up = true;
+                for trunk in self.trunks.iter().filter(|t| !t.is_finished()) {
+                    tracing::warn!(
+                        trunk = %trunk.name,
+                        registrar = %trunk.settings.registrar,
+                        "no answer to the unregistration within {} s: exiting anyway (the \
+                         binding expires on its own)",
+                        UNREGISTER_TIMEOUT.as_secs()
+                    );
+                }
+            }
+        }
+        self.pump(now, endpoint);
+    }
+
+    /// The earliest timer of any registration or keepalive, or the unregistration deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let machines = self
+            .trunks
+            .iter()
+            .filter_map(|trunk| trunk.machine.as_ref()?.poll_timeout());
+        let keepalives = self
+            .trunks
+            .iter()
+            .filter_map(|trunk| trunk.keepalive.as_ref()?.next_at);
+        let deadline = self
+            .unregister_deadline
+            .filter(|_| !self.gave_up && !self.all_finished());
+        machines.chain(keepalives).chain(deadline).min()
+    }
+
+    /// Shutdown: every registration sends REGISTER with Expires: 0 (trunks never started
+    /// finish at once); keepalives stop. [`Registrations::is_finished`] turns true when all
+    /// have ended, or [`UNREGISTER_TIMEOUT`] after `now`.
+    pub fn unregister_all(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        if self.unregister_deadline.is_some() {
+            return;
+        }
+        self.unregister_deadline = Some(now + UNREGISTER_TIMEOUT);
+        for trunk in &mut self.trunks {
+            if let Some(keepalive) = &mut trunk.keepalive {
+                keepalive.next_at = None;
+                keepalive.stopped = true;
+            }
+            if let Some(machine) = &mut trunk.machine {
+                machine.unregister(now);
+            }
+        }
+        self.pump(now, endpoint);
+    }
+
+    /// Whether shutdown may proceed: every unregistration ended, or the deadline passed.
+    pub fn is_finished(&self) -> bool {
+        self.gave_up || self.all_finished()
+    }
+
+    /// The register-mode trunk whose registered Contact `request_uri` is (user, host and port;
+    /// the Contact as first advertised counts too, for calls routed before a rewrite).
+    pub fn trunk_by_contact(&self, request_uri: &str) -> Option<&str> {
+        let user = uri_user(request_uri)?;
+        let (host, port) = uri_host_port(request_uri)?;
+        self.trunks
+            .iter()
+            .find(|trunk| {
+                let Some(machine) = &trunk.machine else {
+                    return false;
+                };
+                let advertised = trunk.advertised.as_deref().map(|a| format!("sip:{a}"));
+                trunk.settings.contact_user == user
+                    && [Some(machine.contact()), advertised.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|contact| same_host_port(contact, &host, port))
+            })
+            .map(|trunk| trunk.name.as_str())
+    }
+
+    /// The first register-mode trunk whose registrar or outbound proxy has address `source`.
+    pub fn trunk_by_source(&self, source: IpAddr) -> Option<&str> {
+        let source = canonical(source);
+        self.trunks
+            .iter()
+            .find(|trunk| trunk.sources.contains(&source))
+            .map(|trunk| trunk.name.as_str())
+    }
+
+    /// Every register-mode trunk's state, in configuration order.
+    pub fn statuses(&self) -> impl Iterator<Item = RegistrationStatus<'_>> {
+        self.trunks.iter().map(|trunk| RegistrationStatus {
+            trunk: &trunk.name,
+            up: trunk.machine.as_ref().is_some_and(Registration::is_up),
+            expires: trunk
+                .machine
+                .as_ref()
+                .and_then(Registration::granted_expires),
+            stats: trunk.machine.as_ref().map(Registration::stats),
+        })
+    }
+
+    fn all_finished(&self) -> bool {
+        self.trunks.iter().all(TrunkRegistration::is_finished)
+    }
+
+    fn send_keepalive(&mut self, now: Instant, endpoint: &mut Endpoint, index: usize) {
+        let trunk = &mut self.trunks[index];
+        let (Some(flow), Some(keepalive)) = (trunk.flow, &mut trunk.keepalive) else {
+            return;
+        };
+        keepalive.next_at = None;
+        keepalive.cseq = keepalive.cseq.wrapping_add(1) & 0x7fff_ffff;
+        let settings = &trunk.settings;
+        let mut headers: Vec<(&'static str, String)> = Vec::new();
+        if let Some(proxy) = &settings.outbound_proxy {
+            headers.push(("Route", loose_route(proxy)));
+        }
+        headers.push((
+            "From",
+            format!("<{}>;tag={}", settings.aor, keepalive.from_tag),
+        ));
+        headers.push(("To", format!("<{}>", settings.registrar)));
+        headers.push(("Call-ID", keepalive.call_id.clone()));
+        headers.push(("CSeq", format!("{} OPTIONS", keepalive.cseq)));
+        headers.push(("Max-Forwards", "70".to_owned()));
+        let request = OutgoingRequest {
+            method: "OPTIONS".to_owned(),
+            request_uri: settings.registrar.clone(),
+            headers,
+            cseq: keepalive.cseq,
+        };
+        let tx = endpoint.send_request_to_flow(now, &flow, &request);
+        self.transactions.insert(tx, (index, Purpose::Keepalive));
+    }
+
+    /// Sends every queued REGISTER and logs every event.
+    fn pump(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        for (index, trunk) in self.trunks.iter_mut().enumerate() {
+            let (Some(flow), Some(machine)) = (trunk.flow, &mut trunk.machine) else {
+                continue;
+            };
+            while let Some(request) = machine.poll_request() {
+                let tx = endpoint.send_request_to_flow(now, &flow, &request);
+                self.transactions
+                    .insert(tx, (index, Purpose::Register { cseq: request.cseq }));
+            }
+            while let Some(event) = machine.poll_event() {
+                log_event(&trunk.name, &trunk.settings.registrar, &event);
+            }
+        }
+    }
+}
+
+impl TrunkRegistration {
+    fn is_finished(&self) -> bool {
+        self.machine.as_ref().is_none_or(Registration::is_finished)
+    }
+
+    fn keepalive_answered(&mut self, now: Instant) {
+        let Some(keepalive) = &mut self.keepalive else {
+            return;
+        };
+        if keepalive.failing {
+            keepalive.failing = false;
+            tracing::info!(
+                trunk = %self.name,
+                registrar = %self.settings.registrar,
+                "registrar answers keepalives again: refreshing the registration (it may have \
+                 restarted)"
+            );
+            if let Some(machine) = &mut self.machine {
+                machine.handle_binding_lost(now);
+            }
+        }
+        keepalive.schedule(now);
+    }
+
+    fn keepalive_timed_out(&mut self, now: Instant) {
+        let Some(keepalive) = &mut self.keepalive else {
+            return;
+        };
+        // Once per outage: a registrar that never answers OPTIONS must not cost a REGISTER per
+        // keepalive; the recovery (an answer again) refreshes once more.
+        if !keepalive.failing {
+            keepalive.failing = true;
+            tracing::warn!(
+                trunk = %self.name,
+                registrar = %self.settings.registrar,
+                "no answer to the OPTIONS keepalive: registering again"
+            );
+            if let Some(machine) = &mut self.machine {
+                machine.handle_binding_lost(now);
+            }
+        }
+        keepalive.schedule(now);
+    }
+}
+
+impl Keepalive {
+    fn schedule(&mut self, now: Instant) {
+        self.next_at = (!self.stopped).then(|| now + self.interval);
+    }
+}
+
+/// Logs one registration event: trunk, registrar, status and the machine's description
+/// (e.g. `REGISTER to pbx.example.com refused: 403 Forbidden; retrying in 5 s`).
+fn log_event(trunk: &str, registrar: &str, event: &Event) {
+    match event {
+        Event::Attempt(attempt) => {
+            let status = attempt
+                .status
+                .map_or_else(|| "none".to_owned(), |status| status.to_string());
+            let result = attempt.result.label();
+            let description = &attempt.description;
+            match attempt.result {
+                AttemptResult::Ok => {
+                    tracing::info!(trunk, registrar, %status, result, "{description}")
+                }
+                AttemptResult::AuthRequired => {
+                    tracing::debug!(trunk, registrar, %status, result, "{description}")
+                }
+                // Retried at once with Min-Expires: not a failure yet.
+                AttemptResult::IntervalTooBrief if attempt.retry_in.is_none() => {
+                    tracing::info!(trunk, registrar, %status, result, "{description}")
+                }
+                _ => tracing::warn!(trunk, registrar, %status, result, "{description}"),
+            }
+        }
+        Event::Up { expires } => tracing::info!(
+            trunk,
+            registrar,
+            expires_secs = expires.as_secs(),
+            "registration up"
+        ),
+        Event::Down { description } => {
+            tracing::warn!(trunk, registrar, "registration down: {description}")
+        }
+        Event::ContactRewritten { old, new } => tracing::info!(
+            trunk,
+            registrar,
+            %old,
+            %new,
+            "the registrar sees another address than the Contact: re-registering with it"
+        ),
+        Event::Finished => tracing::debug!(trunk, registrar, "registration finished"),
+    }
+}
+
+fn transport_of(transport: TrunkTransport) -> Transport {
+    match transport {
+        TrunkTransport::Udp => Transport::Udp,
+        TrunkTransport::Tcp => Transport::Tcp,
+    }
+}
+
+/// A proxy URI as a loose-routing Route value.
+fn loose_route(proxy: &str) -> String {
+    let has_lr = proxy
+        .split(';')
+        .skip(1)
+        .any(|param| param.trim().eq_ignore_ascii_case("lr"));
+    if has_lr {
+        format!("<{proxy}>")
+    } else {
+        format!("<{proxy};lr>")
+    }
+}
+
+/// The user part of a SIP URI (`sip:bot@host` → `bot`), if any.
+fn uri_user(uri: &str) -> Option<&str> {
+    let uri = uri.trim().trim_start_matches('<');
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let rest = rest.split([';', '?', '>']).next()?;
+    rest.rsplit_once('@').map(|(user, _)| user)
+}
+
+/// Whether `uri`'s host and port are `host` and `port` (IP addresses compared as addresses).
+fn same_host_port(uri: &str, host: &str, port: u16) -> bool {
+    let Some((uri_host, uri_port)) = uri_host_port(uri) else {
+        return false;
+    };
+    let same_host = match (uri_host.parse::<IpAddr>(), host.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => canonical(a) == canonical(b),
+        _ => uri_host.eq_ignore_ascii_case(host),
+    };
+    same_host && uri_port == port
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! Registrations through the switchboard in virtual time: a register-mode trunk next to the
+//! static trunk `pbx`, a registrar played by the test, calls arriving over the registration,
+//! keepalives, and unregistration at drain.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::call::registrations::UNREGISTER_TIMEOUT;
+use crate::call::Output;
+use crate::config::{Secret, Settings, TrunkMode, TrunkSettings, TrunkTransport};
+use crate::sip::auth::Credentials;
+use crate::sip::endpoint::Target;
+use crate::sip::message::{self, Request, Transport};
+use crate::sip::registration::AttemptResult;
+use crate::testkit::{self, offer, secs, Caller, Harness};
+
+const REGISTRAR: &str = "198.51.100.20:5060";
+/// Outside every trunk's `allow_from` and not the registrar.
+const STRANGER: &str = "203.0.113.9:5060";
+
+fn registrar() -> SocketAddr {
+    REGISTRAR.parse().expect("literal address")
+}
+
+fn stranger() -> SocketAddr {
+    STRANGER.parse().expect("literal address")
+}
+
+/// testkit's settings plus the register-mode trunk `carrier` (user `bot`, password `pw`).
+fn settings(keepalive_secs: Option<u32>) -> Settings {
+    let mut settings = testkit::settings();
+    settings.trunks.push(TrunkSettings {
+        name: "carrier".into(),
+        mode: TrunkMode::Register,
+        registrar: Some(format!("sip:{REGISTRAR}")),
+        username: Some("bot".into()),
+        password_env: Some("CARRIER_PASSWORD".into()),
+        keepalive_secs,
+        password: Some(Secret::new("pw")),
+        ..TrunkSettings::default()
+    });
+    settings
+}
+
+/// The next REGISTER voxgate sends within `limit`.
+fn next_register(harness: &mut Harness, limit: Duration) -> Option<Request> {
+    harness
+        .next_request("REGISTER", limit)
+        .map(|(_, request)| request)
+}
+
+/// The next keepalive OPTIONS after the one with CSeq `after` (its retransmissions skipped).
+fn next_keepalive(harness: &mut Harness, after: u32, limit: Duration) -> Request {
+    harness
+        .run_until(limit, |sent| {
+            sent.request()
+                .filter(|r| r.method().to_string() == "OPTIONS" && r.cseq().seq > after)
+                .cloned()
+        })
+        .map(|(_, request)| request)
+        .expect("a new keepalive")
+}
+
+/// The registrar's response to `request`: Via, From, To (tagged), Call-ID, CSeq, `extra`.
+fn registrar_response(request: &Request, status: u16, extra: &[(&str, String)]) -> String {
+    let mut text = format!("SIP/2.0 {status} {}\r\n", message::default_reason(status));
+    for via in request.headers_named("Via") {
+        text.push_str(&format!("Via: {via}\r\n"));
+    }
+    text.push_str(&format!(
+        "From: {}\r\nTo: {};tag=registrar\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+        request.from(),
+        request.to(),
+        request.call_id(),
+        request.cseq().seq,
+        request.cseq().method
+    ));
+    for (name, value) in extra {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    text
+}
+
+/// 200 binding every Contact the REGISTER adds for `granted` seconds.
+fn ok(request: &Request, granted: u32) -> String {
+    let contacts: Vec<(&str, String)> = request
+        .header_tokens("Contact")
+        .into_iter()
+        .filter(|contact| !contact.ends_with("expires=0"))
+        .map(|contact| {
+            let uri = contact.split(">;").next().unwrap_or_default().to_owned();
+            ("Contact", format!("{uri}>;expires={granted}"))
+        })
+        .collect();
+    registrar_response(request, 200, &contacts)
+}
+
+const CHALLENGE: &str = r#"Digest realm="carrier", nonce="n0nce", qop="auth", algorithm=MD5"#;
+
+/// Starts the registration and answers it (401, then 200 for `granted` seconds).
+fn registered(harness: &mut Harness, granted: u32) {
+    harness.next_hop("carrier", registrar(), Transport::Udp);
+    let first = next_register(harness, secs(1)).expect("REGISTER sent");
+    harness.send_from(
+        registrar(),
+        &registrar_response(&first, 401, &[("WWW-Authenticate", CHALLENGE.into())]),
+    );
+    let answered = next_register(harness, secs(1)).expect("REGISTER with credentials");
+    harness.send_from(registrar(), &ok(&answered, granted));
+    let status = harness
+        .switchboard
+        .registrations()
+        .next()
+        .map(|status| status.up);
+    assert_eq!(status, Some(true), "registered");
+}
+
+#[test]
+fn registers_once_the_next_hop_is_known_and_answers_the_challenge() {
+    let mut harness = Harness::new(&settings(None));
+    harness.advance(secs(10));
+    assert!(
+        harness.take_requests().is_empty(),
+        "nothing goes out before io/ resolved the registrar"
+    );
+    let status = harness
+        .switchboard
+        .registrations()
+        .next()
+        .expect("a status");
+    assert_eq!(
+        (status.trunk, status.up, status.stats.is_none()),
+        ("carrier", false, true)
+    );
+
+    harness.next_hop("carrier", registrar(), Transport::Udp);
+    let sent = harness.take();
+    let register = sent
+        .iter()
+        .find(|sent| {
+            sent.request()
+                .is_some_and(|r| r.method().to_string() == "REGISTER")
+        })
+        .expect("REGISTER sent at once");
+    assert_eq!(register.target, Target::Addr(registrar()));
+    let first = register.request().expect("a request").clone();
+    assert_eq!(first.request_uri(), format!("sip:{REGISTRAR}"));
+    assert_eq!(first.to(), format!("<sip:bot@198.51.100.20>"));
+    assert_eq!(
+        first.header("Contact"),
+        Some("<sip:bot@192.0.2.1:5060;transport=udp>;expires=3600")
+    );
+    harness.send_from(
+        registrar(),
+        &registrar_response(&first, 401, &[("WWW-Authenticate", CHALLENGE.into())]),
+    );
+    let answered = next_register(&mut harness, secs(1)).expect("REGISTER with credentials");
+    let credentials = Credentials::parse(answered.header("Authorization").expect("Authorization"))
+        .expect("parses");
+    assert_eq!(
+        (credentials.username.as_str(), credentials.uri.as_str()),
+        ("bot", "sip:198.51.100.20:5060")
+    );
+    harness.send_from(registrar(), &ok(&answered, 300));
+    let status = harness
+        .switchboard
+        .registrations()
+        .next()
+        .expect("a status");
+    assert!(status.up);
+    assert_eq!(status.expires, Some(secs(300)));
+    let stats = status.stats.expect("stats");
+    assert_eq!(
+        (
+            stats.attempts(AttemptResult::AuthRequired),
+            stats.attempts(AttemptResult::Ok)
+        ),
+        (1, 1)
+    );
+
+    // The refresh goes out a minute before the grant ends, with credentials sent ahead.
+    let (at, refresh) = harness
+        .next_request("REGISTER", secs(400))
+        .expect("refreshed");
+    assert_eq!(at - testkit::t0(), secs(10 + 240));
+    assert!(refresh
+        .header("Authorization")
+        .is_some_and(|a| a.contains("nc=00000002")));
+}
+
+#[test]
+fn calls_to_the_registered_contact_or_from_the_registrar_come_over_the_trunk() {
+    let mut harness = Harness::new(&settings(None));
+    registered(&mut harness, 3_600);
+    let trunk_of_call = |harness: &mut Harness| -> Option<String> {
+        harness
+            .take_outputs()
+            .into_iter()
+            .find_map(|output| match output {
+                Output::AllocateMedia { trunk, .. } => Some(trunk),
+                _ => None,
+            })
+    };
+
+    // To the registered Contact, from an address no trunk allows.
+    let mut caller = Caller::new("bot");
+    harness.send_from(stranger(), &caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    assert_eq!(harness.final_response("INVITE").status(), 200);
+    assert_eq!(trunk_of_call(&mut harness).as_deref(), Some("carrier"));
+
+    // From the registrar, to any user.
+    let mut caller = Caller::new("reception");
+    harness.send_from(
+        registrar(),
+        &caller.invite(&[], Some(&offer(1, "sendrecv"))),
+    );
+    assert_eq!(harness.final_response("INVITE").status(), 200);
+    assert_eq!(trunk_of_call(&mut harness).as_deref(), Some("carrier"));
+
+    // From the static trunk's PBX: that trunk.
+    let mut caller = Caller::new("echo");
+    harness.send(&caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    assert_eq!(harness.final_response("INVITE").status(), 200);
+    assert_eq!(trunk_of_call(&mut harness).as_deref(), Some("pbx"));
+
+    // Neither: refused as before.
+    let mut caller = Caller::new("reception");
+    harness.send_from(stranger(), &caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    assert_eq!(harness.final_response("INVITE").status(), 403);
+}
+
+#[test]
+fn an_unanswered_keepalive_registers_again_and_an_answered_one_does_not() {
+    let mut harness = Harness::new(&settings(Some(30)));
+    registered(&mut harness, 3_600);
+    let registered_at = harness.now;
+
+    // Any final response keeps the registration as it is.
+    let (at, options) = harness
+        .next_request("OPTIONS", secs(31))
+        .expect("keepalive sent");
+    assert_eq!(at - registered_at, secs(30));
+    assert_eq!(options.request_uri(), format!("sip:{REGISTRAR}"));
+    harness.send_from(registrar(), &registrar_response(&options, 404, &[]));
+    let (at, second) = harness
+        .next_request("OPTIONS", secs(31))
+        .expect("next keepalive");
+    assert_eq!(at - registered_at, secs(60));
+    assert_ne!(second.cseq().seq, options.cseq().seq);
+    assert!(harness
+        .take_requests()
+        .iter()
+        .all(|r| r.method().to_string() != "REGISTER"));
+
+    // No answer within Timer F (64·T1 = 32 s): register again at once.
+    let register = harness
+        .next_request("REGISTER", secs(33))
+        .map(|(at, request)| (at - registered_at, request));
+    let (after, register) = register.expect("re-registered after the keepalive failed");
+    assert_eq!(after, secs(60 + 32));
+    assert_eq!(register.header("Expires"), Some("3600"));
+    harness.send_from(registrar(), &ok(&register, 3_600));
+
+    // A registrar that goes on ignoring OPTIONS costs no REGISTER per keepalive ...
+    let unanswered = next_keepalive(&mut harness, second.cseq().seq, secs(31));
+    assert!(
+        harness.next_request("REGISTER", secs(40)).is_none(),
+        "a REGISTER per failed keepalive"
+    );
+    // ... and when it answers again, voxgate refreshes once (it may have restarted).
+    let answered = next_keepalive(&mut harness, unanswered.cseq().seq, secs(31));
+    harness.send_from(registrar(), &registrar_response(&answered, 200, &[]));
+    assert!(
+        next_register(&mut harness, secs(1)).is_some(),
+        "refreshed on recovery"
+    );
+}
+
+#[test]
+fn drain_unregisters_and_waits_for_the_answer() {
+    let mut harness = Harness::new(&settings(Some(30)));
+    registered(&mut harness, 3_600);
+    let (_, options) = harness
+        .next_request("OPTIONS", secs(31))
+        .expect("keepalive sent");
+    let deadline = harness.now + secs(30);
+    harness.begin_drain(deadline);
+    // The keepalive in flight is answered during the drain: it schedules no other.
+    harness.send_from(registrar(), &registrar_response(&options, 200, &[]));
+    let unregister = next_register(&mut harness, secs(1)).expect("REGISTER Expires: 0");
+    assert_eq!(unregister.header("Expires"), Some("0"));
+    assert!(
+        unregister.header("Authorization").is_some(),
+        "credentials sent ahead"
+    );
+    assert!(
+        !harness
+            .take_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Drained)),
+        "not drained before the registrar answered"
+    );
+    harness.send_from(registrar(), &registrar_response(&unregister, 200, &[]));
+    assert!(harness
+        .take_outputs()
+        .iter()
+        .any(|o| matches!(o, Output::Drained)));
+    harness.advance(secs(120));
+    assert!(
+        harness.take_requests().is_empty(),
+        "no keepalive or refresh after unregistering"
+    );
+}
+
+#[test]
+fn drain_gives_up_on_an_unanswered_unregistration() {
+    let mut harness = Harness::new(&settings(None));
+    registered(&mut harness, 3_600);
+    let start = harness.now;
+    harness.begin_drain(start + secs(30));
+    harness.advance(UNREGISTER_TIMEOUT - Duration::from_millis(1));
+    assert!(!harness
+        .take_outputs()
+        .iter()
+        .any(|o| matches!(o, Output::Drained)));
+    harness.advance(Duration::from_millis(1));
+    assert!(harness
+        .take_outputs()
+        .iter()
+        .any(|o| matches!(o, Output::Drained)));
+}
+
+#[test]
+fn a_trunk_never_resolved_does_not_hold_up_the_drain() {
+    let mut harness = Harness::new(&settings(None));
+    harness.begin_drain(harness.now + secs(30));
+    assert!(harness
+        .take_outputs()
+        .iter()
+        .any(|o| matches!(o, Output::Drained)));
+    assert!(harness.take_requests().is_empty());
+}
+
+#[test]
+fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
+    let mut settings = settings(None);
+    settings.trunks[1].transport = Some(TrunkTransport::Tcp);
+    let mut harness = Harness::new(&settings);
+    let hops = harness.switchboard.next_hops();
+    assert_eq!(
+        (hops[0].host.as_str(), hops[0].port, hops[0].transport),
+        ("198.51.100.20", 5060, Transport::Tcp)
+    );
+    harness.next_hop("carrier", registrar(), Transport::Tcp);
+    let first = next_register(&mut harness, secs(1)).expect("REGISTER");
+    assert!(first
+        .header("Contact")
+        .is_some_and(|c| c.contains("transport=tcp")));
+    harness.send_from(registrar(), &ok(&first, 3_600));
+    harness.advance(secs(10));
+    harness.connection_closed(stranger());
+    assert!(
+        next_register(&mut harness, secs(1)).is_none(),
+        "another peer's connection"
+    );
+    harness.connection_closed(registrar());
+    assert!(
+        next_register(&mut harness, secs(1)).is_some(),
+        "refreshed at once"
+    );
+}
