@@ -192,13 +192,20 @@ fn top_via(message: &[u8]) -> (String, u16) {
 /// RFC 3261 §18.2.2 response lands here; TCP/TLS over a TCP connection) and returns responses.
 fn send_torture(bytes: Vec<u8>, k: u8, target: SocketAddr) -> Result<Vec<Response>, String> {
     let (transport, port) = top_via(&bytes);
-    let wait = Duration::from_millis(2_500);
+    let wait = Duration::from_millis(4_000);
     if transport == "UDP" {
         let local: SocketAddr = format!("127.0.0.{k}:{port}").parse().expect("addr");
         let socket = UdpSocket::bind(local).map_err(|e| format!("bind {local}: {e}"))?;
-        socket.send_to(&bytes, target).map_err(|e| e.to_string())?;
+        // Retransmit like a UAC (RFC 3261 Timer E, T1 = 500 ms) until a final response: a
+        // datagram dropped on a loaded machine must not read as "no answer". voxgate absorbs
+        // the copies and repeats its response (the outcome is the same).
+        let deadline = Instant::now() + wait;
+        let mut responses = Vec::new();
+        while Instant::now() < deadline && !responses.iter().any(Response::is_final) {
+            socket.send_to(&bytes, target).map_err(|e| e.to_string())?;
+            responses.extend(sip::collect(&socket, Duration::from_millis(500), true));
+        }
         // Keep reading past a first final response to catch a contradictory second one.
-        let mut responses = sip::collect(&socket, wait, true);
         responses.extend(sip::collect(&socket, Duration::from_millis(300), false));
         return Ok(responses);
     }
