@@ -40,6 +40,13 @@ pub fn index_of(payload: &[u8]) -> Option<usize> {
     (index < DIGITS * DIGITS && payload == payload_for(index)).then_some(index)
 }
 
+/// Writes the payloads of `packets` packets back to back: raw PCMU for SIPp's `rtp_stream`,
+/// which cuts it into 160-byte frames, so each frame is exactly [`payload_for`]`(i)`.
+pub fn write_pcmu_raw(path: &Path, packets: usize) {
+    let audio: Vec<u8> = (0..packets).flat_map(payload_for).collect();
+    std::fs::write(path, audio).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
 /// Writes `packets` RTP packets (PT 0, SSRC 0x5eed0001, seq from 1000, timestamp step 160,
 /// marker on the first, 20 ms apart) as Ethernet/IPv4/UDP frames 127.0.0.1:10000 →
 /// 127.0.0.1:20000. SIPp rewrites addresses and ports when it plays the file.
