@@ -50,8 +50,13 @@ metric() { # name [label-filter] -> sum of matching samples
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-echo "load.sh: building release voxgate"
-cargo build --release --bin voxgate
+# VOXGATE_BIN: run this binary instead of building target/release/voxgate (A/B comparisons).
+voxgate_bin=${VOXGATE_BIN:-}
+if [[ -z $voxgate_bin ]]; then
+    echo "load.sh: building release voxgate"
+    cargo build --release --bin voxgate
+    voxgate_bin=target/release/voxgate
+fi
 MEDIA=${MEDIA:-stream}
 if [[ $MEDIA == pcap && $(id -u) -ne 0 ]]; then
     echo "load.sh: MEDIA=pcap needs root (SIPp raw sockets); using MEDIA=stream"
@@ -107,7 +112,7 @@ kind = "echo"
 agent = "echo"
 TOML
 
-RUST_LOG=${RUST_LOG:-warn} target/release/voxgate serve --config "$work/voxgate.toml" >"$work/voxgate.log" 2>&1 &
+RUST_LOG=${RUST_LOG:-warn} "$voxgate_bin" serve --config "$work/voxgate.toml" >"$work/voxgate.log" 2>&1 &
 vg=$!
 pids+=("$vg")
 for _ in $(seq 150); do

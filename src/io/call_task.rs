@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -149,6 +150,8 @@ struct MediaTask {
     packets_out: u64,
     rtcp_session: RtcpSession,
     rtcp_timer: RtcpTimer,
+    /// Ptime ticks since the task started (metric samples every [`SAMPLE_EVERY`]).
+    ticks: u64,
     /// Packets sent when the last report went out (SR only if we sent since).
     sent_at_last_report: u64,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
@@ -165,6 +168,7 @@ impl MediaTask {
             rtcp_session: RtcpSession::new(ssrc, &cname),
             rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
+            ticks: 0,
             call: setup.call,
             rtp,
             rtcp,
@@ -200,46 +204,42 @@ impl MediaTask {
         core_tx: mpsc::Sender<CoreInput>,
     ) {
         let mut ptime = Duration::from_millis(20);
-        let mut ticker = tokio::time::interval(ptime);
-        // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        let mut sample = tokio::time::interval(Duration::from_secs(1));
-        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut buffer = vec![0u8; 2_048];
-        let mut rtcp_buffer = vec![0u8; 1_500];
+        let mut ticker = ptime_ticker(ptime);
+        let mut buffer = [0u8; 2_048];
+        let mut rtcp_buffer = [0u8; 1_500];
         loop {
+            // Branches poll the sockets in place (`poll_recv_from`): no future to build, register
+            // and drop per wake-up. RTCP reports and metric samples ride on the ptime tick.
             tokio::select! {
+                biased;
                 command = commands.recv() => match command {
                     Some(MediaCommand::Configure(params)) => {
                         if params.ptime != ptime && !params.ptime.is_zero() {
                             ptime = params.ptime;
-                            ticker = tokio::time::interval(ptime);
-                            ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                            ticker = ptime_ticker(ptime);
                         }
                         self.configure(params);
                     }
                     Some(MediaCommand::Stop) | None => break,
                 },
-                received = self.rtp.recv_from(&mut buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.handle_rtp(&buffer[..length], from);
-                    }
-                }
-                received = self.rtcp.recv_from(&mut rtcp_buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.handle_rtcp(&rtcp_buffer[..length], from);
-                    }
-                }
-                _ = rtcp_sleep(self.rtcp_timer.poll_timeout()) => self.send_rtcp(),
                 _ = ticker.tick() => {
                     // A late tick (burst catch-up) must not find the buffer empty while packets
-                    // wait in the socket: read them first.
+                    // wait in the socket: read them first (no system call when none is waiting).
                     while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
-                        self.handle_rtp(&buffer[..length], from);
+                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
                     }
                     self.tick(ptime);
                 }
-                _ = sample.tick() => self.sample_metrics(),
+                received = poll_datagram(&self.rtp, &mut buffer) => {
+                    if let Ok((length, from)) = received {
+                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
+                    }
+                }
+                received = poll_datagram(&self.rtcp, &mut rtcp_buffer) => {
+                    if let Ok((length, from)) = received {
+                        self.handle_rtcp(rtcp_buffer.get(..length).unwrap_or_default(), from);
+                    }
+                }
             }
         }
         self.sample_metrics();
@@ -300,8 +300,7 @@ impl MediaTask {
 
     /// RFC 3550 §6.4: an SR when we sent since the last report, else an RR, to the caller's RTCP
     /// address (a=rtcp, else RTP port + 1 of where its RTP really comes from).
-    fn send_rtcp(&mut self) {
-        let now = std::time::Instant::now();
+    fn send_rtcp(&mut self, now: std::time::Instant) {
         if !self.rtcp_timer.handle_timeout(now) {
             return;
         }
@@ -354,10 +353,17 @@ impl MediaTask {
     }
 
     fn tick(&mut self, ptime: Duration) {
+        let now = std::time::Instant::now();
+        self.ticks += 1;
+        if self.ticks % ticks_per(SAMPLE_EVERY, ptime) == 0 {
+            self.sample_metrics();
+        }
+        if self.rtcp_timer.poll_timeout().is_some_and(|due| due <= now) {
+            self.send_rtcp(now);
+        }
         let Some(params) = self.params.as_ref() else {
             return;
         };
-        let now = std::time::Instant::now();
         let heard = match self.jitter.pop(now) {
             Playout::Frame(frame) | Playout::Concealed(frame) => Some(frame),
             Playout::Buffering | Playout::Empty => None,
@@ -408,11 +414,34 @@ impl MediaTask {
     }
 }
 
-async fn rtcp_sleep(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// How often each call samples its jitter-buffer figures into the histograms.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whole ptime ticks in `period` (at least 1).
+fn ticks_per(period: Duration, ptime: Duration) -> u64 {
+    (period.as_micros() / ptime.as_micros().max(1)).max(1) as u64
+}
+
+fn ptime_ticker(ptime: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(ptime);
+    // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    ticker
+}
+
+/// One datagram from `socket` into `buffer`: the socket's own poll, so waiting registers the
+/// task in the socket's reader slot instead of a per-call list of waiters.
+async fn poll_datagram(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(buffer);
+        socket
+            .poll_recv_from(cx, &mut read)
+            .map_ok(|from| (read.filled().len(), from))
+    })
+    .await
 }
 
 fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> JitterConfig {
