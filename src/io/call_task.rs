@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
@@ -108,10 +109,11 @@ impl PortPool {
     }
 }
 
-/// Binds the call's ports and starts its media task.
+/// Binds the call's ports and starts its media task on `runtime` (a media thread's).
 pub fn spawn(
     setup: MediaSetup,
     pool: &mut PortPool,
+    runtime: &Handle,
     metrics: Metrics,
     core_tx: mpsc::Sender<CoreInput>,
 ) -> std::io::Result<MediaHandle> {
@@ -119,12 +121,14 @@ pub fn spawn(
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
     let local_rtp = rtp.local_addr()?;
+    // The sockets belong to the reactor of the runtime that will poll them.
+    let _runtime = runtime.enter();
     let rtp = UdpSocket::from_std(rtp)?;
     let rtcp = UdpSocket::from_std(rtcp)?;
     let (commands, commands_rx) = mpsc::channel(32);
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
     let task = MediaTask::new(setup, rtp, rtcp, metrics);
-    tokio::spawn(task.run(commands_rx, core_tx).instrument(span));
+    runtime.spawn(task.run(commands_rx, core_tx).instrument(span));
     Ok(MediaHandle {
         local_rtp,
         commands,
@@ -150,6 +154,8 @@ struct MediaTask {
     packets_out: u64,
     rtcp_session: RtcpSession,
     rtcp_timer: RtcpTimer,
+    /// The outbound packet, rebuilt in place every tick.
+    send_buffer: Vec<u8>,
     /// Ptime ticks since the task started (metric samples every [`SAMPLE_EVERY`]).
     ticks: u64,
     /// Packets sent when the last report went out (SR only if we sent since).
@@ -169,6 +175,7 @@ impl MediaTask {
             rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
             ticks: 0,
+            send_buffer: Vec::with_capacity(1_500),
             call: setup.call,
             rtp,
             rtcp,
@@ -371,7 +378,7 @@ impl MediaTask {
         match self.agent.kind {
             AgentKind::Echo => {
                 if let Some(frame) = self.echo.handle_frame(heard) {
-                    self.playout.push(&frame);
+                    self.playout.push_frame(frame);
                 }
             }
         }
@@ -380,10 +387,9 @@ impl MediaTask {
             return;
         };
         let samples = (ptime.as_micros() * 8 / 1_000) as u32;
-        let packet = self
-            .outbound
-            .packetize(&frame.payload, frame.marker, samples);
-        match self.rtp.try_send_to(&packet, remote) {
+        self.outbound
+            .packetize_into(&frame.payload, frame.marker, samples, &mut self.send_buffer);
+        match self.rtp.try_send_to(&self.send_buffer, remote) {
             Ok(_) => {
                 self.packets_out += 1;
                 self.rtp_out.inc();
@@ -422,8 +428,17 @@ fn ticks_per(period: Duration, ptime: Duration) -> u64 {
     (period.as_micros() / ptime.as_micros().max(1)).max(1) as u64
 }
 
+/// A ticker every `ptime` on a grid shared by every call of the process: calls with the same
+/// ptime tick in the same timer slot, so one wake-up of a media thread serves all their ticks
+/// instead of one wake-up each.
 fn ptime_ticker(ptime: Duration) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval(ptime);
+    static GRID: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let now = tokio::time::Instant::now();
+    let grid = *GRID.get_or_init(|| now);
+    let step = ptime.as_nanos().max(1);
+    let steps = (now - grid).as_nanos().div_ceil(step);
+    let start = grid + Duration::from_nanos((steps * step).min(u128::from(u64::MAX)) as u64);
+    let mut ticker = tokio::time::interval_at(start, ptime);
     // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     ticker

@@ -4,10 +4,12 @@
 //! [`Switchboard`](crate::call::switchboard::Switchboard) from one task (the "core"): every
 //! input (a SIP message, a media task's report, a timer, SIGTERM) goes in, every output (a
 //! message to send, a media command) comes out, and the loop sleeps until `poll_timeout`.
-//! Each call's media runs in its own task ([`call_task`]).
+//! Each call's media runs in its own task ([`call_task`]) on one of the per-core media threads
+//! ([`media_runtime`]).
 #![allow(clippy::disallowed_methods)]
 
 pub mod call_task;
+pub mod media_runtime;
 pub mod metrics_http;
 pub mod sip_transport;
 
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::sip::endpoint::{ConnectionId, Flow};
 
 use call_task::{MediaHandle, PortPool};
+use media_runtime::MediaRuntimes;
 use sip_transport::Transports;
 
 /// What reaches the core task.
@@ -91,8 +94,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for address in transports.local_addresses() {
         tracing::info!(%address, "listening for SIP on UDP and TCP");
     }
+    let threads = std::env::var("VOXGATE_MEDIA_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let media_runtimes = MediaRuntimes::start(threads).context("starting the media threads")?;
     let core = Core {
         switchboard: Switchboard::new(&settings),
+        media_runtimes,
         transports,
         metrics,
         media: HashMap::new(),
@@ -111,6 +120,7 @@ struct Core {
     transports: Transports,
     metrics: Metrics,
     media: HashMap<CallKey, MediaHandle>,
+    media_runtimes: MediaRuntimes,
     ports: PortPool,
     core_tx: mpsc::Sender<CoreInput>,
     settings: Settings,
@@ -231,6 +241,7 @@ impl Core {
                                 ),
                             },
                             &mut self.ports,
+                            self.media_runtimes.pick(),
                             self.metrics.clone(),
                             self.core_tx.clone(),
                         );
