@@ -13,6 +13,7 @@ use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
@@ -47,7 +48,8 @@ pub struct MediaSetup {
     pub rtcp_interval: Duration,
 }
 
-/// The core's handle on a running media task.
+/// The core's handle on a running media task. Commands take effect at the task's next ptime
+/// tick (within 10–60 ms).
 pub struct MediaHandle {
     /// The bound RTP address (RTCP is the next port).
     pub local_rtp: SocketAddr,
@@ -154,6 +156,8 @@ struct MediaTask {
     packets_out: u64,
     rtcp_session: RtcpSession,
     rtcp_timer: RtcpTimer,
+    /// The negotiated packetisation time (20 ms until configured).
+    ptime: Duration,
     /// The outbound packet, rebuilt in place every tick.
     send_buffer: Vec<u8>,
     /// Ptime ticks since the task started (metric samples every [`SAMPLE_EVERY`]).
@@ -175,6 +179,7 @@ impl MediaTask {
             rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
             ticks: 0,
+            ptime,
             send_buffer: Vec::with_capacity(1_500),
             call: setup.call,
             rtp,
@@ -210,34 +215,37 @@ impl MediaTask {
         mut commands: mpsc::Receiver<MediaCommand>,
         core_tx: mpsc::Sender<CoreInput>,
     ) {
-        let mut ptime = Duration::from_millis(20);
+        let mut ptime = self.ptime;
         let mut ticker = ptime_ticker(ptime);
         let mut buffer = [0u8; 2_048];
         let mut rtcp_buffer = [0u8; 1_500];
-        loop {
+        'media: loop {
             // Branches poll the sockets in place (`poll_recv_from`): no future to build, register
-            // and drop per wake-up. RTCP reports and metric samples ride on the ptime tick.
+            // and drop per wake-up. Commands (signalling rate), RTCP reports and metric samples
+            // ride on the ptime tick, so a packet's wake-up touches only what it needs.
             tokio::select! {
                 biased;
-                command = commands.recv() => match command {
-                    Some(MediaCommand::Configure(params)) => {
-                        if params.ptime != ptime && !params.ptime.is_zero() {
-                            ptime = params.ptime;
-                            ticker = ptime_ticker(ptime);
-                        }
-                        self.configure(params);
-                    }
-                    Some(MediaCommand::Stop) | None => break,
-                },
                 _ = ticker.tick() => {
+                    if !self.take_commands(&mut commands) {
+                        break 'media;
+                    }
+                    if self.ptime != ptime {
+                        ptime = self.ptime;
+                        ticker = ptime_ticker(ptime);
+                    }
                     // A late tick (burst catch-up) must not find the buffer empty while packets
                     // wait in the socket: read them first (no system call when none is waiting).
                     while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
                         self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
                     }
-                    self.tick(ptime);
+                    self.tick();
                 }
                 received = poll_datagram(&self.rtp, &mut buffer) => {
+                    // The caller may start sending as soon as it has our answer, before the
+                    // next tick applies the Configure that came with it: take it now.
+                    if self.params.is_none() && !self.take_commands(&mut commands) {
+                        break 'media;
+                    }
                     if let Ok((length, from)) = received {
                         self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
                     }
@@ -256,6 +264,17 @@ impl MediaTask {
             "media stopped"
         );
         let _ = core_tx;
+    }
+
+    /// Applies the queued commands; false when the task must stop (Stop, or the core is gone).
+    fn take_commands(&mut self, commands: &mut mpsc::Receiver<MediaCommand>) -> bool {
+        loop {
+            match commands.try_recv() {
+                Ok(MediaCommand::Configure(params)) => self.configure(params),
+                Ok(MediaCommand::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
     }
 
     fn configure(&mut self, params: MediaParams) {
@@ -285,6 +304,9 @@ impl MediaTask {
             .is_none_or(|old| old.remote_rtp != params.remote_rtp);
         if signalled_changed {
             self.latch = SymmetricLatch::new(params.remote_rtp, &accepted);
+        }
+        if !params.ptime.is_zero() {
+            self.ptime = params.ptime;
         }
         tracing::debug!(?params, "media configured");
         self.params = Some(params);
@@ -359,7 +381,8 @@ impl MediaTask {
         self.jitter.push(std::time::Instant::now(), packet);
     }
 
-    fn tick(&mut self, ptime: Duration) {
+    fn tick(&mut self) {
+        let ptime = self.ptime;
         let now = std::time::Instant::now();
         self.ticks += 1;
         if self.ticks % ticks_per(SAMPLE_EVERY, ptime) == 0 {
