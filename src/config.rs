@@ -110,7 +110,8 @@ pub struct RtpSettings {
     /// An answered call that expects media and receives no RTP for this long is hung up
     /// (Asterisk `rtptimeout`, rtpengine `timeout`); 0: never.
     pub timeout_secs: u32,
-    /// The same while the caller holds the call (voxgate not expected to receive); 0: never.
+    /// The same while the call is on hold (the caller's SDP says `sendonly` or `inactive`, or it
+    /// only listens); 0: never.
     pub hold_timeout_secs: u32,
     /// Threads running the calls' media (each takes a share of the calls).
     pub media_threads: usize,

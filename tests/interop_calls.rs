@@ -1,6 +1,7 @@
 //! Calls from SIPp (the PBX) to the real voxgate binary over loopback: echo audio, hang-up from
 //! either side, CANCEL, admission, codec refusal, INVITE retransmission, hold/resume, late offer,
-//! IPv6. Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
+//! IPv6, the RTP inactivity timeout (and that holding exempts from it). Scenario files:
+//! `tests/sipp/*.xml`; harness: `tests/common/`.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
@@ -403,6 +404,75 @@ fn ipv6_loopback_options_and_call() {
     outcome.assert_success();
     assert_eq!(
         gateway.wait_metric(CALLS_ACTIVE, &[], SETTLE, |v| v == 0.0),
+        0.0
+    );
+}
+
+/// RTP timeout: an answered call whose caller never sends RTP gets a BYE from voxgate after
+/// `rtp.timeout_secs`, and counts as a failed call.
+#[test]
+fn silent_call_is_hung_up_after_the_rtp_timeout() {
+    let gateway = Gateway::start_with(GatewayConfig {
+        rtp_extra: "timeout_secs = 2".into(),
+        ..GatewayConfig::default()
+    });
+    let outcome = Sipp::new("uac_silent.xml", gateway.sip_addr()).run();
+    outcome.assert_success();
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE "));
+    assert!(bye.is_some(), "no BYE from voxgate\n{}", outcome.report());
+    let failed = [("result", "failed")];
+    assert_eq!(
+        gateway.wait_metric(CALLS_TOTAL, &failed, SETTLE, |v| v >= 1.0),
+        1.0,
+        "the timed-out call counts as failed"
+    );
+    let metrics = gateway.metrics();
+    assert_eq!(
+        metrics.sum(CALLS_TOTAL),
+        1.0,
+        "and only that:\n{}",
+        metrics.text
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("no RTP from the caller for 2 s"),
+        "reason not logged:\n{log}"
+    );
+}
+
+/// RTP timeout while held: a caller that holds the call (a=sendonly) and sends nothing for
+/// longer than `rtp.timeout_secs` is not hung up (`rtp.hold_timeout_secs` is 0); it hangs up
+/// itself and the call counts as completed.
+#[test]
+fn held_call_is_not_hung_up_for_silence() {
+    let gateway = Gateway::start_with(GatewayConfig {
+        rtp_extra: "timeout_secs = 1".into(),
+        ..GatewayConfig::default()
+    });
+    let outcome = Sipp::new("uac_hold_silent.xml", gateway.sip_addr()).run();
+    outcome.assert_success();
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE "));
+    assert!(
+        bye.is_none(),
+        "voxgate hung up a held call\n{}",
+        outcome.report()
+    );
+    let completed = [("result", "completed")];
+    assert_eq!(
+        gateway.wait_metric(CALLS_TOTAL, &completed, SETTLE, |v| v >= 1.0),
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metrics()
+            .get(CALLS_TOTAL, &[("result", "failed")])
+            .unwrap_or(0.0),
         0.0
     );
 }

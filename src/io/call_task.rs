@@ -21,12 +21,13 @@ use super::CoreInput;
 use crate::call::agent::EchoAgent;
 use crate::call::{CallKey, MediaCommand, MediaParams};
 use crate::config::{AgentKind, AgentSettings};
+use crate::media::inactivity::InactivityTimer;
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::PlayoutQueue;
 use crate::media::rtcp::{NtpTime, ReceptionFigures, RtcpSession, RtcpTimer, SenderFigures};
 use crate::media::rtp::{parse_rtp, OutboundStream, SymmetricLatch};
 use crate::media::{Ssrc, G711};
-use crate::metrics::Metrics;
+use crate::metrics::{CallResult, Metrics};
 
 /// What the core knows when it starts a call's media.
 pub struct MediaSetup {
@@ -46,6 +47,10 @@ pub struct MediaSetup {
     pub jitter_max: Duration,
     /// RTCP report interval.
     pub rtcp_interval: Duration,
+    /// Hang up after this long without RTP from the caller (zero: never).
+    pub rtp_timeout: Duration,
+    /// The same while the caller holds the call (zero: never).
+    pub rtp_hold_timeout: Duration,
 }
 
 /// The core's handle on a running media task. Commands take effect at the task's next ptime
@@ -129,8 +134,8 @@ pub fn spawn(
     let rtcp = UdpSocket::from_std(rtcp)?;
     let (commands, commands_rx) = mpsc::channel(32);
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
-    let task = MediaTask::new(setup, rtp, rtcp, metrics);
-    runtime.spawn(task.run(commands_rx, core_tx).instrument(span));
+    let task = MediaTask::new(setup, rtp, rtcp, metrics, core_tx);
+    runtime.spawn(task.run(commands_rx).instrument(span));
     Ok(MediaHandle {
         local_rtp,
         commands,
@@ -164,13 +169,25 @@ struct MediaTask {
     ticks: u64,
     /// Packets sent when the last report went out (SR only if we sent since).
     sent_at_last_report: u64,
+    /// Hangs the call up when the caller stops sending.
+    inactivity: InactivityTimer,
+    /// Where to report that this call's media ended on its own.
+    core_tx: mpsc::Sender<CoreInput>,
+    /// A report the core's queue had no room for yet (retried every tick).
+    unsent_end: Option<String>,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
     rtp_in: prometheus::IntCounter,
     rtp_out: prometheus::IntCounter,
 }
 
 impl MediaTask {
-    fn new(setup: MediaSetup, rtp: UdpSocket, rtcp: UdpSocket, metrics: Metrics) -> MediaTask {
+    fn new(
+        setup: MediaSetup,
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+        metrics: Metrics,
+        core_tx: mpsc::Sender<CoreInput>,
+    ) -> MediaTask {
         let ptime = Duration::from_millis(20);
         let ssrc = Ssrc(rand::random());
         let cname = format!("voxgate-{}", setup.call.0);
@@ -178,6 +195,9 @@ impl MediaTask {
             rtcp_session: RtcpSession::new(ssrc, &cname),
             rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
+            inactivity: InactivityTimer::new(setup.rtp_timeout, setup.rtp_hold_timeout),
+            core_tx,
+            unsent_end: None,
             ticks: 0,
             ptime,
             send_buffer: Vec::with_capacity(1_500),
@@ -210,11 +230,7 @@ impl MediaTask {
         }
     }
 
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<MediaCommand>,
-        core_tx: mpsc::Sender<CoreInput>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
         let mut ptime = self.ptime;
         let mut ticker = ptime_ticker(ptime);
         let mut buffer = [0u8; 2_048];
@@ -263,7 +279,6 @@ impl MediaTask {
             packets_out = self.packets_out,
             "media stopped"
         );
-        let _ = core_tx;
     }
 
     /// Applies the queued commands; false when the task must stop (Stop, or the core is gone).
@@ -308,6 +323,8 @@ impl MediaTask {
         if !params.ptime.is_zero() {
             self.ptime = params.ptime;
         }
+        self.inactivity
+            .handle_configured(std::time::Instant::now(), params.is_on_hold());
         tracing::debug!(?params, "media configured");
         self.params = Some(params);
     }
@@ -373,12 +390,14 @@ impl MediaTask {
         if !self.latch.handle_packet(from, &packet) {
             return;
         }
+        let now = std::time::Instant::now();
         self.packets_in += 1;
         self.rtp_in.inc();
+        self.inactivity.handle_packet(now);
         if Some(packet.payload_type) == params.telephone_event || !params.receive {
             return;
         }
-        self.jitter.push(std::time::Instant::now(), packet);
+        self.jitter.push(now, packet);
     }
 
     fn tick(&mut self) {
@@ -390,6 +409,16 @@ impl MediaTask {
         }
         if self.rtcp_timer.poll_timeout().is_some_and(|due| due <= now) {
             self.send_rtcp(now);
+        }
+        if self.inactivity.poll_timeout().is_some_and(|due| due <= now) {
+            if let Some(silence) = self.inactivity.handle_timeout(now) {
+                let why = silence.reason();
+                tracing::warn!(reason = %why, "RTP timeout; hanging up");
+                self.unsent_end = Some(why);
+            }
+        }
+        if let Some(why) = self.unsent_end.take() {
+            self.report_ended(why);
         }
         let Some(params) = self.params.as_ref() else {
             return;
@@ -418,6 +447,22 @@ impl MediaTask {
                 self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
+        }
+    }
+
+    /// Tells the core this call's media has ended (it sends the BYE and then `Stop`).
+    fn report_ended(&mut self, why: String) {
+        let input = CoreInput::MediaEnded {
+            call: self.call,
+            why,
+            result: CallResult::Failed,
+        };
+        match self.core_tx.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(CoreInput::MediaEnded { why, .. })) => {
+                self.unsent_end = Some(why);
+            }
+            Err(error) => tracing::debug!(%error, "core gone; media end not reported"),
         }
     }
 

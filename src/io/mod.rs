@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::switchboard::Switchboard;
 use crate::call::{CallKey, MediaCommand, Output};
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::metrics::{CallResult, Metrics};
 use crate::sip::endpoint::{ConnectionId, Flow};
 
 use call_task::{MediaHandle, PortPool};
@@ -56,12 +56,15 @@ pub enum CoreInput {
         /// Its number.
         id: ConnectionId,
     },
-    /// A call's media task stopped on its own.
+    /// A call's media task ended the call on its own (no RTP for too long, later an agent
+    /// hanging up): the core hangs up with a BYE.
     MediaEnded {
         /// The call.
         call: CallKey,
         /// Why, in an admin's words.
         why: String,
+        /// How the call counts in `voxgate_calls_total` (a timeout is `Failed`).
+        result: CallResult,
     },
 }
 
@@ -194,8 +197,8 @@ impl Core {
                 self.transports.connection_opened(id, peer, writer)
             }
             CoreInput::ConnectionClosed { id } => self.transports.connection_closed(id),
-            CoreInput::MediaEnded { call, why } => {
-                self.switchboard.handle_media_ended(now, call, &why)
+            CoreInput::MediaEnded { call, why, result } => {
+                self.switchboard.handle_media_ended(now, call, &why, result)
             }
         }
     }
@@ -238,6 +241,12 @@ impl Core {
                                 ),
                                 rtcp_interval: Duration::from_secs(
                                     self.settings.rtp.rtcp_interval_secs.into(),
+                                ),
+                                rtp_timeout: Duration::from_secs(
+                                    self.settings.rtp.timeout_secs.into(),
+                                ),
+                                rtp_hold_timeout: Duration::from_secs(
+                                    self.settings.rtp.hold_timeout_secs.into(),
                                 ),
                             },
                             &mut self.ports,

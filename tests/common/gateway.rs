@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub ipv6: bool,
     /// RTP ports to reserve (two per call: RTP + RTCP).
     pub rtp_ports: u16,
+    /// Extra lines inside `[rtp]` (e.g. `timeout_secs = 2`).
+    pub rtp_extra: String,
     /// Extra TOML appended at the end (new tables only).
     pub extra: String,
 }
@@ -45,6 +47,7 @@ impl Default for GatewayConfig {
             agent_extra: String::new(),
             ipv6: false,
             rtp_ports: 40,
+            rtp_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -65,7 +68,7 @@ impl GatewayConfig {
         let allow: Vec<String> = self.allow_from.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
             "[sip]\nlisten = {listen}\n{t1}\n\
-             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n\n\
+             [rtp]\nport_min = {}\nport_max = {}\njitter_min_ms = 40\njitter_max_ms = 200\n{}\n\n\
              [calls]\nmax_concurrent = {}\ndrain_timeout_secs = {}\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n\n\
@@ -73,6 +76,7 @@ impl GatewayConfig {
              [[routes]]\nagent = \"echo\"\n\n{}\n",
             rtp.base,
             rtp.base + rtp.len - 1,
+            self.rtp_extra,
             // voxgate refuses a max_concurrent above the RTP port pairs the range holds.
             self.max_concurrent.min(usize::from(rtp.len / 2)),
             self.drain_timeout_secs,
