@@ -47,6 +47,9 @@ metric() { # name [label-filter] -> sum of matching samples
         $0 ~ "^" name "({| )" && (filter == "" || index($0, filter)) { sum += $NF } END { printf "%g\n", sum + 0 }' <&3
     exec 3<&-
 }
+mean_ms() { # histogram name -> mean of its samples in ms
+    awk -v s="$(metric "$1_sum")" -v c="$(metric "$1_count")" 'BEGIN { if (c > 0) printf "%.2f", 1000 * s / c; else print "n/a" }'
+}
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
@@ -177,6 +180,8 @@ cat <<TABLE
 | INVITE→200 median / avg / p95 (n=$n) | ${p50:-n/a} ms / ${avg} ms / ${p95:-n/a} ms |
 | RTP packets in / out | $(metric voxgate_rtp_packets_total 'direction="in"') / $(metric voxgate_rtp_packets_total 'direction="out"') |
 | RTP packets lost (voxgate) | $(metric voxgate_rtp_packets_lost_total) |
+| interarrival jitter, mean of per-call samples | $(mean_ms voxgate_rtp_interarrival_jitter_seconds) ms |
+| jitter-buffer delay, mean of per-call samples | $(mean_ms voxgate_jitter_buffer_delay_seconds) ms |
 | echo at the caller's port | $echo_row |
 | calls total | $(metric voxgate_calls_total) |
 TABLE
