@@ -1,10 +1,15 @@
 //! A call's media task: its RTP/RTCP sockets, the jitter buffer, the agent and the paced sender.
 //!
-//! Started by the core when a call is admitted (ports first, so the SDP can name them), then
-//! configured by [`MediaCommand`]s as offer/answer completes or changes (hold, resume). One
-//! tick per ptime from a monotonic clock: pop the jitter buffer, give the frame to the agent,
-//! send the next playout frame (silence when there is nothing to say, to keep NAT pinholes
-//! and the far jitter buffer steady).
+//! Started by the core when a call is admitted (ports first, so the SDP can name them) on one of
+//! the media threads ([`super::media_runtime`]), then configured by [`MediaCommand`]s as
+//! offer/answer completes or changes (hold, resume); commands are taken at the next tick.
+//!
+//! The task wakes for each RTP packet (its arrival time, taken then, is what the jitter buffer
+//! measures jitter from) and once per ptime tick, on a grid shared by every call so one wake-up
+//! of the thread serves all their ticks. A tick pops the jitter buffer, gives the frame to the
+//! agent, sends the next playout frame (silence when there is nothing to say, to keep NAT
+//! pinholes and the far jitter buffer steady), and checks RTCP, metric samples and the RTP
+//! inactivity timeout (reported to the core as [`CoreInput::MediaEnded`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
