@@ -41,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 metric() { # name [label-filter] -> sum of matching samples
-    exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
+    exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" || return 1
     printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3
     awk -v name="$1" -v filter="${2:-}" '
         $0 ~ "^" name "({| )" && (filter == "" || index($0, filter)) { sum += $NF } END { printf "%g\n", sum + 0 }' <&3
