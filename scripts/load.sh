@@ -100,6 +100,8 @@ listen = "127.0.0.1:$SIP_PORT"
 [rtp]
 port_min = $RTP_MIN
 port_max = $RTP_MAX
+# MEDIA=none sends no RTP: keep the RTP inactivity timeout from ending long calls.
+timeout_secs = $([[ $MEDIA == none ]] && echo 0 || echo 60)
 [calls]
 max_concurrent = $((CALLS + 10))
 drain_timeout_secs = 2
