@@ -1,6 +1,6 @@
-//! (10) 50 concurrent calls through the real voxgate binary, over UDP and over TCP (one
-//! connection per call), each playing 2 s of PCMU that must come back echoed (root) — or
-//! signalling only when not root.
+//! (10) 50 concurrent calls through the real voxgate binary, over UDP (one media thread) and
+//! over TCP (one connection per call, two media threads), each playing 2 s of PCMU that must come
+//! back echoed (root) — or signalling only when not root.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
@@ -22,8 +22,11 @@ fn concurrent_calls(transport: Transport) {
     let _serial = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The TCP run also spreads the calls over two media threads (`rtp.media_threads`).
+    let media_threads = if transport == Transport::Udp { 1 } else { 2 };
     let gateway = Gateway::start_with(GatewayConfig {
         rtp_ports: 2 * CALLS as u16 + 40,
+        rtp_extra: format!("media_threads = {media_threads}"),
         ..GatewayConfig::default()
     });
     let audio = common::sipp::is_root();

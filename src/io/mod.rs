@@ -97,11 +97,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for address in transports.local_addresses() {
         tracing::info!(%address, "listening for SIP on UDP and TCP");
     }
-    let threads = std::env::var("VOXGATE_MEDIA_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let media_runtimes = MediaRuntimes::start(threads).context("starting the media threads")?;
+    let media_runtimes =
+        MediaRuntimes::start(settings.rtp.media_threads).context("starting the media threads")?;
     let core = Core {
         switchboard: Switchboard::new(&settings),
         media_runtimes,
