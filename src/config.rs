@@ -128,6 +128,14 @@ pub struct RtpSettings {
     pub ptime_ms: u32,
     /// Seconds between RTCP reports (RFC 3550 §6.2 suggests 5).
     pub rtcp_interval_secs: u32,
+    /// An answered call that expects media and receives no RTP for this long is hung up
+    /// (Asterisk `rtptimeout`, rtpengine `timeout`); 0: never.
+    pub timeout_secs: u32,
+    /// The same while the call is on hold (the caller's SDP says `sendonly` or `inactive`, or it
+    /// only listens); 0: never.
+    pub hold_timeout_secs: u32,
+    /// Threads running the calls' media (each takes a share of the calls).
+    pub media_threads: usize,
 }
 
 /// `[calls]`
@@ -373,6 +381,12 @@ pub const PTIME_CHOICES_MS: [u32; 5] = [10, 20, 30, 40, 60];
 
 /// Largest jitter-buffer target, milliseconds: beyond this a conversation breaks down anyway.
 pub const JITTER_MAX_LIMIT_MS: u32 = 1_000;
+
+/// Largest `rtp.timeout_secs` / `rtp.hold_timeout_secs`: a day; more is a unit mistake.
+pub const MEDIA_TIMEOUT_LIMIT_SECS: u32 = 86_400;
+
+/// Most media threads `rtp.media_threads` may ask for.
+pub const MEDIA_THREADS_LIMIT: usize = 64;
 
 /// RFC 4028 §4: a Min-SE below 90 seconds is not allowed.
 pub const MIN_SE_FLOOR_SECS: u32 = 90;
@@ -812,6 +826,29 @@ impl RtpSettings {
                 "must be greater than 0 (RFC 3550 §6.2 suggests 5)",
             ));
         }
+        for (key, secs) in [
+            ("rtp.timeout_secs", self.timeout_secs),
+            ("rtp.hold_timeout_secs", self.hold_timeout_secs),
+        ] {
+            if secs > MEDIA_TIMEOUT_LIMIT_SECS {
+                return Err(Problem::new(
+                    key,
+                    format!(
+                        "{secs} is above {MEDIA_TIMEOUT_LIMIT_SECS} (one day; seconds, not \
+                         milliseconds; 0 disables)"
+                    ),
+                ));
+            }
+        }
+        if !(1..=MEDIA_THREADS_LIMIT).contains(&self.media_threads) {
+            return Err(Problem::new(
+                "rtp.media_threads",
+                format!(
+                    "{} is not between 1 and {MEDIA_THREADS_LIMIT}",
+                    self.media_threads
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -1110,6 +1147,9 @@ impl Default for RtpSettings {
             jitter_max_ms: 200,
             ptime_ms: 20,
             rtcp_interval_secs: 5,
+            timeout_secs: 60,
+            hold_timeout_secs: 0,
+            media_threads: 1,
         }
     }
 }
@@ -1227,6 +1267,9 @@ mod tests {
             jitter_max_ms = 300
             ptime_ms = 30
             rtcp_interval_secs = 10
+            timeout_secs = 30
+            hold_timeout_secs = 3600
+            media_threads = 2
 
             [calls]
             max_concurrent = 100
@@ -1301,6 +1344,14 @@ mod tests {
             (settings.rtp.ptime_ms, settings.rtp.rtcp_interval_secs),
             (30, 10)
         );
+        assert_eq!(
+            (
+                settings.rtp.timeout_secs,
+                settings.rtp.hold_timeout_secs,
+                settings.rtp.media_threads
+            ),
+            (30, 3_600, 2)
+        );
         assert_eq!(settings.calls.max_concurrent, 100);
         assert_eq!(settings.calls.at_capacity_status, 486);
         assert_eq!(settings.calls.drain_timeout_secs, 60);
@@ -1357,6 +1408,14 @@ mod tests {
         assert_eq!(
             (settings.rtp.ptime_ms, settings.rtp.rtcp_interval_secs),
             (20, 5)
+        );
+        assert_eq!(
+            (
+                settings.rtp.timeout_secs,
+                settings.rtp.hold_timeout_secs,
+                settings.rtp.media_threads
+            ),
+            (60, 0, 1)
         );
         assert_eq!(settings.rtp.bind_address, None);
         assert_eq!(settings.calls.max_concurrent, 500);
@@ -1657,6 +1716,42 @@ mod tests {
             &[],
             "rtp.rtcp_interval_secs",
             "greater than 0",
+        );
+    }
+
+    #[test]
+    fn refuses_bad_media_timeouts_and_thread_counts() {
+        let rtp = |lines: &str| file("", &format!("[rtp]\n{lines}"));
+        assert_rejected(
+            &rtp("timeout_secs = 100000"),
+            &[],
+            "rtp.timeout_secs",
+            "above 86400",
+        );
+        assert_rejected(
+            &rtp("hold_timeout_secs = 86401"),
+            &[],
+            "rtp.hold_timeout_secs",
+            "above 86400",
+        );
+        assert_rejected(&rtp("timeout_secs = -1"), &[], "rtp.timeout_secs", "");
+        let off = load_text(&rtp("timeout_secs = 0\nhold_timeout_secs = 86400"), &[])
+            .expect("0 disables, a day is allowed");
+        assert_eq!(
+            (off.rtp.timeout_secs, off.rtp.hold_timeout_secs),
+            (0, 86_400)
+        );
+        assert_rejected(
+            &rtp("media_threads = 0"),
+            &[],
+            "rtp.media_threads",
+            "not between 1 and 64",
+        );
+        assert_rejected(
+            &rtp("media_threads = 65"),
+            &[],
+            "rtp.media_threads",
+            "not between 1 and 64",
         );
     }
 

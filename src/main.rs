@@ -128,7 +128,9 @@ fn serve(path: &Path) -> ExitCode {
             ),
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The core (SIP, metrics) needs one thread; media runs on per-core threads of its own
+    // (`voxgate::io::media_runtime`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -218,7 +218,12 @@ impl Harness {
 
     /// Reports that the media task of `call` ended on its own (e.g. no RTP).
     pub fn media_ended(&mut self, call: CallKey, why: &str) {
-        self.switchboard.handle_media_ended(self.now, call, why);
+        self.switchboard.handle_media_ended(
+            self.now,
+            call,
+            why,
+            crate::metrics::CallResult::Failed,
+        );
         self.pump();
     }
 

@@ -1,7 +1,7 @@
 //! Calls from SIPp (the PBX) to the real voxgate binary over loopback: echo audio, hang-up from
 //! either side, CANCEL, admission, codec refusal, INVITE retransmission, hold/resume, late offer,
 //! IPv6, RTCP both ways (the test as the caller's media), RFC 4028 session timers with either side
-//! refreshing. Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
+//! refreshing, the RTP inactivity timeout (and that holding exempts from it). Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
@@ -699,13 +699,22 @@ fn timer_answers(received: &[TracedMessage]) -> Vec<(String, Option<String>)> {
     answers
 }
 
+/// voxgate for calls that carry no RTP for over a minute (the session-timer scenarios are
+/// signalling only): the RTP inactivity timeout (60 s by default) is switched off.
+fn signalling_only_gateway() -> Gateway {
+    Gateway::start_with(GatewayConfig {
+        rtp_extra: "timeout_secs = 0".into(),
+        ..GatewayConfig::default()
+    })
+}
+
 /// (13) RFC 4028 with the caller (SIPp) as the refresher: Session-Expires 90;refresher=uac and
 /// Min-SE 90; it refreshes by re-INVITE at 6 s and by UPDATE at 63 s, and hangs up at 69 s.
 /// Every 200 of voxgate carries Session-Expires 90;refresher=uac, and voxgate never sends BYE:
 /// without the re-INVITE's refresh it would at 60 s, without the UPDATE's at 66 s.
 #[test]
 fn session_timer_refreshed_by_the_caller_keeps_the_call_up_past_the_interval() {
-    let gateway = Gateway::start("");
+    let gateway = signalling_only_gateway();
     let outcome = Sipp::new("uac_session_timer.xml", gateway.sip_addr())
         .deadline(SESSION_TIMER_DEADLINE)
         .run();
@@ -758,7 +767,7 @@ fn session_timer_refreshed_by_the_caller_keeps_the_call_up_past_the_interval() {
 /// with BYE before the session expires (§10: at 90 − min(32, 30) = 60 s after its 200).
 #[test]
 fn session_timer_without_refresh_ends_with_bye_before_expiry() {
-    let gateway = Gateway::start("");
+    let gateway = signalling_only_gateway();
     let before = gateway
         .metrics()
         .get(CALLS_TOTAL, &[("result", "failed")])
@@ -815,7 +824,7 @@ fn voxgate_refresh(outcome: &common::sipp::SippOutcome, method: &str) -> (f64, T
 /// answers 200, then hangs up.
 #[test]
 fn session_timer_with_voxgate_refreshing_sends_update_at_half_the_interval() {
-    let gateway = Gateway::start("");
+    let gateway = signalling_only_gateway();
     let outcome = Sipp::new("uac_session_timer_uas.xml", gateway.sip_addr())
         .deadline(SESSION_TIMER_DEADLINE)
         .run();
@@ -837,7 +846,7 @@ fn session_timer_with_voxgate_refreshing_sends_update_at_half_the_interval() {
 /// carrying its unchanged offer; SIPp answers 200 with SDP and voxgate ACKs it.
 #[test]
 fn session_timer_with_voxgate_refreshing_sends_reinvite_without_update_support() {
-    let gateway = Gateway::start("");
+    let gateway = signalling_only_gateway();
     let outcome = Sipp::new("uac_session_timer_uas_reinvite.xml", gateway.sip_addr())
         .deadline(SESSION_TIMER_DEADLINE)
         .run();
@@ -867,5 +876,73 @@ fn session_timer_with_voxgate_refreshing_sends_reinvite_without_update_support()
         first_starting(&received, "BYE ").is_none(),
         "{}",
         outcome.report()
+    );
+}
+/// RTP timeout: an answered call whose caller never sends RTP gets a BYE from voxgate after
+/// `rtp.timeout_secs`, and counts as a failed call.
+#[test]
+fn silent_call_is_hung_up_after_the_rtp_timeout() {
+    let gateway = Gateway::start_with(GatewayConfig {
+        rtp_extra: "timeout_secs = 2".into(),
+        ..GatewayConfig::default()
+    });
+    let outcome = Sipp::new("uac_silent.xml", gateway.sip_addr()).run();
+    outcome.assert_success();
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE "));
+    assert!(bye.is_some(), "no BYE from voxgate\n{}", outcome.report());
+    let failed = [("result", "failed")];
+    assert_eq!(
+        gateway.wait_metric(CALLS_TOTAL, &failed, SETTLE, |v| v >= 1.0),
+        1.0,
+        "the timed-out call counts as failed"
+    );
+    let metrics = gateway.metrics();
+    assert_eq!(
+        metrics.sum(CALLS_TOTAL),
+        1.0,
+        "and only that:\n{}",
+        metrics.text
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("no RTP from the caller for 2 s"),
+        "reason not logged:\n{log}"
+    );
+}
+
+/// RTP timeout while held: a caller that holds the call (a=sendonly) and sends nothing for
+/// longer than `rtp.timeout_secs` is not hung up (`rtp.hold_timeout_secs` is 0); it hangs up
+/// itself and the call counts as completed.
+#[test]
+fn held_call_is_not_hung_up_for_silence() {
+    let gateway = Gateway::start_with(GatewayConfig {
+        rtp_extra: "timeout_secs = 1".into(),
+        ..GatewayConfig::default()
+    });
+    let outcome = Sipp::new("uac_hold_silent.xml", gateway.sip_addr()).run();
+    outcome.assert_success();
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE "));
+    assert!(
+        bye.is_none(),
+        "voxgate hung up a held call\n{}",
+        outcome.report()
+    );
+    let completed = [("result", "completed")];
+    assert_eq!(
+        gateway.wait_metric(CALLS_TOTAL, &completed, SETTLE, |v| v >= 1.0),
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metrics()
+            .get(CALLS_TOTAL, &[("result", "failed")])
+            .unwrap_or(0.0),
+        0.0
     );
 }

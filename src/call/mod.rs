@@ -96,6 +96,12 @@ pub struct MediaParams {
 }
 
 impl MediaParams {
+    /// Whether the media is not two-way: the caller holds the call (`sendonly` / `inactive`,
+    /// RFC 6337 §5.3) or only listens. RTP need not come then (the hold timeout applies).
+    pub fn is_on_hold(&self) -> bool {
+        !(self.send && self.receive)
+    }
+
     fn from_negotiated(negotiated: &Negotiated) -> MediaParams {
         MediaParams {
             remote_rtp: negotiated.remote_rtp,
@@ -1055,9 +1061,10 @@ impl Call {
         self.session_timer = None;
     }
 
-    /// The media task or agent ended the call (e.g. RTP timeout).
-    pub fn handle_media_ended(&mut self, ctx: &mut Ctx<'_>, why: &str) {
-        self.hang_up(ctx, why, CallResult::Completed);
+    /// The media task or agent ended the call: `Failed` for a fault such as the RTP timeout,
+    /// `Completed` for an agent that hangs up when the conversation is over.
+    pub fn handle_media_ended(&mut self, ctx: &mut Ctx<'_>, why: &str, result: CallResult) {
+        self.hang_up(ctx, why, result);
     }
 
     /// Fires the ring and session timers.

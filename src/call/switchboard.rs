@@ -171,9 +171,18 @@ impl Switchboard {
         self.dispatch_events(now);
     }
 
-    /// The media task of `call` ended on its own (e.g. no RTP for too long).
-    pub fn handle_media_ended(&mut self, now: Instant, call: CallKey, why: &str) {
-        self.with_call(now, call, |call, ctx| call.handle_media_ended(ctx, why));
+    /// The media task of `call` ended it on its own (e.g. no RTP for too long): BYE, counted as
+    /// `result`.
+    pub fn handle_media_ended(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        why: &str,
+        result: CallResult,
+    ) {
+        self.with_call(now, call, |call, ctx| {
+            call.handle_media_ended(ctx, why, result)
+        });
         self.dispatch_events(now);
     }
 

@@ -311,7 +311,7 @@ fn hang_up_from_voxgate_sends_an_in_dialog_bye_and_forgets_the_call_when_answere
     assert_eq!(bye.call_id(), caller.call_id);
     let outputs = h.take_outputs();
     assert!(stopped(&outputs));
-    assert_eq!(ended(&outputs), [CallResult::Completed]);
+    assert_eq!(ended(&outputs), [CallResult::Failed]);
     assert_eq!(
         h.switchboard.active_calls(),
         1,

@@ -1,30 +1,39 @@
 //! A call's media task: its RTP/RTCP sockets, the jitter buffer, the agent and the paced sender.
 //!
-//! Started by the core when a call is admitted (ports first, so the SDP can name them), then
-//! configured by [`MediaCommand`]s as offer/answer completes or changes (hold, resume). One
-//! tick per ptime from a monotonic clock: pop the jitter buffer, give the frame to the agent,
-//! send the next playout frame (silence when there is nothing to say, to keep NAT pinholes
-//! and the far jitter buffer steady).
+//! Started by the core when a call is admitted (ports first, so the SDP can name them) on one of
+//! the media threads ([`super::media_runtime`]), then configured by [`MediaCommand`]s as
+//! offer/answer completes or changes (hold, resume); commands are taken at the next tick.
+//!
+//! The task wakes for each RTP packet (its arrival time, taken then, is what the jitter buffer
+//! measures jitter from) and once per ptime tick, on a grid shared by every call so one wake-up
+//! of the thread serves all their ticks. A tick pops the jitter buffer, gives the frame to the
+//! agent, sends the next playout frame (silence when there is nothing to say, to keep NAT
+//! pinholes and the far jitter buffer steady), and checks RTCP, metric samples and the RTP
+//! inactivity timeout (reported to the core as [`CoreInput::MediaEnded`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
-use super::speech_leg::{CallInfo, SpeechLeg};
+use super::speech_leg::{CallInfo, LegEvent, SpeechLeg};
 use super::CoreInput;
 use crate::call::agent::EchoAgent;
 use crate::call::{CallKey, MediaCommand, MediaParams};
 use crate::config::{AgentKind, AgentSettings, RealtimeSettings};
+use crate::media::inactivity::InactivityTimer;
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::PlayoutQueue;
 use crate::media::rtcp::{NtpTime, ReceptionFigures, RtcpSession, RtcpTimer, SenderFigures};
 use crate::media::rtp::{parse_rtp, OutboundStream, SymmetricLatch};
 use crate::media::{Ssrc, G711};
-use crate::metrics::Metrics;
+use crate::metrics::{CallResult, Metrics};
 
 /// What the core knows when it starts a call's media.
 pub struct MediaSetup {
@@ -44,6 +53,10 @@ pub struct MediaSetup {
     pub jitter_max: Duration,
     /// RTCP report interval.
     pub rtcp_interval: Duration,
+    /// Hang up after this long without RTP from the caller (zero: never).
+    pub rtp_timeout: Duration,
+    /// The same while the caller holds the call (zero: never).
+    pub rtp_hold_timeout: Duration,
     /// The INVITE's From header.
     pub from: String,
     /// The INVITE's To header.
@@ -52,7 +65,8 @@ pub struct MediaSetup {
     pub realtime: RealtimeSettings,
 }
 
-/// The core's handle on a running media task.
+/// The core's handle on a running media task. Commands take effect at the task's next ptime
+/// tick (within 10–60 ms).
 pub struct MediaHandle {
     /// The bound RTP address (RTCP is the next port).
     pub local_rtp: SocketAddr,
@@ -114,10 +128,11 @@ impl PortPool {
     }
 }
 
-/// Binds the call's ports and starts its media task.
+/// Binds the call's ports and starts its media task on `runtime` (a media thread's).
 pub fn spawn(
     setup: MediaSetup,
     pool: &mut PortPool,
+    runtime: &Handle,
     metrics: Metrics,
     core_tx: mpsc::Sender<CoreInput>,
 ) -> std::io::Result<MediaHandle> {
@@ -125,6 +140,8 @@ pub fn spawn(
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
     let local_rtp = rtp.local_addr()?;
+    // The sockets belong to the reactor of the runtime that will poll them.
+    let _runtime = runtime.enter();
     let rtp = UdpSocket::from_std(rtp)?;
     let rtcp = UdpSocket::from_std(rtcp)?;
     let (commands, commands_rx) = mpsc::channel(32);
@@ -144,9 +161,9 @@ pub fn spawn(
             core_tx.clone(),
         )
     });
-    let mut task = MediaTask::new(setup, rtp, rtcp, metrics);
+    let mut task = MediaTask::new(setup, rtp, rtcp, metrics, core_tx);
     task.speech = speech;
-    tokio::spawn(task.run(commands_rx, core_tx).instrument(span));
+    runtime.spawn(task.run(commands_rx).instrument(span));
     Ok(MediaHandle {
         local_rtp,
         commands,
@@ -167,22 +184,40 @@ struct MediaTask {
     outbound: OutboundStream,
     latch: SymmetricLatch,
     echo: EchoAgent,
-    /// The speech agent's leg (kind = "openai").
+    /// The speech agent's leg (kind = "openai"): its WebSocket is polled by this same task.
     speech: Option<SpeechLeg>,
     reported_lost: u64,
     packets_in: u64,
     packets_out: u64,
     rtcp_session: RtcpSession,
     rtcp_timer: RtcpTimer,
+    /// The negotiated packetisation time (20 ms until configured).
+    ptime: Duration,
+    /// The outbound packet, rebuilt in place every tick.
+    send_buffer: Vec<u8>,
+    /// Ptime ticks since the task started (metric samples every [`SAMPLE_EVERY`]).
+    ticks: u64,
     /// Packets sent when the last report went out (SR only if we sent since).
     sent_at_last_report: u64,
+    /// Hangs the call up when the caller stops sending.
+    inactivity: InactivityTimer,
+    /// Where to report that this call's media ended on its own.
+    core_tx: mpsc::Sender<CoreInput>,
+    /// A report the core's queue had no room for yet (retried every tick).
+    unsent_end: Option<String>,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
     rtp_in: prometheus::IntCounter,
     rtp_out: prometheus::IntCounter,
 }
 
 impl MediaTask {
-    fn new(setup: MediaSetup, rtp: UdpSocket, rtcp: UdpSocket, metrics: Metrics) -> MediaTask {
+    fn new(
+        setup: MediaSetup,
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+        metrics: Metrics,
+        core_tx: mpsc::Sender<CoreInput>,
+    ) -> MediaTask {
         let ptime = Duration::from_millis(20);
         let ssrc = Ssrc(rand::random());
         let cname = format!("voxgate-{}", setup.call.0);
@@ -190,6 +225,12 @@ impl MediaTask {
             rtcp_session: RtcpSession::new(ssrc, &cname),
             rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
+            inactivity: InactivityTimer::new(setup.rtp_timeout, setup.rtp_hold_timeout),
+            core_tx,
+            unsent_end: None,
+            ticks: 0,
+            ptime,
+            send_buffer: Vec::with_capacity(1_500),
             call: setup.call,
             rtp,
             rtcp,
@@ -220,61 +261,52 @@ impl MediaTask {
         }
     }
 
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<MediaCommand>,
-        core_tx: mpsc::Sender<CoreInput>,
-    ) {
-        let mut ptime = Duration::from_millis(20);
-        let mut ticker = tokio::time::interval(ptime);
-        // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        let mut sample = tokio::time::interval(Duration::from_secs(1));
-        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut buffer = vec![0u8; 2_048];
-        let mut rtcp_buffer = vec![0u8; 1_500];
-        loop {
+    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
+        let mut ptime = self.ptime;
+        let mut ticker = ptime_ticker(ptime);
+        let mut buffer = [0u8; 2_048];
+        let mut rtcp_buffer = [0u8; 1_500];
+        'media: loop {
+            // Branches poll the sockets in place (`poll_recv_from`): no future to build, register
+            // and drop per wake-up. Commands (signalling rate), RTCP reports and metric samples
+            // ride on the ptime tick, so a packet's wake-up touches only what it needs.
             tokio::select! {
-                command = commands.recv() => match command {
-                    Some(MediaCommand::Configure(params)) => {
-                        if params.ptime != ptime && !params.ptime.is_zero() {
-                            ptime = params.ptime;
-                            ticker = tokio::time::interval(ptime);
-                            ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-                        }
-                        let media = (params.codec, params.ptime);
-                        self.configure(params);
-                        if let Some(leg) = self.speech.as_mut() {
-                            leg.set_media(media.0, media.1).await;
-                        }
+                biased;
+                _ = ticker.tick() => {
+                    if !self.take_commands(&mut commands) {
+                        break 'media;
                     }
-                    Some(MediaCommand::Stop) | None => break,
-                },
+                    if self.ptime != ptime {
+                        ptime = self.ptime;
+                        ticker = ptime_ticker(ptime);
+                    }
+                    // A late tick (burst catch-up) must not find the buffer empty while packets
+                    // wait in the socket: read them first (no system call when none is waiting).
+                    while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
+                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
+                    }
+                    self.tick().await;
+                }
+                received = poll_datagram(&self.rtp, &mut buffer) => {
+                    // The caller may start sending as soon as it has our answer, before the
+                    // next tick applies the Configure that came with it: take it now.
+                    if self.params.is_none() && !self.take_commands(&mut commands) {
+                        break 'media;
+                    }
+                    if let Ok((length, from)) = received {
+                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
+                    }
+                }
+                received = poll_datagram(&self.rtcp, &mut rtcp_buffer) => {
+                    if let Ok((length, from)) = received {
+                        self.handle_rtcp(rtcp_buffer.get(..length).unwrap_or_default(), from);
+                    }
+                }
                 event = next_speech_event(&mut self.speech) => {
                     if let Some(leg) = self.speech.as_mut() {
                         leg.handle(event).await;
                     }
                 }
-                received = self.rtp.recv_from(&mut buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.handle_rtp(&buffer[..length], from);
-                    }
-                }
-                received = self.rtcp.recv_from(&mut rtcp_buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.handle_rtcp(&rtcp_buffer[..length], from);
-                    }
-                }
-                _ = rtcp_sleep(self.rtcp_timer.poll_timeout()) => self.send_rtcp(),
-                _ = ticker.tick() => {
-                    // A late tick (burst catch-up) must not find the buffer empty while packets
-                    // wait in the socket: read them first.
-                    while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
-                        self.handle_rtp(&buffer[..length], from);
-                    }
-                    self.tick(ptime).await;
-                }
-                _ = sample.tick() => self.sample_metrics(),
             }
         }
         if let Some(leg) = self.speech.as_mut() {
@@ -286,7 +318,17 @@ impl MediaTask {
             packets_out = self.packets_out,
             "media stopped"
         );
-        let _ = core_tx;
+    }
+
+    /// Applies the queued commands; false when the task must stop (Stop, or the core is gone).
+    fn take_commands(&mut self, commands: &mut mpsc::Receiver<MediaCommand>) -> bool {
+        loop {
+            match commands.try_recv() {
+                Ok(MediaCommand::Configure(params)) => self.configure(params),
+                Ok(MediaCommand::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
     }
 
     fn configure(&mut self, params: MediaParams) {
@@ -317,6 +359,16 @@ impl MediaTask {
         if signalled_changed {
             self.latch = SymmetricLatch::new(params.remote_rtp, &accepted);
         }
+        if !params.ptime.is_zero() {
+            self.ptime = params.ptime;
+        }
+        if let Some(leg) = self.speech.as_mut() {
+            // The session's audio format and frame size follow the call's; the greeting starts
+            // (its frames are written at this tick).
+            leg.set_media(params.codec, self.ptime);
+        }
+        self.inactivity
+            .handle_configured(std::time::Instant::now(), params.is_on_hold());
         tracing::debug!(?params, "media configured");
         self.params = Some(params);
     }
@@ -338,8 +390,7 @@ impl MediaTask {
 
     /// RFC 3550 §6.4: an SR when we sent since the last report, else an RR, to the caller's RTCP
     /// address (a=rtcp, else RTP port + 1 of where its RTP really comes from).
-    fn send_rtcp(&mut self) {
-        let now = std::time::Instant::now();
+    fn send_rtcp(&mut self, now: std::time::Instant) {
         if !self.rtcp_timer.handle_timeout(now) {
             return;
         }
@@ -383,19 +434,39 @@ impl MediaTask {
         if !self.latch.handle_packet(from, &packet) {
             return;
         }
+        let now = std::time::Instant::now();
         self.packets_in += 1;
         self.rtp_in.inc();
+        self.inactivity.handle_packet(now);
         if Some(packet.payload_type) == params.telephone_event || !params.receive {
             return;
         }
-        self.jitter.push(std::time::Instant::now(), packet);
+        self.jitter.push(now, packet);
     }
 
-    async fn tick(&mut self, ptime: Duration) {
+    async fn tick(&mut self) {
+        let ptime = self.ptime;
+        let now = std::time::Instant::now();
+        self.ticks += 1;
+        if self.ticks % ticks_per(SAMPLE_EVERY, ptime) == 0 {
+            self.sample_metrics();
+        }
+        if self.rtcp_timer.poll_timeout().is_some_and(|due| due <= now) {
+            self.send_rtcp(now);
+        }
+        if self.inactivity.poll_timeout().is_some_and(|due| due <= now) {
+            if let Some(silence) = self.inactivity.handle_timeout(now) {
+                let why = silence.reason();
+                tracing::warn!(reason = %why, "RTP timeout; hanging up");
+                self.unsent_end = Some(why);
+            }
+        }
+        if let Some(why) = self.unsent_end.take() {
+            self.report_ended(why);
+        }
         let Some(params) = self.params.as_ref() else {
             return;
         };
-        let now = std::time::Instant::now();
         let heard = match self.jitter.pop(now) {
             Playout::Frame(frame) | Playout::Concealed(frame) => Some(frame),
             Playout::Buffering | Playout::Empty => None,
@@ -405,7 +476,7 @@ impl MediaTask {
             (AgentKind::Openai, Some(leg)) => leg.tick(now, heard.as_deref()).await,
             _ => {
                 if let Some(frame) = self.echo.handle_frame(heard) {
-                    self.playout.push(&frame);
+                    self.playout.push_frame(frame);
                 }
                 self.playout.pop()
             }
@@ -414,15 +485,30 @@ impl MediaTask {
             return;
         };
         let samples = (ptime.as_micros() * 8 / 1_000) as u32;
-        let packet = self
-            .outbound
-            .packetize(&frame.payload, frame.marker, samples);
-        match self.rtp.try_send_to(&packet, remote) {
+        self.outbound
+            .packetize_into(&frame.payload, frame.marker, samples, &mut self.send_buffer);
+        match self.rtp.try_send_to(&self.send_buffer, remote) {
             Ok(_) => {
                 self.packets_out += 1;
                 self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
+        }
+    }
+
+    /// Tells the core this call's media has ended (it sends the BYE and then `Stop`).
+    fn report_ended(&mut self, why: String) {
+        let input = CoreInput::MediaEnded {
+            call: self.call,
+            why,
+            result: CallResult::Failed,
+        };
+        match self.core_tx.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(CoreInput::MediaEnded { why, .. })) => {
+                self.unsent_end = Some(why);
+            }
+            Err(error) => tracing::debug!(%error, "core gone; media end not reported"),
         }
     }
 
@@ -449,18 +535,50 @@ impl MediaTask {
 }
 
 /// The next event of the call's speech leg; never ready for echo calls.
-async fn next_speech_event(leg: &mut Option<SpeechLeg>) -> super::speech_leg::LegEvent {
+async fn next_speech_event(leg: &mut Option<SpeechLeg>) -> LegEvent {
     match leg.as_mut() {
         Some(leg) => leg.next_event().await,
         None => std::future::pending().await,
     }
 }
 
-async fn rtcp_sleep(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// How often each call samples its jitter-buffer figures into the histograms.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whole ptime ticks in `period` (at least 1).
+fn ticks_per(period: Duration, ptime: Duration) -> u64 {
+    (period.as_micros() / ptime.as_micros().max(1)).max(1) as u64
+}
+
+/// A ticker every `ptime` on a grid shared by every call of the process: calls with the same
+/// ptime tick in the same timer slot, so one wake-up of a media thread serves all their ticks
+/// instead of one wake-up each.
+fn ptime_ticker(ptime: Duration) -> tokio::time::Interval {
+    static GRID: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let now = tokio::time::Instant::now();
+    let grid = *GRID.get_or_init(|| now);
+    let step = ptime.as_nanos().max(1);
+    let steps = (now - grid).as_nanos().div_ceil(step);
+    let start = grid + Duration::from_nanos((steps * step).min(u128::from(u64::MAX)) as u64);
+    let mut ticker = tokio::time::interval_at(start, ptime);
+    // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    ticker
+}
+
+/// One datagram from `socket` into `buffer`: the socket's own poll, so waiting registers the
+/// task in the socket's reader slot instead of a per-call list of waiters.
+async fn poll_datagram(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(buffer);
+        socket
+            .poll_recv_from(cx, &mut read)
+            .map_ok(|from| (read.filled().len(), from))
+    })
+    .await
 }
 
 fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> JitterConfig {

@@ -4,10 +4,12 @@
 //! [`Switchboard`](crate::call::switchboard::Switchboard) from one task (the "core"): every
 //! input (a SIP message, a media task's report, a timer, SIGTERM) goes in, every output (a
 //! message to send, a media command) comes out, and the loop sleeps until `poll_timeout`.
-//! Each call's media runs in its own task ([`call_task`]).
+//! Each call's media runs in its own task ([`call_task`]) on one of the per-core media threads
+//! ([`media_runtime`]).
 #![allow(clippy::disallowed_methods)]
 
 pub mod call_task;
+pub mod media_runtime;
 pub mod metrics_http;
 pub mod realtime_ws;
 pub mod sip_transport;
@@ -28,11 +30,12 @@ use crate::call::registrations::NextHop;
 use crate::call::switchboard::Switchboard;
 use crate::call::{CallKey, MediaCommand, Output};
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::metrics::{CallResult, Metrics};
 use crate::sip::endpoint::{ConnectionId, Flow};
 use crate::sip::registration::AttemptResult;
 
 use call_task::{MediaHandle, PortPool};
+use media_runtime::MediaRuntimes;
 use sip_transport::Transports;
 
 /// What reaches the core task.
@@ -87,12 +90,15 @@ pub enum CoreInput {
         /// The trunk's transport.
         transport: crate::sip::message::Transport,
     },
-    /// A call's media task stopped on its own.
+    /// A call's media task ended the call on its own (no RTP for too long, later an agent
+    /// hanging up): the core hangs up with a BYE.
     MediaEnded {
         /// The call.
         call: CallKey,
         /// Why, in an admin's words.
         why: String,
+        /// How the call counts in `voxgate_calls_total` (a timeout is `Failed`).
+        result: CallResult,
     },
 }
 
@@ -149,10 +155,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
+    let media_runtimes =
+        MediaRuntimes::start(settings.rtp.media_threads).context("starting the media threads")?;
     let core = Core {
         registration_counts: Vec::new(),
         last_inbound_auth: InboundAuthStats::default(),
         switchboard,
+        media_runtimes,
         transports,
         metrics,
         media: HashMap::new(),
@@ -171,6 +180,7 @@ struct Core {
     transports: Transports,
     metrics: Metrics,
     media: HashMap<CallKey, MediaHandle>,
+    media_runtimes: MediaRuntimes,
     ports: PortPool,
     core_tx: mpsc::Sender<CoreInput>,
     settings: Settings,
@@ -272,8 +282,8 @@ impl Core {
                     "cannot register: voxgate listens on no address of the registrar's family"
                 ),
             },
-            CoreInput::MediaEnded { call, why } => {
-                self.switchboard.handle_media_ended(now, call, &why)
+            CoreInput::MediaEnded { call, why, result } => {
+                self.switchboard.handle_media_ended(now, call, &why, result)
             }
             CoreInput::AgentReady { call } => self.switchboard.handle_agent_ready(now, call),
             CoreInput::AgentFailed { call, why } => {
@@ -329,8 +339,15 @@ impl Core {
                                 rtcp_interval: Duration::from_secs(
                                     self.settings.rtp.rtcp_interval_secs.into(),
                                 ),
+                                rtp_timeout: Duration::from_secs(
+                                    self.settings.rtp.timeout_secs.into(),
+                                ),
+                                rtp_hold_timeout: Duration::from_secs(
+                                    self.settings.rtp.hold_timeout_secs.into(),
+                                ),
                             },
                             &mut self.ports,
+                            self.media_runtimes.pick(),
                             self.metrics.clone(),
                             self.core_tx.clone(),
                         );

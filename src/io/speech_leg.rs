@@ -227,10 +227,10 @@ impl SpeechLeg {
         self.process(now).await;
     }
 
-    /// The negotiated codec and packetisation time (starts the greeting).
-    pub async fn set_media(&mut self, codec: G711, ptime: Duration) {
+    /// The negotiated codec and packetisation time (starts the greeting; what it sends goes
+    /// out at the next tick).
+    pub fn set_media(&mut self, codec: G711, ptime: Duration) {
         self.bridge.set_media(codec, ptime);
-        self.process(Instant::now()).await;
     }
 
     /// One ptime tick with the caller's frame; returns the frame to send.

@@ -1,6 +1,8 @@
-//! Media as sans-IO pieces: SDP offer/answer, RTP, the jitter buffer, playout, RTCP and G.711.
+//! Media as sans-IO pieces: SDP offer/answer, RTP, the jitter buffer, playout, RTCP, G.711 and
+//! the RTP inactivity timeout.
 
 pub mod g711;
+pub mod inactivity;
 pub mod jitter;
 pub mod playout;
 pub mod rtcp;

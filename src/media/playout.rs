@@ -112,6 +112,17 @@ impl PlayoutQueue {
         self.partial.extend_from_slice(chunks.remainder());
     }
 
+    /// Appends one encoded frame: like [`push`](Self::push), but a frame of exactly one ptime
+    /// with nothing partial pending is queued as it is, without copying (the echo path).
+    pub fn push_frame(&mut self, frame: Bytes) {
+        if self.partial.is_empty() && frame.len() == self.samples_per_frame {
+            self.partial_tag = 0;
+            self.enqueue(frame, self.samples_per_frame, 0);
+        } else {
+            self.push(&frame);
+        }
+    }
+
     /// Ends the current utterance: a trailing partial frame is padded with silence and queued.
     pub fn finish_utterance(&mut self) {
         if self.partial.is_empty() {
@@ -217,6 +228,32 @@ mod tests {
         // 80 bytes remain partial: not sent until more audio or finish_utterance.
         assert!(q.pop().is_silence);
         assert_eq!(q.queued(), ms(10));
+    }
+
+    #[test]
+    fn push_frame_queues_whole_frames_as_they_are_and_keeps_order_with_partials() {
+        let mut q = queue();
+        let frame = Bytes::from(vec![0x21; 160]);
+        q.push_frame(frame.clone());
+        let popped = q.pop();
+        assert_eq!(popped.payload, frame);
+        assert_eq!(
+            popped.payload.as_ptr(),
+            frame.as_ptr(),
+            "a whole frame is not copied"
+        );
+        q.push(&[0x31; 100]);
+        q.push_frame(Bytes::from(vec![0x32; 160]));
+        let mut expected = vec![0x31; 100];
+        expected.extend_from_slice(&[0x32; 60]);
+        assert_eq!(
+            &q.pop().payload[..],
+            &expected[..],
+            "joins the pending partial"
+        );
+        // 100 bytes of the second frame are left partial; a short frame joins them.
+        q.push_frame(Bytes::from(vec![0x33; 10]));
+        assert_eq!(q.queued(), Duration::from_micros(110 * 125));
     }
 
     #[test]

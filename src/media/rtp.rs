@@ -19,10 +19,9 @@
 
 use std::net::SocketAddr;
 
-use ::rtp::header::Header;
 use ::rtp::packet::Packet;
 use bytes::Bytes;
-use webrtc_util::marshal::{Marshal, Unmarshal};
+use webrtc_util::marshal::Unmarshal;
 
 use crate::media::{MediaPacket, RtpTimestamp, SeqNo, Ssrc};
 
@@ -237,30 +236,35 @@ impl OutboundStream {
     /// The marker is also set on the first packet and on the first after [`skip`](Self::skip):
     /// both start a talkspurt (RFC 3551 §4.1).
     pub fn packetize(&mut self, payload: &[u8], marker: bool, samples: u32) -> Bytes {
-        let packet = Packet {
-            header: Header {
-                version: 2,
-                marker: marker || self.talkspurt_start,
-                payload_type: self.payload_type,
-                sequence_number: self.seq,
-                timestamp: self.timestamp,
-                ssrc: self.ssrc.0,
-                ..Header::default()
-            },
-            payload: Bytes::copy_from_slice(payload),
-        };
-        // Invariant: no CSRC, extension or padding, and `marshal` sizes its buffer from
-        // `marshal_size`, so the only error paths of `marshal_to` cannot be reached.
-        let bytes = packet
-            .marshal()
-            .expect("a plain RTP header always serialises");
+        let mut packet = Vec::with_capacity(FIXED_HEADER_LEN + payload.len());
+        self.packetize_into(payload, marker, samples, &mut packet);
+        Bytes::from(packet)
+    }
+
+    /// [`packetize`](Self::packetize) into `packet` (cleared first), so the sender can reuse one
+    /// buffer for every packet of a call instead of allocating per packet.
+    pub fn packetize_into(
+        &mut self,
+        payload: &[u8],
+        marker: bool,
+        samples: u32,
+        packet: &mut Vec<u8>,
+    ) {
+        let marker = marker || self.talkspurt_start;
+        packet.clear();
+        // RFC 3550 §5.1: V=2, no padding, no extension, no CSRC; M and PT; seq; timestamp; SSRC.
+        packet.push(0x80);
+        packet.push(u8::from(marker) << 7 | (self.payload_type & 0x7f));
+        packet.extend_from_slice(&self.seq.to_be_bytes());
+        packet.extend_from_slice(&self.timestamp.to_be_bytes());
+        packet.extend_from_slice(&self.ssrc.0.to_be_bytes());
+        packet.extend_from_slice(payload);
         self.stats.packets += 1;
         self.stats.octets += payload.len() as u64;
         self.stats.last_rtp_timestamp = RtpTimestamp(self.timestamp);
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(samples);
         self.talkspurt_start = false;
-        bytes
     }
 
     /// Advance the media clock by `samples` without sending (silence, a paused agent).
@@ -510,6 +514,13 @@ mod tests {
         assert_eq!(
             &bytes[..],
             &[0x80, 0x88, 0x01, 0x02, 0x0a, 0x0b, 0x0c, 0x0d, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]
+        );
+        let mut reused = vec![0xaa; 40];
+        stream.packetize_into(&[4], false, 160, &mut reused);
+        assert_eq!(
+            reused,
+            [0x80, 0x08, 0x01, 0x03, 0x0a, 0x0b, 0x0c, 0xad, 0xde, 0xad, 0xbe, 0xef, 4],
+            "next packet, no marker, buffer cleared first"
         );
     }
 

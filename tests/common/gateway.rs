@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub ipv6: bool,
     /// RTP ports to reserve (two per call: RTP + RTCP).
     pub rtp_ports: u16,
+    /// Extra lines inside `[rtp]` (e.g. `timeout_secs = 2`).
+    pub rtp_extra: String,
     /// Extra TOML appended at the end (new tables only).
     pub extra: String,
     /// The agent the catch-all route sends calls to (`echo` unless a test adds another agent
@@ -43,8 +45,6 @@ pub struct GatewayConfig {
     pub env: Vec<(String, String)>,
     /// Extra `key = value` lines inside `[sip]` (e.g. `session_expires_secs = 90`).
     pub sip_extra: String,
-    /// Extra `key = value` lines inside `[rtp]` (e.g. `rtcp_interval_secs = 1`).
-    pub rtp_extra: String,
 }
 
 impl Default for GatewayConfig {
@@ -58,11 +58,11 @@ impl Default for GatewayConfig {
             agent_extra: String::new(),
             ipv6: false,
             rtp_ports: 40,
+            rtp_extra: String::new(),
             extra: String::new(),
             route_agent: "echo".into(),
             env: Vec::new(),
             sip_extra: String::new(),
-            rtp_extra: String::new(),
         }
     }
 }
