@@ -99,9 +99,10 @@ impl TrunkSettings {
             return Some(ClientCredentials::new(username.clone(), password));
         }
         // A register-mode trunk answers with its registration credentials.
-        let username = self.auth_username.as_ref().or(self.username.as_ref())?;
+        let username = self.username.as_ref()?;
         let password = self.password.clone()?;
         let mut credentials = ClientCredentials::new(username.clone(), password);
+        credentials.auth_username = self.auth_username.clone();
         credentials.realm = self.realm.clone();
         Some(credentials)
     }
@@ -587,5 +588,57 @@ password_env = "PBX1_PW"
             trunk("")
         );
         assert!(load(&own_realm, &[("A", "x")]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod credentials_tests {
+    use super::super::Settings;
+
+    fn settings(trunks: &str, env: &[(&str, &str)]) -> Settings {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("voxgate.toml");
+        let text = format!(
+            "[sip]\nlisten = \"127.0.0.1:5060\"\n[[agents]]\nname = \"echo\"\nkind = \"echo\"\n\
+             [[routes]]\nagent = \"echo\"\n{trunks}"
+        );
+        std::fs::write(&path, text).expect("write");
+        let mut settings = Settings::load_from(&path, Vec::new()).expect("valid");
+        settings
+            .resolve_secrets(&path, |name| {
+                env.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            })
+            .expect("secrets");
+        settings
+    }
+
+    #[test]
+    fn a_register_trunk_answers_in_dialog_challenges_with_its_registration_credentials() {
+        let settings = settings(
+            "[[trunks]]\nname = \"pbx\"\nmode = \"register\"\nregistrar = \"sip:192.0.2.10\"\n\
+             username = \"voxgate\"\nauth_username = \"vg-auth\"\nrealm = \"asterisk\"\n\
+             password_env = \"REG_PW\"\n",
+            &[("REG_PW", "s3cret")],
+        );
+        let credentials = settings.trunks[0].credentials().expect("credentials");
+        assert_eq!(credentials.username, "voxgate");
+        assert_eq!(credentials.auth_username.as_deref(), Some("vg-auth"));
+        assert_eq!(credentials.password.expose(), "s3cret");
+        assert_eq!(credentials.realm.as_deref(), Some("asterisk"));
+    }
+
+    #[test]
+    fn outbound_credentials_win_and_a_plain_static_trunk_has_none() {
+        let settings = settings(
+            "[[trunks]]\nname = \"a\"\nallow_from = [\"192.0.2.0/24\"]\n\
+             outbound_username = \"out\"\noutbound_password_env = \"OUT_PW\"\n\
+             [[trunks]]\nname = \"b\"\nallow_from = [\"198.51.100.0/24\"]\n",
+            &[("OUT_PW", "pw")],
+        );
+        let a = settings.trunks[0].credentials().expect("credentials");
+        assert_eq!(a.username, "out");
+        assert!(settings.trunks[1].credentials().is_none());
     }
 }
