@@ -739,6 +739,10 @@ fn run(spec: Run) -> Outcome {
     let ramp = (calls / rate.max(1)) as u64 + 2;
     let probe_secs = if calls > 0 { secs + ramp } else { secs };
     let packets = (probe_secs * 50) as usize;
+    assert!(
+        packets < 9_216,
+        "{probe_secs} s of numbered caller audio is more than the pcap pattern holds (184 s)"
+    );
     let mut placed: Vec<Probe> = (0..probes)
         .map(|i| Probe::call(gateway.sip_addr(), 0x5eed_1000 + i as u32))
         .collect();
