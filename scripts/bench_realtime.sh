@@ -47,5 +47,5 @@ fi
 if [[ -z $ONLY || $ONLY == criterion ]]; then
     echo
     echo "## criterion (benches/realtime.rs)"
-    cargo bench -q --bench realtime 2>&1 | grep -E 'time:' || true
+    cargo bench -q --bench realtime -- --output-format bencher 2>&1 | grep -E '^test ' || true
 fi
