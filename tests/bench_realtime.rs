@@ -162,14 +162,19 @@ struct Run {
 
 /// What a run measured.
 struct Outcome {
+    /// Still running, for the barge-in figures.
     standin: RealtimeStandIn,
     gateway: Gateway,
+    /// Per probe, in session order.
     probes: Vec<ProbeFigures>,
+    /// Per probe: INVITE→180 and INVITE→200.
     probe_setup: Vec<(Option<Duration>, Duration)>,
+    /// Per probe: every RTP packet it received.
     received: Vec<Vec<RtpPacket>>,
-    window: (Instant, Instant),
 }
 
+/// Starts the stand-in and voxgate, places the probes, runs SIPp, measures the steady window,
+/// hangs up and prints the run's table (CPU, memory, signalling, appends, RTP counters).
 fn run(spec: Run) -> Outcome {
     let Run {
         calls,
@@ -456,7 +461,6 @@ fn run(spec: Run) -> Outcome {
         probes: figures,
         probe_setup,
         received,
-        window: (w0, w1),
     }
 }
 
@@ -502,7 +506,9 @@ fn sipp_signalling(outcome: &common::sipp::SippOutcome) {
     );
 }
 
-fn print_probe_figures(outcome: &Outcome, setup: &[(Option<Duration>, Duration)]) {
+/// The probes' latency table (the method is in the crate docs).
+fn print_probe_figures(outcome: &Outcome) {
+    let setup = &outcome.probe_setup;
     let all = |pick: fn(&ProbeFigures) -> &Vec<f64>| {
         Summary::new(
             outcome
@@ -589,7 +595,7 @@ fn realtime_latency() {
         rate: 1,
         behaviour: talk_behaviour(secs as usize + 30, 1_000, 25),
     });
-    print_probe_figures(&outcome, &outcome.probe_setup);
+    print_probe_figures(&outcome);
 }
 
 /// N concurrent SIPp calls (`VOXGATE_BENCH_CALLS`, default 100) of `VOXGATE_BENCH_SECS` (default
@@ -611,7 +617,7 @@ fn realtime_load() {
         rate,
         behaviour: talk_behaviour(secs as usize + 60, 2_000, 50),
     });
-    print_probe_figures(&outcome, &outcome.probe_setup);
+    print_probe_figures(&outcome);
 }
 
 /// Barge-in → last frame of the interrupted reply on the caller's socket, over many barge-ins.
@@ -703,5 +709,4 @@ fn realtime_barge_in() {
         "| truncates accepted / voxgate_barge_ins_total | {truncates} / {} |",
         outcome.gateway.metrics().sum("voxgate_barge_ins_total")
     );
-    let _ = outcome.window;
 }
