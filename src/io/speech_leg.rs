@@ -6,8 +6,12 @@ use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,12 +60,16 @@ pub struct SpeechLeg {
     bridge: Bridge<RealtimeSession>,
     connecting: Option<Connecting>,
     socket: Option<Box<RealtimeSocket>>,
+    /// Whether polling `socket` may find something (see [`ReadSignal`]).
+    readable: Arc<ReadSignal>,
     started: Instant,
     deadline: Instant,
     ready: bool,
     finished: bool,
     tools_tx: mpsc::Sender<(String, String)>,
     tools_rx: mpsc::Receiver<(String, String)>,
+    /// HTTP tools running (`tools_rx` is only polled while one is).
+    tools_running: usize,
     transcript: Option<std::fs::File>,
     metrics: Metrics,
     core_tx: mpsc::Sender<CoreInput>,
@@ -110,12 +118,14 @@ impl SpeechLeg {
             bridge,
             connecting,
             socket: None,
+            readable: Arc::new(ReadSignal::default()),
             started,
             deadline: started + Duration::from_millis(realtime.connect_timeout_ms),
             ready: false,
             finished: false,
             tools_tx,
             tools_rx,
+            tools_running: 0,
             transcript,
             metrics,
             core_tx,
@@ -132,11 +142,17 @@ impl SpeechLeg {
     }
 
     /// Waits for the next thing to happen on the leg (cancel-safe).
+    ///
+    /// The media task calls this on every wake-up (each tick and each RTP packet), so it only
+    /// touches what may have something: the socket when its [`ReadSignal`] says so, the tool
+    /// results while a tool runs, the connect deadline while connecting.
     pub async fn next_event(&mut self) -> LegEvent {
         let SpeechLeg {
             connecting,
             socket,
+            readable,
             tools_rx,
+            tools_running,
             ready,
             finished,
             deadline,
@@ -153,11 +169,16 @@ impl SpeechLeg {
                 LegEvent::Connected(result)
             }
             frame = async { match socket.as_mut() {
-                Some(socket) => socket.next().await,
+                Some(socket) => std::future::poll_fn(|cx| readable.poll_next(socket, cx)).await,
                 None => std::future::pending().await,
             } } => LegEvent::Frame(frame),
-            Some((call_id, output)) = tools_rx.recv() => LegEvent::ToolDone(call_id, output),
-            _ = tokio::time::sleep_until(deadline.into()), if waiting => LegEvent::ConnectTimeout,
+            Some((call_id, output)) = tools_rx.recv(), if *tools_running > 0 => {
+                *tools_running -= 1;
+                LegEvent::ToolDone(call_id, output)
+            }
+            _ = async { tokio::time::sleep_until(deadline.into()).await }, if waiting => {
+                LegEvent::ConnectTimeout
+            }
         }
     }
 
@@ -168,6 +189,7 @@ impl SpeechLeg {
             LegEvent::Connected(Ok(socket)) => {
                 tracing::debug!("Realtime WebSocket open; waiting for session.created");
                 self.socket = Some(socket);
+                self.readable.woken.store(true, Ordering::Release);
             }
             LegEvent::Connected(Err(error)) => {
                 self.bridge.handle_closed(FailReason::Connect, error)
@@ -350,6 +372,7 @@ impl SpeechLeg {
                 }));
                 let info = self.info.clone();
                 let results = self.tools_tx.clone();
+                self.tools_running += 1;
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let (result, output) = run_http_tool(&tool, &arguments, &info).await;
@@ -426,6 +449,62 @@ impl SpeechLeg {
             tracing::warn!(%error, "cannot write the transcript; stopping transcripts for this call");
             self.transcript = None;
         }
+    }
+}
+
+/// Whether the WebSocket may have something to read.
+///
+/// tungstenite zero-fills its read buffer (8 KiB, `realtime_ws::READ_BUFFER_BYTES`) before every
+/// read attempt, and a read attempt is what polling the stream does, found data or not. The
+/// media task polls the leg on every wake-up, twice per 20 ms per call, while the service sends
+/// a few events a second. So the stream is polled with this signal as its waker: after a poll
+/// that found nothing (`Pending`: every layer, TLS included, is drained and the waker is
+/// registered), it is not polled again until that waker fires (data, EOF, an error, or a wake
+/// the stream asks for itself). After a frame it is polled again at once: more may be buffered.
+#[derive(Debug)]
+struct ReadSignal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for ReadSignal {
+    fn default() -> Self {
+        ReadSignal {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for ReadSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ReadSignal {
+    /// Polls `socket` for its next frame if it may have one, else registers `cx` and waits.
+    fn poll_next(
+        self: &Arc<Self>,
+        socket: &mut RealtimeSocket,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> {
+        // Registered before the check, so a wake between the two is never lost.
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(Arc::clone(self));
+        let polled = socket.poll_next_unpin(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            self.woken.store(true, Ordering::Release);
+        }
+        polled
     }
 }
 
