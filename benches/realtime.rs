@@ -75,6 +75,8 @@ fn config() -> BridgeConfig {
         tools: Vec::new(),
         session_limit: Duration::from_secs(3_600),
         goodbye_margin: Duration::from_secs(30),
+        greeting: None,
+        apology: None,
     }
 }
 
