@@ -4,18 +4,19 @@
 //! the media threads ([`super::media_runtime`]), then configured by [`MediaCommand`]s as
 //! offer/answer completes or changes (hold, resume); commands are taken at the next tick.
 //!
-//! The task wakes for each RTP packet (its arrival time, taken then, is what the jitter buffer
-//! measures jitter from) and once per ptime tick, on a grid shared by every call so one wake-up
-//! of the thread serves all their ticks. A tick pops the jitter buffer, gives the frame to the
-//! agent, sends the next playout frame (silence when there is nothing to say, to keep NAT
-//! pinholes and the far jitter buffer steady), and checks RTCP, metric samples and the RTP
-//! inactivity timeout (reported to the core as [`CoreInput::MediaEnded`]).
+//! The task wakes once per ptime tick, on a grid shared by every call so one wake-up of the
+//! thread serves all their ticks (and for an RTCP packet, or its speech leg's WebSocket). The
+//! RTP socket is not in the reactor: the tick drains it with non-blocking `recvmmsg`, and each
+//! packet's arrival time, which the jitter buffer measures jitter from, is the kernel's
+//! (`SO_TIMESTAMPNS`, [`super::timestamped_udp`]). A tick then pops the jitter buffer, gives
+//! the frame to the agent, sends the next playout frame (silence when there is nothing to say,
+//! to keep NAT pinholes and the far jitter buffer steady), and checks RTCP, metric samples and
+//! the RTP inactivity timeout (reported to the core as [`CoreInput::MediaEnded`]).
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -23,6 +24,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
 use super::speech_leg::{CallInfo, LegEvent, SpeechLeg};
+use super::timestamped_udp::{
+    enable_timestamps, recv_batch, Buffers, Datagram, BATCH, DATAGRAM_MAX,
+};
 use super::CoreInput;
 use crate::call::agent::EchoAgent;
 use crate::call::{CallKey, MediaCommand, MediaParams};
@@ -137,13 +141,17 @@ pub fn spawn(
     core_tx: mpsc::Sender<CoreInput>,
 ) -> std::io::Result<MediaHandle> {
     let (rtp, rtcp) = pool.bind_pair(setup.bind_ip)?;
+    // RTP is read at the tick only, never awaited: non-blocking, outside the reactor, and
+    // stamped with its arrival time by the kernel. RTCP (a packet every few seconds) is awaited.
     rtp.set_nonblocking(true)?;
+    enable_timestamps(&rtp)?;
     rtcp.set_nonblocking(true)?;
     let local_rtp = rtp.local_addr()?;
-    // The sockets belong to the reactor of the runtime that will poll them.
-    let _runtime = runtime.enter();
-    let rtp = UdpSocket::from_std(rtp)?;
-    let rtcp = UdpSocket::from_std(rtcp)?;
+    // The RTCP socket belongs to the reactor of the runtime that will poll it.
+    let rtcp = {
+        let _runtime = runtime.enter();
+        tokio::net::UdpSocket::from_std(rtcp)?
+    };
     let (commands, commands_rx) = mpsc::channel(32);
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
     let speech = (setup.agent.kind == AgentKind::Openai).then(|| {
@@ -173,7 +181,7 @@ pub fn spawn(
 struct MediaTask {
     call: CallKey,
     rtp: UdpSocket,
-    rtcp: UdpSocket,
+    rtcp: tokio::net::UdpSocket,
     agent: AgentSettings,
     jitter_min: Duration,
     jitter_max: Duration,
@@ -214,7 +222,7 @@ impl MediaTask {
     fn new(
         setup: MediaSetup,
         rtp: UdpSocket,
-        rtcp: UdpSocket,
+        rtcp: tokio::net::UdpSocket,
         metrics: Metrics,
         core_tx: mpsc::Sender<CoreInput>,
     ) -> MediaTask {
@@ -223,7 +231,7 @@ impl MediaTask {
         let cname = format!("voxgate-{}", setup.call.0);
         MediaTask {
             rtcp_session: RtcpSession::new(ssrc, &cname),
-            rtcp_timer: RtcpTimer::new(std::time::Instant::now(), setup.rtcp_interval),
+            rtcp_timer: RtcpTimer::new(Instant::now(), setup.rtcp_interval),
             sent_at_last_report: 0,
             inactivity: InactivityTimer::new(setup.rtp_timeout, setup.rtp_hold_timeout),
             core_tx,
@@ -264,15 +272,16 @@ impl MediaTask {
     async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
         let mut ptime = self.ptime;
         let mut ticker = ptime_ticker(ptime);
-        let mut buffer = [0u8; 2_048];
         let mut rtcp_buffer = [0u8; 1_500];
         'media: loop {
-            // Branches poll the sockets in place (`poll_recv_from`): no future to build, register
-            // and drop per wake-up. Commands (signalling rate), RTCP reports and metric samples
-            // ride on the ptime tick, so a packet's wake-up touches only what it needs.
+            // Commands (signalling rate), RTP, RTCP reports and metric samples are all taken at
+            // the ptime tick: between ticks the task sleeps (an RTCP packet or a speech leg's
+            // WebSocket aside), however many RTP packets arrive.
             tokio::select! {
                 biased;
                 _ = ticker.tick() => {
+                    // Commands first: a caller that starts sending as soon as it has our answer
+                    // finds the Configure that came with it applied to its first packets.
                     if !self.take_commands(&mut commands) {
                         break 'media;
                     }
@@ -280,22 +289,10 @@ impl MediaTask {
                         ptime = self.ptime;
                         ticker = ptime_ticker(ptime);
                     }
-                    // A late tick (burst catch-up) must not find the buffer empty while packets
-                    // wait in the socket: read them first (no system call when none is waiting).
-                    while let Ok((length, from)) = self.rtp.try_recv_from(&mut buffer) {
-                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
-                    }
+                    // Everything queued since the last tick, at its own arrival time, before
+                    // the jitter buffer is popped.
+                    self.drain_rtp();
                     self.tick().await;
-                }
-                received = poll_datagram(&self.rtp, &mut buffer) => {
-                    // The caller may start sending as soon as it has our answer, before the
-                    // next tick applies the Configure that came with it: take it now.
-                    if self.params.is_none() && !self.take_commands(&mut commands) {
-                        break 'media;
-                    }
-                    if let Ok((length, from)) = received {
-                        self.handle_rtp(buffer.get(..length).unwrap_or_default(), from);
-                    }
                 }
                 received = poll_datagram(&self.rtcp, &mut rtcp_buffer) => {
                     if let Ok((length, from)) = received {
@@ -368,16 +365,41 @@ impl MediaTask {
             leg.set_media(params.codec, self.ptime);
         }
         self.inactivity
-            .handle_configured(std::time::Instant::now(), params.is_on_hold());
+            .handle_configured(Instant::now(), params.is_on_hold());
         tracing::debug!(?params, "media configured");
         self.params = Some(params);
     }
 
+    /// Reads every RTP packet queued on the socket (at most [`MAX_DRAIN`]), [`BATCH`] per system
+    /// call, into the media thread's scratch buffers.
+    fn drain_rtp(&mut self) {
+        SCRATCH.with_borrow_mut(|(buffers, received)| {
+            for _ in 0..MAX_DRAIN.div_ceil(BATCH) {
+                match recv_batch(&self.rtp, buffers, received) {
+                    Ok(count) => {
+                        for (datagram, buffer) in received.iter().zip(buffers.iter()) {
+                            if let Some(from) = datagram.from {
+                                let packet = buffer.get(..datagram.length).unwrap_or_default();
+                                self.handle_rtp(packet, from, datagram.arrival);
+                            }
+                        }
+                        if count < BATCH {
+                            return;
+                        }
+                    }
+                    // A pending error (an ICMP error for an earlier send): the queue behind it
+                    // is still to read.
+                    Err(error) => tracing::trace!(%error, "RTP receive error"),
+                }
+            }
+        });
+    }
+
     fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr) {
-        let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
+        let ntp = NtpTime::from_system_time(SystemTime::now());
         match self
             .rtcp_session
-            .handle_packet(std::time::Instant::now(), ntp, datagram)
+            .handle_packet(Instant::now(), ntp, datagram)
         {
             Ok(summary) => {
                 if let Some(round_trip) = summary.round_trip {
@@ -390,7 +412,7 @@ impl MediaTask {
 
     /// RFC 3550 §6.4: an SR when we sent since the last report, else an RR, to the caller's RTCP
     /// address (a=rtcp, else RTP port + 1 of where its RTP really comes from).
-    fn send_rtcp(&mut self, now: std::time::Instant) {
+    fn send_rtcp(&mut self, now: Instant) {
         if !self.rtcp_timer.handle_timeout(now) {
             return;
         }
@@ -417,14 +439,15 @@ impl MediaTask {
                 extended_highest_seq: report.extended_highest_seq,
                 jitter: report.jitter,
             });
-        let ntp = NtpTime::from_system_time(std::time::SystemTime::now());
+        let ntp = NtpTime::from_system_time(SystemTime::now());
         let report = self.rtcp_session.build_report(now, ntp, sender, reception);
         if let Err(error) = self.rtcp.try_send_to(&report, target) {
             tracing::debug!(%target, %error, "RTCP send failed");
         }
     }
 
-    fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr) {
+    /// An RTP packet that arrived at `now` (the kernel's time, read at the tick).
+    fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         let Some(params) = self.params.as_ref() else {
             return;
         };
@@ -434,7 +457,6 @@ impl MediaTask {
         if !self.latch.handle_packet(from, &packet) {
             return;
         }
-        let now = std::time::Instant::now();
         self.packets_in += 1;
         self.rtp_in.inc();
         self.inactivity.handle_packet(now);
@@ -446,7 +468,7 @@ impl MediaTask {
 
     async fn tick(&mut self) {
         let ptime = self.ptime;
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         self.ticks += 1;
         if self.ticks % ticks_per(SAMPLE_EVERY, ptime) == 0 {
             self.sample_metrics();
@@ -487,7 +509,7 @@ impl MediaTask {
         let samples = (ptime.as_micros() * 8 / 1_000) as u32;
         self.outbound
             .packetize_into(&frame.payload, frame.marker, samples, &mut self.send_buffer);
-        match self.rtp.try_send_to(&self.send_buffer, remote) {
+        match self.rtp.send_to(&self.send_buffer, remote) {
             Ok(_) => {
                 self.packets_out += 1;
                 self.rtp_out.inc();
@@ -542,6 +564,18 @@ async fn next_speech_event(leg: &mut Option<SpeechLeg>) -> LegEvent {
     }
 }
 
+/// The most datagrams one tick reads from a socket: far above a call's rate (one packet per
+/// ptime), so only a flood leaves some queued for the next tick (the kernel drops what its
+/// receive buffer cannot hold), and a flood cannot keep the media thread from other calls.
+const MAX_DRAIN: usize = 64;
+
+thread_local! {
+    /// Receive buffers of the media thread's calls (one call drains at a time, never across an
+    /// await): no per-call copy of them.
+    static SCRATCH: std::cell::RefCell<(Box<Buffers>, Vec<Datagram>)> =
+        std::cell::RefCell::new((Box::new([[0; DATAGRAM_MAX]; BATCH]), Vec::with_capacity(BATCH)));
+}
+
 /// How often each call samples its jitter-buffer figures into the histograms.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -569,7 +603,7 @@ fn ptime_ticker(ptime: Duration) -> tokio::time::Interval {
 /// One datagram from `socket` into `buffer`: the socket's own poll, so waiting registers the
 /// task in the socket's reader slot instead of a per-call list of waiters.
 async fn poll_datagram(
-    socket: &UdpSocket,
+    socket: &tokio::net::UdpSocket,
     buffer: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr)> {
     std::future::poll_fn(|cx| {

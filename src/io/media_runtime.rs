@@ -1,12 +1,13 @@
 //! Media runtimes: one single-threaded tokio runtime per core, each running its share of the
-//! calls' media tasks (their sockets are registered with that runtime's reactor and timers).
+//! calls' media tasks (their tick timers, and a speech leg's WebSocket, are that runtime's; the
+//! RTP sockets are read at the tick, outside the reactor).
 //!
-//! Why not the multi-threaded runtime: a media task wakes twice per ptime (a packet in, a tick
-//! out) and does a few microseconds of work each time. Under the work-stealing scheduler a
-//! good part of each wake-up went to waking parked workers (futex) and moving tasks between
-//! them; a thread that owns its calls sleeps in `epoll_wait` and only ever wakes itself.
-//! Calls are dealt round-robin; the core (SIP) task stays on the main runtime, so signalling
-//! latency does not queue behind media.
+//! Why not the multi-threaded runtime: a media task wakes once per ptime (its tick: packets
+//! in, a packet out) and does a few microseconds of work each time. Under the work-stealing
+//! scheduler a good part of each wake-up went to waking parked workers (futex) and moving
+//! tasks between them; a thread that owns its calls sleeps in `epoll_wait` and only ever
+//! wakes itself. Calls are dealt round-robin; the core (SIP) task stays on the main runtime,
+//! so signalling latency does not queue behind media.
 
 use std::thread::JoinHandle;
 
