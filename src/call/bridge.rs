@@ -27,6 +27,9 @@ use crate::media::playout::{PlayoutFrame, PlayoutQueue};
 use crate::media::G711;
 use crate::realtime::END_CALL_TOOL;
 
+/// Why the call ends after the time-limit goodbye (also how `io/` recognises that hang-up).
+pub const TIME_LIMIT_HANGUP: &str = "the Realtime session reached its time limit";
+
 /// How long `end_call` (or the time-limit goodbye) may wait for the last words to play.
 pub const HANGUP_WAIT_MAX: Duration = Duration::from_secs(20);
 
@@ -290,7 +293,7 @@ impl<S: SpeechSession> Bridge<S> {
             );
             self.session.prompt(TIME_LIMIT_GOODBYE);
             self.hangup.get_or_insert(PendingHangup {
-                why: "the Realtime session reached its time limit".to_owned(),
+                why: TIME_LIMIT_HANGUP.to_owned(),
                 since: now,
             });
         }

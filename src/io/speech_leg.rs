@@ -352,7 +352,7 @@ impl SpeechLeg {
                 });
             }
             BridgeOutput::Hangup { why } => {
-                if why.contains("time limit") {
+                if why == crate::call::bridge::TIME_LIMIT_HANGUP {
                     realtime.session_limit_total.inc();
                 }
                 tracing::info!("{why}: hanging up");
