@@ -47,7 +47,11 @@ fn echo_call_returns_the_callers_audio_and_is_counted() {
     let outcome = sipp.run();
     let echoed = sink.finish();
     outcome.assert_success();
-    let streams = verify_echo(&echoed, 1, packets, 0.9, 0.0)
+    // SIPp's pcap playback on a loaded 2-core CI machine now and then sends a packet later than
+    // the jitter buffer's 40 ms: voxgate then conceals in its place (its job; the concealment
+    // itself is unit-tested in media/jitter.rs). Allow that for at most 2 % of the frames;
+    // everything else must come back byte-exact and in order.
+    let streams = verify_echo(&echoed, 1, packets, 0.9, 0.02)
         .unwrap_or_else(|e| panic!("echo check failed: {e}\n{}", outcome.report()));
     eprintln!("echo: {streams:?}");
     assert!(
