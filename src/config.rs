@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 mod digest;
 mod realtime;
+pub mod transfer;
 mod trunk;
 
 pub use trunk::{
@@ -75,6 +76,9 @@ pub struct Settings {
     /// How OpenAI Realtime agents reach the service.
     #[serde(default)]
     pub realtime: RealtimeSettings,
+    /// Hand-offs to people (REFER / bridge).
+    #[serde(default)]
+    pub transfer: transfer::TransferSettings,
 }
 
 /// `[sip]`
@@ -307,6 +311,15 @@ pub struct AgentSettings {
     /// OpenAI: offer the built-in `end_call` tool (default true).
     #[serde(default = "default_true")]
     pub end_call_tool: bool,
+    /// OpenAI: people the model may hand the caller to (the `transfer_call` tool).
+    #[serde(default)]
+    pub transfers: Vec<transfer::TransferDestination>,
+    /// OpenAI: keys that transfer without asking the model.
+    #[serde(default)]
+    pub dtmf_rules: Vec<transfer::DtmfRule>,
+    /// OpenAI: tell the model which keys the caller pressed (default true).
+    #[serde(default = "default_true")]
+    pub dtmf_to_model: bool,
 }
 
 fn default_model() -> String {
@@ -584,6 +597,7 @@ impl Settings {
         self.rtp.validate()?;
         self.calls.validate(&self.rtp)?;
         self.validate_metrics()?;
+        self.transfer.validate()?;
         let trunks = unique_names("trunks", self.trunks.iter().map(|t| t.name.as_str()))?;
         let mut realms = Vec::new();
         for (i, trunk) in self.trunks.iter().enumerate() {
@@ -599,6 +613,7 @@ impl Settings {
             if agent.kind == AgentKind::Openai {
                 realtime::validate_agent(agent, i, &agents)?;
             }
+            transfer::validate_agent(agent, i)?;
         }
         if self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
             self.realtime.validate()?;

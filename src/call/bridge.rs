@@ -109,6 +109,10 @@ pub enum BridgeOutput {
     ResponseLatency(Duration),
     /// Tokens one response used.
     Usage(TokenUsage),
+    /// Hand the caller to a person (the model's `transfer_call` after its hand-off sentence
+    /// played, or a DTMF rule); the outcome comes back by [`Bridge::transfer_failed`] or the
+    /// call ends.
+    Transfer(super::transfer::TransferRequest),
     /// A recoverable error reported by the session.
     SessionError {
         /// Its code.
@@ -243,6 +247,28 @@ impl<S: SpeechSession> Bridge<S> {
             return;
         }
         self.session.tool_output(call_id, output, true);
+        self.drain_events(now);
+    }
+
+    /// A transfer failed and the caller stays with the agent: the model gets the typed failure
+    /// as the tool's output (a DTMF rule's transfer: as a prompt to tell the caller).
+    pub fn transfer_failed(
+        &mut self,
+        now: Instant,
+        request: super::transfer::TransferRequest,
+        output: &str,
+    ) {
+        if self.failed {
+            return;
+        }
+        match &request.tool_call_id {
+            Some(call_id) => self.session.tool_output(call_id, output, true),
+            None => self.session.prompt(&format!(
+                "The caller asked by keypad to be transferred to {}, but the transfer failed \
+                 ({output}). Apologise briefly and offer to help or take a message.",
+                request.destination
+            )),
+        }
         self.drain_events(now);
     }
 

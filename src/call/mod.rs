@@ -24,6 +24,7 @@ pub mod speech;
 pub mod switchboard;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +73,17 @@ pub enum MediaCommand {
     Configure(MediaParams),
     /// Stop sending and receiving and release the ports.
     Stop,
+    /// A key the caller pressed, signalled by SIP INFO (RFC 4733 digits are detected in the
+    /// media task itself).
+    Dtmf(char),
+    /// A transfer the bridge asked for failed and the caller stays with the agent: give the
+    /// model this tool output (or, for a DTMF rule's transfer, tell it).
+    TransferFailed {
+        /// The request that failed.
+        request: transfer::TransferRequest,
+        /// The typed failure, JSON text ([`transfer::TransferOutcome::tool_output`]).
+        output: String,
+    },
 }
 
 /// Negotiated media, as the media task needs it.
@@ -243,6 +255,8 @@ pub struct Call {
     sent_auth: HashMap<ClientTxId, SentAuth>,
     /// The INVITE server transaction whose 2xx still waits for its ACK.
     awaiting_ack: Option<ServerTxId>,
+    /// The caller's RTP arrives (as the media task last reported).
+    caller_media_flowing: bool,
 }
 
 /// The pieces a switchboard has checked before it creates a call.
@@ -325,6 +339,7 @@ impl Call {
             digest: new.credentials.map(DigestClient::new),
             sent_auth: HashMap::new(),
             awaiting_ack: None,
+            caller_media_flowing: true,
         }
     }
 
@@ -573,6 +588,30 @@ impl Call {
     /// The agent ended the call (e.g. its `end_call` tool, or its time limit): BYE.
     pub fn handle_agent_hangup(&mut self, ctx: &mut Ctx<'_>, why: &str) {
         self.hang_up(ctx, why, CallResult::Completed);
+    }
+
+    /// The agent asks to hand the caller to a person (see [`transfer`]).
+    pub fn handle_transfer_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        request: transfer::TransferRequest,
+    ) {
+        let _entered = self.span.clone().entered();
+        // TODO(#5): REFER / bridge. Until then the model hears that it failed.
+        let output = transfer::TransferOutcome::Failed {
+            sip_status: 501,
+            reason: "Not Implemented".to_owned(),
+        }
+        .tool_output(&request.destination);
+        ctx.outputs.push_back(Output::Media {
+            call: self.key,
+            command: MediaCommand::TransferFailed { request, output },
+        });
+    }
+
+    /// Whether the caller's RTP arrives on this leg (reported by the media task on change).
+    pub fn handle_caller_media(&mut self, _ctx: &mut Ctx<'_>, flowing: bool) {
+        self.caller_media_flowing = flowing;
     }
 
     /// A CANCEL matched this call's INVITE (the endpoint already answered the CANCEL 200).

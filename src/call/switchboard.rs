@@ -204,6 +204,27 @@ impl Switchboard {
         self.dispatch_events(now);
     }
 
+    /// The agent of `call` asks to hand the caller to a person.
+    pub fn handle_transfer_request(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        request: super::transfer::TransferRequest,
+    ) {
+        self.with_call(now, call, |call, ctx| {
+            call.handle_transfer_request(ctx, request)
+        });
+        self.dispatch_events(now);
+    }
+
+    /// The media task of `call` saw the caller's RTP start or stop.
+    pub fn handle_caller_media(&mut self, now: Instant, call: CallKey, flowing: bool) {
+        self.with_call(now, call, |call, ctx| {
+            call.handle_caller_media(ctx, flowing)
+        });
+        self.dispatch_events(now);
+    }
+
     /// Starts draining: refuse new calls, BYE the rest at `deadline`.
     pub fn begin_drain(&mut self, now: Instant, deadline: Instant) {
         tracing::info!(

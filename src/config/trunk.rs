@@ -120,6 +120,17 @@ pub struct RegisterSettings {
 }
 
 impl TrunkSettings {
+    /// The domain a transfer destination's `extension` is joined to: `domain`, else the
+    /// registrar's host; `None` for a static trunk without `domain` (the call's peer is used).
+    pub fn transfer_domain(&self) -> Option<String> {
+        if let Some(domain) = &self.domain {
+            return Some(domain.clone());
+        }
+        let registrar = self.registrar.as_deref()?.trim();
+        let (host, _) = uri_host_port(registrar)?;
+        Some(bracketed(&host))
+    }
+
     /// Whether voxgate registers over this trunk.
     pub fn is_register(&self) -> bool {
         self.mode == TrunkMode::Register
@@ -184,7 +195,6 @@ impl TrunkSettings {
             ("expires", self.expires.is_some()),
             ("contact_user", self.contact_user.is_some()),
             ("keepalive_secs", self.keepalive_secs.is_some()),
-            ("domain", self.domain.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -323,6 +323,12 @@ impl MediaTask {
             match commands.try_recv() {
                 Ok(MediaCommand::Configure(params)) => self.configure(params),
                 Ok(MediaCommand::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Ok(MediaCommand::Dtmf(_digit)) => {} // TODO(#5): to the bridge
+                Ok(MediaCommand::TransferFailed { request, output }) => {
+                    if let Some(leg) = self.speech.as_mut() {
+                        leg.transfer_failed(request, &output);
+                    }
+                }
                 Err(TryRecvError::Empty) => return true,
             }
         }

@@ -82,6 +82,21 @@ pub enum CoreInput {
         /// Why, in an admin's words.
         why: String,
     },
+    /// The call's agent asks to hand the caller to a person.
+    TransferRequested {
+        /// The call.
+        call: CallKey,
+        /// What is asked for.
+        request: crate::call::transfer::TransferRequest,
+    },
+    /// Whether the caller's RTP is arriving (reported on change: a PBX that has taken the
+    /// caller elsewhere after a REFER stops sending on this leg).
+    CallerMedia {
+        /// The call.
+        call: CallKey,
+        /// RTP arrived within the last second.
+        flowing: bool,
+    },
     /// A register-mode trunk's registrar (or outbound proxy) host resolved.
     NextHopResolved {
         /// The trunk.
@@ -292,6 +307,12 @@ impl Core {
             }
             CoreInput::AgentHangup { call, why } => {
                 self.switchboard.handle_agent_hangup(now, call, &why)
+            }
+            CoreInput::TransferRequested { call, request } => {
+                self.switchboard.handle_transfer_request(now, call, request)
+            }
+            CoreInput::CallerMedia { call, flowing } => {
+                self.switchboard.handle_caller_media(now, call, flowing)
             }
         }
     }

@@ -255,6 +255,15 @@ impl SpeechLeg {
         self.bridge.set_media(codec, ptime);
     }
 
+    /// A transfer failed and the caller stays: the model hears how.
+    pub fn transfer_failed(
+        &mut self,
+        request: crate::call::transfer::TransferRequest,
+        output: &str,
+    ) {
+        self.bridge.transfer_failed(Instant::now(), request, output);
+    }
+
     /// One ptime tick with the caller's frame; returns the frame to send.
     pub async fn tick(&mut self, now: Instant, heard: Option<&[u8]>) -> PlayoutFrame {
         let frame = self.bridge.tick(now, heard);
@@ -420,6 +429,16 @@ impl SpeechLeg {
                             .inc_by(count);
                     }
                 }
+            }
+            BridgeOutput::Transfer(request) => {
+                self.write_transcript(serde_json::json!({
+                    "event": "transfer", "destination": request.destination,
+                    "reason": request.reason, "summary": request.summary,
+                }));
+                self.to_core(CoreInput::TransferRequested {
+                    call: self.info.key,
+                    request,
+                });
             }
             BridgeOutput::SessionError { code, message } => {
                 realtime.count_error(&code);
