@@ -104,6 +104,7 @@ pub fn settings() -> Settings {
             agent: "echo".into(),
         }],
         realtime: Default::default(),
+        transfer: Default::default(),
     }
 }
 
