@@ -14,6 +14,7 @@
 //! commands.
 
 pub mod agent;
+pub mod agent_leg;
 #[cfg(test)]
 mod auth_tests;
 pub mod bridge;
@@ -183,6 +184,8 @@ pub struct CallConfig {
     /// How long a speech agent's session may take to come up (the media task enforces it; the
     /// call refuses with 503 a little later if the media task never reports).
     pub agent_connect_timeout: Duration,
+    /// `[transfer]`.
+    pub transfer: crate::config::transfer::TransferSettings,
 }
 
 /// What a call may touch while it handles an input.
@@ -257,6 +260,10 @@ pub struct Call {
     awaiting_ack: Option<ServerTxId>,
     /// The caller's RTP arrives (as the media task last reported).
     caller_media_flowing: bool,
+    /// The transfer under way.
+    transfer: Option<transfer::TransferRequest>,
+    /// The domain transfer extensions are joined to (the trunk's `domain` or registrar host).
+    transfer_domain: Option<String>,
 }
 
 /// The pieces a switchboard has checked before it creates a call.
@@ -279,6 +286,10 @@ pub struct NewCall {
     pub timer_request: TimerRequest,
     /// The trunk's credentials for challenges to voxgate's in-dialog requests.
     pub credentials: Option<ClientCredentials>,
+    /// The domain transfer extensions are joined to ([`TrunkSettings::transfer_domain`]).
+    ///
+    /// [`TrunkSettings::transfer_domain`]: crate::config::TrunkSettings::transfer_domain
+    pub transfer_domain: Option<String>,
 }
 
 /// The credentials a request was sent with, for telling a refused password from a stale nonce
@@ -340,6 +351,8 @@ impl Call {
             sent_auth: HashMap::new(),
             awaiting_ack: None,
             caller_media_flowing: true,
+            transfer: None,
+            transfer_domain: new.transfer_domain,
         }
     }
 
@@ -588,25 +601,6 @@ impl Call {
     /// The agent ended the call (e.g. its `end_call` tool, or its time limit): BYE.
     pub fn handle_agent_hangup(&mut self, ctx: &mut Ctx<'_>, why: &str) {
         self.hang_up(ctx, why, CallResult::Completed);
-    }
-
-    /// The agent asks to hand the caller to a person (see [`transfer`]).
-    pub fn handle_transfer_request(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        request: transfer::TransferRequest,
-    ) {
-        let _entered = self.span.clone().entered();
-        // TODO(#5): REFER / bridge. Until then the model hears that it failed.
-        let output = transfer::TransferOutcome::Failed {
-            sip_status: 501,
-            reason: "Not Implemented".to_owned(),
-        }
-        .tool_output(&request.destination);
-        ctx.outputs.push_back(Output::Media {
-            call: self.key,
-            command: MediaCommand::TransferFailed { request, output },
-        });
     }
 
     /// Whether the caller's RTP arrives on this leg (reported by the media task on change).

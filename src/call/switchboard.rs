@@ -51,6 +51,8 @@ pub struct Switchboard {
     inbound_auth: Option<InboundAuth>,
     /// Per trunk, the credentials calls answer challenges to their own requests with.
     credentials: HashMap<String, ClientCredentials>,
+    /// Per trunk, the domain transfer extensions are joined to.
+    transfer_domains: HashMap<String, String>,
     max_concurrent: usize,
     at_capacity_status: u16,
     calls: HashMap<CallKey, Call>,
@@ -88,6 +90,7 @@ impl Switchboard {
             agent_connect_timeout: std::time::Duration::from_millis(
                 settings.realtime.connect_timeout_ms,
             ),
+            transfer: settings.transfer.clone(),
         };
         Switchboard {
             endpoint,
@@ -98,6 +101,11 @@ impl Switchboard {
                 .trunks
                 .iter()
                 .filter_map(|trunk| Some((trunk.name.clone(), trunk.credentials()?)))
+                .collect(),
+            transfer_domains: settings
+                .trunks
+                .iter()
+                .filter_map(|trunk| Some((trunk.name.clone(), trunk.transfer_domain()?)))
                 .collect(),
             max_concurrent: settings.calls.max_concurrent,
             at_capacity_status: settings.calls.at_capacity_status,
@@ -538,6 +546,7 @@ impl Switchboard {
             trunk: routed.trunk,
             timer_request,
             credentials: self.credentials.get(&trunk).cloned(),
+            transfer_domain: self.transfer_domains.get(&trunk).cloned(),
         };
         let mut ctx = Ctx {
             now,

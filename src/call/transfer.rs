@@ -77,3 +77,97 @@ impl TransferOutcome {
         .to_string()
     }
 }
+
+/// How the bridged call to a transfer destination went (B2BUA, [`super::agent_leg`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeResult {
+    /// The destination answered and the two legs are joined (the speech session is closed).
+    Answered,
+    /// The destination refused (busy, declined, not found …) or could not be reached.
+    Failed {
+        /// The final SIP status (408 when nothing answered at all).
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// The destination rang for longer than the transfer timeout (voxgate CANCELled).
+    TimedOut,
+}
+
+impl super::Call {
+    /// The agent asks to hand the caller to a person.
+    pub fn handle_transfer_request(&mut self, ctx: &mut super::Ctx<'_>, request: TransferRequest) {
+        let _entered = self.span.clone().entered();
+        let Some(destination) = self
+            .agent
+            .transfers
+            .iter()
+            .find(|d| d.name == request.destination)
+            .cloned()
+        else {
+            tracing::warn!(destination = %request.destination, "transfer to an unknown destination");
+            let output = TransferOutcome::Failed {
+                sip_status: 404,
+                reason: "Unknown destination".to_owned(),
+            }
+            .tool_output(&request.destination);
+            self.transfer_failed(ctx, request, output);
+            return;
+        };
+        // TODO(#5, lead): REFER with NOTIFY tracking and the refer_then_bridge fallback.
+        let target = destination.target_uri(&self.transfer_domain());
+        self.transfer = Some(request);
+        self.start_bridge(ctx, &target, Vec::new());
+    }
+
+    /// The bridged call to the destination went `result`.
+    pub(super) fn bridge_result(&mut self, ctx: &mut super::Ctx<'_>, result: BridgeResult) {
+        let Some(request) = self.transfer.take() else {
+            return;
+        };
+        let outcome = match result {
+            BridgeResult::Answered => {
+                tracing::info!(destination = %request.destination, "transfer bridged");
+                self.transfer = Some(request);
+                return;
+            }
+            BridgeResult::Failed { status, reason } => TransferOutcome::Failed {
+                sip_status: status,
+                reason,
+            },
+            BridgeResult::TimedOut => TransferOutcome::TimedOut,
+        };
+        let output = outcome.tool_output(&request.destination);
+        self.transfer_failed(ctx, request, output);
+    }
+
+    /// The caller stays with the agent; the model hears why the transfer failed.
+    fn transfer_failed(
+        &mut self,
+        ctx: &mut super::Ctx<'_>,
+        request: TransferRequest,
+        output: String,
+    ) {
+        ctx.outputs.push_back(super::Output::Media {
+            call: self.key,
+            command: super::MediaCommand::TransferFailed { request, output },
+        });
+    }
+
+    /// The domain an extension is joined to: the trunk's, else the PBX's address from the
+    /// dialog's remote target.
+    fn transfer_domain(&self) -> String {
+        if let Some(domain) = &self.transfer_domain {
+            return domain.clone();
+        }
+        crate::sip::endpoint::uri_host_port(self.dialog.remote_target())
+            .map(|(host, port)| {
+                if port == 5060 {
+                    host
+                } else {
+                    format!("{host}:{port}")
+                }
+            })
+            .unwrap_or_else(|| self.flow.remote.to_string())
+    }
+}
