@@ -190,14 +190,20 @@ fn refused_refer_returns_a_typed_failure_and_the_call_goes_on() {
     .into_iter()
     .enumerate()
     {
-        let sipp = Sipp::new("uac_refer_refused.xml", gateway.sip_addr())
+        // SIPp checks a response's status when it loads the scenario, before keywords.
+        let template =
+            std::fs::read_to_string(common::sipp::scenario_path("uac_refer_refused.xml"))
+                .expect("scenario");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let scenario = dir.path().join(format!("uac_refer_refused_{status}.xml"));
+        std::fs::write(
+            &scenario,
+            template.replace("[refer_status]", &format!("{status} {reason}")),
+        )
+        .expect("write scenario");
+        let sipp = Sipp::new(&scenario.display().to_string(), gateway.sip_addr())
             .with_audio(400)
-            .arg("-key")
-            .arg("refer_status")
-            .arg(format!("{status} {reason}"))
-            .arg("-key")
-            .arg("pause_after")
-            .arg("2500");
+            .pause_ms(2500);
         let sink = RtpSink::bind(sipp.echo_addr());
         let outcome = sipp.run();
         let received = sink.finish();
@@ -259,9 +265,7 @@ fn busy_destination_reported_by_notify_goes_back_to_the_model() {
         .arg("-key")
         .arg("final_status")
         .arg("486 Busy Here")
-        .arg("-key")
-        .arg("pause_after")
-        .arg("2500");
+        .pause_ms(2500);
     let sink = RtpSink::bind(sipp.echo_addr());
     let outcome = sipp.run();
     let received = sink.finish();
