@@ -78,6 +78,8 @@ fn config() -> BridgeConfig {
         greeting: None,
         apology: None,
         transfers: Vec::new(),
+        dtmf_rules: Vec::new(),
+        dtmf_to_model: true,
     }
 }
 

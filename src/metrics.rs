@@ -66,6 +66,8 @@ pub struct Metrics {
     pub registration: RegistrationMetrics,
     /// Hand-offs to people.
     pub transfer: TransferMetrics,
+    /// Keys callers pressed, by how they were signalled (`rfc4733`, `info`).
+    pub dtmf_digits_total: IntCounterVec,
 }
 
 /// Metrics of transfers to people, labelled by destination name (bounded: the configured
@@ -440,8 +442,17 @@ impl Metrics {
         let realtime = RealtimeMetrics::new(&registry);
         let registration = RegistrationMetrics::new(&registry);
         let transfer = TransferMetrics::new(&registry);
+        let dtmf_digits_total = IntCounterVec::new(
+            Opts::new(
+                "voxgate_dtmf_digits_total",
+                "Keys callers pressed, by signalling (rfc4733, info)",
+            ),
+            &["source"],
+        )
+        .expect("valid metric definition");
         let metrics = Metrics {
             transfer,
+            dtmf_digits_total,
             inbound_auth_total,
             realtime,
             registration,
@@ -461,7 +472,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(self.dtmf_digits_total.clone()),
             Box::new(self.inbound_auth_total.clone()),
             Box::new(self.calls_active.clone()),
             Box::new(self.calls_total.clone()),
@@ -493,6 +505,9 @@ impl Metrics {
         }
         for direction in ["in", "out"] {
             self.rtp_packets_total.with_label_values(&[direction]);
+        }
+        for source in ["rfc4733", "info"] {
+            self.dtmf_digits_total.with_label_values(&[source]);
         }
     }
 

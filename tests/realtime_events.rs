@@ -71,6 +71,25 @@ fn session_updates_validate_for_every_agent_shape() {
         ));
         valid(&events::session_update(&agent, &[], "cfg-2"));
     }
+    // The session's own update with every built-in tool, transfer_call included.
+    let mut transferring = agent();
+    transferring.end_call_tool = true;
+    transferring
+        .transfers
+        .push(voxgate::config::transfer::TransferDestination {
+            name: "sales".into(),
+            uri: Some("sip:sales@pbx.example.com".into()),
+            extension: None,
+            description: "Sales".into(),
+            method: Default::default(),
+            announce: None,
+        });
+    let mut session = voxgate::realtime::RealtimeSession::new(&transferring);
+    use voxgate::call::speech::SpeechSession;
+    session.handle_message(r#"{"type":"session.created","event_id":"e1","session":{}}"#);
+    let update = session.poll_transmit().expect("session.update");
+    assert!(update.contains("transfer_call"));
+    valid(&update);
 }
 
 #[test]
@@ -87,4 +106,5 @@ fn audio_truncate_tool_output_and_response_events_validate() {
     valid(&events::response_create(Some("Say goodbye."), "r-2"));
     valid(&events::response_cancel("c-1"));
     valid(&events::audio_format_update("audio/pcma", "f-1"));
+    valid(&events::user_text("The caller pressed 5.", "x-1"));
 }

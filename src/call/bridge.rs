@@ -59,6 +59,10 @@ pub struct BridgeConfig {
     pub apology: Option<Bytes>,
     /// The names of the transfer destinations `transfer_call` accepts.
     pub transfers: Vec<String>,
+    /// Keys that transfer without the model: (digit, destination).
+    pub dtmf_rules: Vec<(char, String)>,
+    /// Tell the model which keys the caller pressed.
+    pub dtmf_to_model: bool,
 }
 
 /// What the bridge asks `io/` to do or to record.
@@ -257,6 +261,43 @@ impl<S: SpeechSession> Bridge<S> {
         }
         self.session.tool_output(call_id, output, true);
         self.drain_events(now);
+    }
+
+    /// The caller pressed `digit` (RFC 4733 or SIP INFO): a DTMF rule transfers at once,
+    /// without the model; otherwise the model is told ("The caller pressed 5.").
+    pub fn handle_dtmf(&mut self, now: Instant, digit: char) {
+        if self.failed || !self.ready {
+            return;
+        }
+        let rule = self
+            .config
+            .dtmf_rules
+            .iter()
+            .find(|(key, _)| *key == digit)
+            .map(|(_, destination)| destination.clone());
+        if let Some(destination) = rule {
+            if self.transferring || self.pending_transfer.is_some() {
+                tracing::info!(%digit, "key pressed during a transfer: ignored");
+                return;
+            }
+            tracing::info!(%digit, %destination, "DTMF rule: transferring without the model");
+            // The model stops talking: the caller asked to leave.
+            self.playout.flush();
+            self.transferring = true;
+            self.outputs
+                .push_back(BridgeOutput::Transfer(TransferRequest {
+                    tool_call_id: None,
+                    destination,
+                    reason: format!("the caller pressed {digit}"),
+                    summary: None,
+                }));
+            return;
+        }
+        if self.config.dtmf_to_model {
+            self.session
+                .caller_text(&format!("The caller pressed {digit}."));
+            self.drain_events(now);
+        }
     }
 
     /// A transfer failed and the caller stays with the agent: the model gets the typed failure

@@ -708,7 +708,22 @@ impl Call {
             }
             "INVITE" | "UPDATE" => self.handle_offer_request(ctx, tx, request, &method),
             "NOTIFY" => self.handle_notify(ctx, tx, request),
-            "INFO" | "OPTIONS" => {
+            "INFO" => {
+                // RFC 6086: INFO for DTMF (`application/dtmf-relay`, `application/dtmf`); other
+                // packages are answered 200 and ignored, as PBXs expect.
+                let digit = request
+                    .content_type_value()
+                    .and_then(|kind| crate::media::dtmf::info_digit(kind, request.body()));
+                self.reply(ctx, tx, request, 200, None, &[], None);
+                if let Some(digit) = digit {
+                    tracing::info!(%digit, "caller pressed a key (SIP INFO)");
+                    ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::Dtmf(digit),
+                    });
+                }
+            }
+            "OPTIONS" => {
                 let allow = [("Allow", ALLOW), ("Supported", SUPPORTED)];
                 self.reply(ctx, tx, request, 200, None, &allow, None);
             }

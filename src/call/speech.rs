@@ -155,6 +155,9 @@ pub trait SpeechSession: Send {
     fn set_audio_format(&mut self, law: crate::media::G711);
     /// Ask the model to say something now (queued until any active response is done).
     fn prompt(&mut self, instructions: &str);
+    /// Something the caller did that the model should hear of as the caller's turn (e.g. "The
+    /// caller pressed 5."), answered by one response once none is active.
+    fn caller_text(&mut self, text: &str);
     /// True while the backend generates a response (or one was asked for and not refused).
     fn responding(&self) -> bool;
     /// The next text frame to send to the backend.

@@ -339,3 +339,38 @@ fn refer_then_bridge_falls_back_to_the_bridge_when_the_refer_is_refused() {
         "the model hears of a failure only after the bridge was tried: {results:?}"
     );
 }
+
+#[test]
+fn info_dtmf_reaches_the_media_task_and_other_info_is_just_answered() {
+    let (mut h, mut caller, key) = established(&transfer_settings());
+    for (kind, body, digit) in [
+        (
+            "application/dtmf-relay",
+            "Signal=5\r\nDuration=160\r\n",
+            Some('5'),
+        ),
+        ("application/dtmf", "#", Some('#')),
+        ("application/media_control+xml", "<media_control/>", None),
+        ("application/dtmf-relay", "Duration=160\r\n", None),
+    ] {
+        let info = caller.request("INFO", &[], Some((kind, body)));
+        h.send(&info);
+        assert_eq!(status_of(&mut h, "INFO"), 200, "{kind}");
+        let digits: Vec<char> = h
+            .take_outputs()
+            .iter()
+            .filter_map(|output| match output {
+                Output::Media {
+                    call,
+                    command: MediaCommand::Dtmf(digit),
+                } if *call == key => Some(*digit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            digits,
+            digit.into_iter().collect::<Vec<_>>(),
+            "{kind}: {body}"
+        );
+    }
+}

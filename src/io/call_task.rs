@@ -31,6 +31,7 @@ use super::CoreInput;
 use crate::call::agent::EchoAgent;
 use crate::call::{CallKey, MediaCommand, MediaParams};
 use crate::config::{AgentKind, AgentSettings, RealtimeSettings};
+use crate::media::dtmf::DtmfReceiver;
 use crate::media::inactivity::InactivityTimer;
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::PlayoutQueue;
@@ -215,6 +216,8 @@ struct MediaTask {
     unsent_end: Option<String>,
     /// When the caller's last RTP packet arrived.
     last_rtp_at: Option<Instant>,
+    /// RFC 4733 digit detection on the caller's telephone-events.
+    dtmf: DtmfReceiver,
     /// What the core was last told about the caller's RTP (see [`CoreInput::CallerMedia`]).
     caller_flowing: bool,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
@@ -241,6 +244,7 @@ impl MediaTask {
             core_tx,
             unsent_end: None,
             last_rtp_at: None,
+            dtmf: DtmfReceiver::new(),
             caller_flowing: true,
             ticks: 0,
             ptime,
@@ -329,7 +333,7 @@ impl MediaTask {
             match commands.try_recv() {
                 Ok(MediaCommand::Configure(params)) => self.configure(params),
                 Ok(MediaCommand::Stop) | Err(TryRecvError::Disconnected) => return false,
-                Ok(MediaCommand::Dtmf(_digit)) => {} // TODO(#5): to the bridge
+                Ok(MediaCommand::Dtmf(digit)) => self.caller_pressed(Instant::now(), digit, "info"),
                 Ok(MediaCommand::TransferFailed { request, output }) => {
                     if let Some(leg) = self.speech.as_mut() {
                         leg.transfer_failed(request, &output);
@@ -473,7 +477,16 @@ impl MediaTask {
         self.rtp_in.inc();
         self.inactivity.handle_packet(now);
         self.last_rtp_at = Some(now);
-        if Some(packet.payload_type) == params.telephone_event || !params.receive {
+        if Some(packet.payload_type) == params.telephone_event {
+            let digits = self
+                .dtmf
+                .handle_packet(now, packet.timestamp.0, &packet.payload);
+            for digit in digits {
+                self.caller_pressed(now, digit, "rfc4733");
+            }
+            return;
+        }
+        if !params.receive {
             return;
         }
         self.jitter.push(now, packet);
@@ -500,6 +513,11 @@ impl MediaTask {
             self.report_ended(why);
         }
         self.check_caller_flowing(now);
+        if self.dtmf.poll_timeout().is_some_and(|due| due <= now) {
+            if let Some(digit) = self.dtmf.handle_timeout(now) {
+                self.caller_pressed(now, digit, "rfc4733");
+            }
+        }
         let Some(params) = self.params.as_ref() else {
             return;
         };
@@ -529,6 +547,19 @@ impl MediaTask {
                 self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
+        }
+    }
+
+    /// A key the caller pressed (`source`: `rfc4733` or `info`): counted, logged, and given to
+    /// the speech agent (its DTMF rules or the model); the echo agent only counts it.
+    fn caller_pressed(&mut self, now: Instant, digit: char, source: &'static str) {
+        self.metrics
+            .dtmf_digits_total
+            .with_label_values(&[source])
+            .inc();
+        tracing::info!(%digit, source, "caller pressed a key");
+        if let Some(leg) = self.speech.as_mut() {
+            leg.caller_pressed(now, digit);
         }
     }
 

@@ -107,6 +107,12 @@ impl SpeechLeg {
                 greeting: agent.greeting.clone(),
                 apology: realtime.apology.clone(),
                 transfers: agent.transfers.iter().map(|d| d.name.clone()).collect(),
+                dtmf_rules: agent
+                    .dtmf_rules
+                    .iter()
+                    .filter_map(|rule| Some((rule.digit_char()?, rule.transfer.clone())))
+                    .collect(),
+                dtmf_to_model: agent.dtmf_to_model,
             },
         );
         let transcript = realtime
@@ -254,6 +260,12 @@ impl SpeechLeg {
     /// out at the next tick).
     pub fn set_media(&mut self, codec: G711, ptime: Duration) {
         self.bridge.set_media(codec, ptime);
+    }
+
+    /// The caller pressed a key.
+    /// (What the bridge makes of it goes out at the next tick.)
+    pub fn caller_pressed(&mut self, now: Instant, digit: char) {
+        self.bridge.handle_dtmf(now, digit);
     }
 
     /// A transfer failed and the caller stays: the model hears how.

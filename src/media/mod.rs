@@ -1,6 +1,7 @@
 //! Media as sans-IO pieces: SDP offer/answer, RTP, the jitter buffer, playout, RTCP, G.711 and
 //! the RTP inactivity timeout.
 
+pub mod dtmf;
 pub mod g711;
 pub mod inactivity;
 pub mod jitter;

@@ -163,6 +163,20 @@ pub fn function_call_output(call_id: &str, output: &str, event_id: &str) -> Stri
     .to_string()
 }
 
+/// `conversation.item.create` with a user message of `text` (`input_text`).
+pub fn user_text(text: &str, event_id: &str) -> String {
+    json!({
+        "type": "conversation.item.create",
+        "event_id": event_id,
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{ "type": "input_text", "text": text }],
+        },
+    })
+    .to_string()
+}
+
 /// `response.create`, optionally with instructions for this response only.
 pub fn response_create(instructions: Option<&str>, event_id: &str) -> String {
     match instructions {

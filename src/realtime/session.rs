@@ -51,6 +51,8 @@ struct Pending {
     respond: bool,
     /// Instructions for prompts asked for while busy.
     prompts: VecDeque<String>,
+    /// Caller text items (keys pressed) to add before the next response.
+    texts: Vec<String>,
 }
 
 /// One Realtime session's protocol state.
@@ -349,6 +351,11 @@ impl RealtimeSession {
             self.outbox
                 .push_back(events::function_call_output(&call_id, &output, &id));
         }
+        for text in std::mem::take(&mut self.pending.texts) {
+            let id = self.event_id("text");
+            self.outbox.push_back(events::user_text(&text, &id));
+            self.pending.respond = true;
+        }
         if self.pending.respond && self.outstanding_calls == 0 {
             self.pending.respond = false;
             let id = self.event_id("response");
@@ -438,6 +445,11 @@ impl SpeechSession for RealtimeSession {
 
     fn prompt(&mut self, instructions: &str) {
         self.pending.prompts.push_back(instructions.to_owned());
+        self.flush_pending();
+    }
+
+    fn caller_text(&mut self, text: &str) {
+        self.pending.texts.push(text.to_owned());
         self.flush_pending();
     }
 

@@ -13,6 +13,7 @@ struct Fake {
     interrupts: usize,
     outputs: Vec<(String, String, bool)>,
     prompts: Vec<String>,
+    texts: Vec<String>,
     responding: bool,
     formats: Vec<G711>,
 }
@@ -35,6 +36,9 @@ impl SpeechSession for Fake {
     fn prompt(&mut self, instructions: &str) {
         self.prompts.push(instructions.to_owned());
         self.responding = true;
+    }
+    fn caller_text(&mut self, text: &str) {
+        self.texts.push(text.to_owned());
     }
     fn responding(&self) -> bool {
         self.responding
@@ -69,6 +73,8 @@ fn config() -> BridgeConfig {
         goodbye_margin: Duration::from_secs(30),
         greeting: Some("Greet the caller.".into()),
         transfers: vec!["sales".into()],
+        dtmf_rules: vec![('0', "sales".into())],
+        dtmf_to_model: true,
         apology: None,
     }
 }
@@ -536,4 +542,41 @@ fn a_transfer_asked_for_by_keypad_that_fails_is_told_to_the_model_as_a_prompt() 
             .any(|p| p.contains("sales") && p.contains("486")),
         "{prompts:?}"
     );
+}
+
+#[test]
+fn keys_go_to_the_model_and_a_dtmf_rule_transfers_without_it() {
+    let mut h = Harness::ready();
+    h.outputs();
+    h.bridge.handle_dtmf(h.now, '5');
+    assert_eq!(
+        h.bridge.session().texts,
+        vec!["The caller pressed 5.".to_owned()]
+    );
+    assert!(h.outputs().is_empty());
+    // '0' is a rule: the agent is cut off and the call transfers, the model is not asked.
+    h.audio("talking", 160 * 5, 0x33);
+    h.bridge.handle_dtmf(h.now, '0');
+    assert_eq!(
+        h.bridge.queued(),
+        Duration::ZERO,
+        "the agent's audio is dropped"
+    );
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Transfer(TransferRequest {
+            tool_call_id: None,
+            destination: "sales".into(),
+            reason: "the caller pressed 0".into(),
+            summary: None,
+        })]
+    );
+    assert_eq!(
+        h.bridge.session().texts.len(),
+        1,
+        "the rule's key is not told"
+    );
+    // Pressing it again while the transfer runs does nothing.
+    h.bridge.handle_dtmf(h.now, '0');
+    assert!(h.outputs().is_empty());
 }

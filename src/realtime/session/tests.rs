@@ -446,3 +446,51 @@ fn transfer_destinations_become_the_transfer_call_tool_with_an_enum() {
     let tools = update[0]["session"]["tools"].as_array().expect("tools");
     assert!(!tools.iter().any(|tool| tool["name"] == "transfer_call"));
 }
+
+#[test]
+fn caller_keys_become_a_user_text_item_then_one_response_never_during_another() {
+    let mut session = RealtimeSession::new(&agent());
+    feed(
+        &mut session,
+        json!({"type": "session.created", "event_id": "e1", "session": {}}),
+    );
+    feed(
+        &mut session,
+        json!({"type": "session.updated", "event_id": "e2", "session": pcmu_session()}),
+    );
+    sent(&mut session);
+    feed(
+        &mut session,
+        json!({"type": "response.created", "event_id": "e3", "response": {"id": "r1", "status": "in_progress"}}),
+    );
+    session.caller_text("The caller pressed 5.");
+    session.caller_text("The caller pressed 6.");
+    assert!(
+        sent(&mut session).is_empty(),
+        "waits for the active response"
+    );
+    feed(
+        &mut session,
+        json!({"type": "response.done", "event_id": "e4", "response": {"id": "r1", "status": "completed", "output": []}}),
+    );
+    let out = sent(&mut session);
+    let kinds: Vec<&str> = out.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "conversation.item.create",
+            "conversation.item.create",
+            "response.create"
+        ]
+    );
+    assert_eq!(out[0]["item"]["role"], "user");
+    assert_eq!(out[0]["item"]["content"][0]["type"], "input_text");
+    assert_eq!(
+        out[0]["item"]["content"][0]["text"],
+        "The caller pressed 5."
+    );
+    assert_eq!(
+        out[1]["item"]["content"][0]["text"],
+        "The caller pressed 6."
+    );
+}
