@@ -118,7 +118,8 @@ fn accepted_refer_tracked_to_success_ends_voxgates_leg() {
         Some("Ann asks for a quote"),
         "the summary, made safe for one header line"
     );
-    assert!(refer.header("Contact").is_some());
+    let contact = refer.header("Contact").expect("Contact");
+    assert!(contact.starts_with("<sip:voxgate@"), "a SIP URI: {contact}");
     assert!(outcome
         .received()
         .iter()

@@ -558,11 +558,7 @@ impl Call {
 
     /// voxgate's Contact: the dialog's local contact (already built with `public_address`).
     fn contact(&self) -> String {
-        let transport = match self.flow.transport {
-            message::Transport::Udp => "",
-            message::Transport::Tcp => ";transport=tcp",
-        };
-        format!("<sip:{}{transport}>", self.dialog.local_contact())
+        format!("<{}>", self.dialog.local_contact())
     }
 
     /// Refuses the INVITE with a final error response and ends the call.

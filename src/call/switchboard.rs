@@ -530,7 +530,13 @@ impl Switchboard {
                     )
                 }),
                 record_route: request.record_route(),
-                local_contact: format!("voxgate@{contact_host}"),
+                local_contact: format!(
+                    "sip:voxgate@{contact_host}{}",
+                    match flow.transport {
+                        crate::sip::message::Transport::Udp => "",
+                        crate::sip::message::Transport::Tcp => ";transport=tcp",
+                    }
+                ),
             },
             rand::random::<u32>() & 0x0fff_ffff,
         );

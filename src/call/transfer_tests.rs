@@ -113,7 +113,13 @@ fn refer_carries_refer_to_referred_by_contact_and_the_summary() {
     assert_eq!(refer.header("Refer-To"), Some("<sip:2001@pbx.example.com>"));
     let referred_by = refer.header("Referred-By").expect("Referred-By");
     assert!(referred_by.starts_with("<sip:assistant@") && !referred_by.contains("tag"));
-    assert!(refer.header("Contact").is_some(), "REFER needs a Contact");
+    assert!(
+        refer
+            .header("Contact")
+            .is_some_and(|c| c.starts_with("<sip:voxgate@")),
+        "REFER needs a Contact URI: {:?}",
+        refer.header("Contact")
+    );
     assert_eq!(
         refer.header("X-Voxgate-Summary"),
         Some("Ann wants a quote"),

@@ -135,6 +135,14 @@ impl Sipp {
         self
     }
 
+    /// Copies `source` into the scenario's working directory as `name` (e.g. a pcap that a
+    /// scenario plays by its bare name).
+    pub fn with_file(self, name: &str, source: &Path) -> Sipp {
+        std::fs::copy(source, self.dir.path().join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+        self
+    }
+
     /// Any other SIPp argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Sipp {
         self.extra.push(arg.into());
