@@ -406,21 +406,28 @@ mod tests {
             remote_tag: "g1".into(),
             local_seq: 7,
             remote_target: "sip:agent@192.0.2.50:5070".into(),
-            record_route: vec!["<sip:p2.example.com;lr>".into(), "<sip:p1.example.com;lr>".into()],
+            record_route: vec![
+                "<sip:p2.example.com;lr>".into(),
+                "<sip:p1.example.com;lr>".into(),
+            ],
             local_contact: "sip:voxgate@198.51.100.1:5060".into(),
         });
         assert_eq!(dialog.state(), DialogState::Confirmed);
         assert_eq!(
-            (dialog.id().local_tag.as_str(), dialog.id().remote_tag.as_str()),
+            (
+                dialog.id().local_tag.as_str(),
+                dialog.id().remote_tag.as_str()
+            ),
             ("v9", "g1")
         );
         let bye = dialog.next_request("BYE");
         assert_eq!(bye.request_uri, "sip:agent@192.0.2.50:5070");
         assert_eq!(bye.headers[0], ("Route", "<sip:p1.example.com;lr>".into()));
         assert_eq!(bye.headers[1], ("Route", "<sip:p2.example.com;lr>".into()));
-        assert!(bye
-            .headers
-            .contains(&("From", "\"Alice\" <sip:alice@pbx.example.com>;tag=v9".into())));
+        assert!(bye.headers.contains(&(
+            "From",
+            "\"Alice\" <sip:alice@pbx.example.com>;tag=v9".into()
+        )));
         assert!(bye
             .headers
             .contains(&("To", "<sip:agent@pbx.example.com>;tag=g1".into())));

@@ -526,11 +526,15 @@ impl Endpoint {
     pub fn send_cancel(&mut self, now: Instant, invite: ClientTxId) -> Option<ClientTxId> {
         let entry = self.clients.values().find(|entry| entry.id == invite)?;
         let (branch, headers) = entry.invite.clone()?;
-        let (flow, target, request_uri) = (entry.flow, entry.target.clone(), entry.request_uri.clone());
+        let (flow, target, request_uri) =
+            (entry.flow, entry.target.clone(), entry.request_uri.clone());
         let headers = headers
             .into_iter()
             .filter(|(name, _)| {
-                matches!(*name, "Route" | "From" | "To" | "Call-ID" | "CSeq" | "Max-Forwards")
+                matches!(
+                    *name,
+                    "Route" | "From" | "To" | "Call-ID" | "CSeq" | "Max-Forwards"
+                )
             })
             .map(|(name, value)| match name {
                 "CSeq" => {
