@@ -77,6 +77,7 @@ fn config() -> BridgeConfig {
         goodbye_margin: Duration::from_secs(30),
         greeting: None,
         apology: None,
+        transfers: Vec::new(),
     }
 }
 

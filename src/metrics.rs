@@ -4,8 +4,8 @@
 //! (methods, directions, results): never a Call-ID or an address.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::sip::registration::AttemptResult;
@@ -21,6 +21,8 @@ pub enum CallResult {
     Cancelled,
     /// Answered, then ended by a fault (no ACK, session expired, media timeout).
     Failed,
+    /// Answered, then handed to a person by REFER (voxgate left the call).
+    Transferred,
 }
 
 impl CallResult {
@@ -31,6 +33,7 @@ impl CallResult {
             CallResult::Rejected => "rejected",
             CallResult::Cancelled => "cancelled",
             CallResult::Failed => "failed",
+            CallResult::Transferred => "transferred",
         }
     }
 }
@@ -63,6 +66,71 @@ pub struct Metrics {
     pub inbound_auth_total: IntCounterVec,
     /// The register-mode trunks' registrations.
     pub registration: RegistrationMetrics,
+    /// Hand-offs to people.
+    pub transfer: TransferMetrics,
+}
+
+/// Metrics of transfers to people, labelled by destination name (bounded: the configured
+/// destinations), method (`refer`, `bridge`) and result.
+#[derive(Clone)]
+pub struct TransferMetrics {
+    /// Transfer attempts by how they ended (a `refer_then_bridge` transfer whose REFER fails
+    /// counts the REFER's failure and then the bridge's outcome).
+    pub transfers_total: IntCounterVec,
+    /// From the transfer's start (the hand-off sentence played) to its outcome.
+    pub duration_seconds: HistogramVec,
+}
+
+impl TransferMetrics {
+    fn new(registry: &Registry) -> TransferMetrics {
+        let metrics = TransferMetrics {
+            transfers_total: IntCounterVec::new(
+                Opts::new(
+                    "voxgate_transfers_total",
+                    "Transfer attempts by destination, method (refer, bridge) and result",
+                ),
+                &["destination", "method", "result"],
+            )
+            .expect("valid metric definition"),
+            duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "voxgate_transfer_duration_seconds",
+                    "From the transfer's start to its outcome, by method",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+                ]),
+                &["method"],
+            )
+            .expect("valid metric definition"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 2] = [
+            Box::new(metrics.transfers_total.clone()),
+            Box::new(metrics.duration_seconds.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// Records one attempt's outcome.
+    pub fn record(
+        &self,
+        destination: &str,
+        method: &str,
+        result: &str,
+        duration: std::time::Duration,
+    ) {
+        self.transfers_total
+            .with_label_values(&[destination, method, result])
+            .inc();
+        self.duration_seconds
+            .with_label_values(&[method])
+            .observe(duration.as_secs_f64());
+    }
 }
 
 /// Metrics of voxgate's registrations with PBXs and providers, labelled by trunk name (bounded:
@@ -378,7 +446,9 @@ impl Metrics {
         .expect("valid metric definition");
         let realtime = RealtimeMetrics::new(&registry);
         let registration = RegistrationMetrics::new(&registry);
+        let transfer = TransferMetrics::new(&registry);
         let metrics = Metrics {
+            transfer,
             inbound_auth_total,
             realtime,
             registration,
@@ -426,6 +496,7 @@ impl Metrics {
             CallResult::Rejected,
             CallResult::Cancelled,
             CallResult::Failed,
+            CallResult::Transferred,
         ] {
             self.calls_total.with_label_values(&[result.as_str()]);
         }

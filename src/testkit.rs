@@ -246,6 +246,20 @@ impl Harness {
         self.pump();
     }
 
+    /// The agent of `call` asks for a transfer (what the media task does for `transfer_call`).
+    pub fn transfer(&mut self, call: CallKey, request: crate::call::transfer::TransferRequest) {
+        self.switchboard
+            .handle_transfer_request(self.now, call, request);
+        self.pump();
+    }
+
+    /// The media task of `call` reports the caller's RTP stopped or resumed.
+    pub fn caller_media(&mut self, call: CallKey, flowing: bool) {
+        self.switchboard
+            .handle_caller_media(self.now, call, flowing);
+        self.pump();
+    }
+
     /// Reports `trunk`'s registrar (or outbound proxy) resolved to `remote` over `transport`
     /// (what `io/` does at start-up); the registration starts.
     pub fn next_hop(&mut self, trunk: &str, remote: SocketAddr, transport: Transport) {
@@ -261,13 +275,6 @@ impl Harness {
     /// Reports a TCP connection to `peer` closed.
     pub fn connection_closed(&mut self, peer: SocketAddr) {
         self.switchboard.handle_connection_closed(self.now, peer);
-        self.pump();
-    }
-
-    /// The agent of `call` asks for a transfer (what the media task reports).
-    pub fn transfer(&mut self, call: CallKey, request: crate::call::transfer::TransferRequest) {
-        self.switchboard
-            .handle_transfer_request(self.now, call, request);
         self.pump();
     }
 

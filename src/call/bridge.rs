@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::speech::{FailReason, Role, SpeechEvent, SpeechSession, TokenUsage};
+use super::transfer::{TransferRequest, TRANSFER_TOOL};
 use crate::config::ToolSettings;
 use crate::media::g711::Codec;
 use crate::media::playout::{PlayoutFrame, PlayoutQueue};
@@ -56,6 +57,8 @@ pub struct BridgeConfig {
     /// µ-law recording played to the caller when the session fails after answer, before the
     /// call ends.
     pub apology: Option<Bytes>,
+    /// The names of the transfer destinations `transfer_call` accepts.
+    pub transfers: Vec<String>,
 }
 
 /// What the bridge asks `io/` to do or to record.
@@ -156,6 +159,10 @@ pub struct Bridge<S: SpeechSession> {
     playing: Option<u64>,
     caller_turn_ended_at: Option<Instant>,
     hangup: Option<PendingHangup>,
+    /// `transfer_call` waiting for the hand-off sentence to finish playing.
+    pending_transfer: Option<(TransferRequest, Instant)>,
+    /// A transfer was handed to the call and has not failed back (the call ends on success).
+    transferring: bool,
     goodbye_at: Option<Instant>,
     /// The session failed after answer and the apology is playing: report when it has.
     apologizing: Option<(FailReason, String, Option<Instant>)>,
@@ -179,6 +186,8 @@ impl<S: SpeechSession> Bridge<S> {
             playing: None,
             caller_turn_ended_at: None,
             hangup: None,
+            pending_transfer: None,
+            transferring: false,
             goodbye_at: None,
             apologizing: None,
             outputs: VecDeque::new(),
@@ -258,6 +267,7 @@ impl<S: SpeechSession> Bridge<S> {
         request: super::transfer::TransferRequest,
         output: &str,
     ) {
+        self.transferring = false;
         if self.failed {
             return;
         }
@@ -322,6 +332,19 @@ impl<S: SpeechSession> Bridge<S> {
                 why: TIME_LIMIT_HANGUP.to_owned(),
                 since: now,
             });
+        }
+        if let Some((_, since)) = &self.pending_transfer {
+            let finished = self.playout.is_empty() && !self.session.responding();
+            if finished || now.saturating_duration_since(*since) >= HANGUP_WAIT_MAX {
+                if let Some((request, _)) = self.pending_transfer.take() {
+                    tracing::info!(
+                        destination = %request.destination,
+                        "hand-off sentence played: transferring"
+                    );
+                    self.transferring = true;
+                    self.outputs.push_back(BridgeOutput::Transfer(request));
+                }
+            }
         }
         let Some(hangup) = &self.hangup else { return };
         let finished = self.playout.is_empty() && !self.session.responding();
@@ -487,6 +510,10 @@ impl<S: SpeechSession> Bridge<S> {
             });
             return;
         }
+        if name == TRANSFER_TOOL {
+            self.dispatch_transfer(now, call_id, &arguments);
+            return;
+        }
         match self.config.tools.iter().find(|tool| tool.name == name) {
             Some(tool) => {
                 tracing::info!(tool = %name, %call_id, "the agent calls a tool");
@@ -510,6 +537,54 @@ impl<S: SpeechSession> Bridge<S> {
                 self.session.tool_output(&call_id, &output, true);
             }
         }
+    }
+
+    /// `transfer_call`: checked at once (a bad destination is answered straight away), then
+    /// held until the hand-off sentence has played.
+    fn dispatch_transfer(&mut self, now: Instant, call_id: String, arguments: &str) {
+        let args: serde_json::Value = serde_json::from_str(arguments).unwrap_or_default();
+        let text = |key: &str| {
+            args.get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let destination = text("destination").unwrap_or_default();
+        let refusal = if self.transferring || self.pending_transfer.is_some() {
+            Some("a transfer is already in progress".to_owned())
+        } else if !self.config.transfers.contains(&destination) {
+            Some(format!(
+                "there is no transfer destination named {destination:?}; choose one of: {}",
+                self.config.transfers.join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            tracing::warn!(%destination, "transfer_call refused: {error}");
+            self.outputs.push_back(BridgeOutput::ToolCalled {
+                name: TRANSFER_TOOL.to_owned(),
+                result: "refused",
+            });
+            let output = serde_json::json!({"status": "error", "error": error}).to_string();
+            self.session.tool_output(&call_id, &output, true);
+            return;
+        }
+        let request = TransferRequest {
+            tool_call_id: Some(call_id),
+            reason: text("reason").unwrap_or_default(),
+            summary: text("summary").filter(|s| !s.trim().is_empty()),
+            destination,
+        };
+        tracing::info!(
+            destination = %request.destination,
+            reason = %request.reason,
+            "the agent transfers the call after its hand-off sentence"
+        );
+        self.outputs.push_back(BridgeOutput::ToolCalled {
+            name: TRANSFER_TOOL.to_owned(),
+            result: "ok",
+        });
+        self.pending_transfer = Some((request, now));
     }
 }
 

@@ -26,6 +26,8 @@ pub mod switchboard;
 #[cfg(test)]
 mod tests;
 pub mod transfer;
+#[cfg(test)]
+mod transfer_tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -175,6 +177,17 @@ pub enum Output {
         /// How it ended.
         result: CallResult,
     },
+    /// A transfer attempt ended (for `voxgate_transfers_total`).
+    TransferFinished {
+        /// The destination's name.
+        destination: String,
+        /// `refer` or `bridge`.
+        method: &'static str,
+        /// `success`, `failed`, `timeout`, `abandoned`, `handed_over`.
+        result: &'static str,
+        /// From the transfer's start to this outcome.
+        duration: Duration,
+    },
     /// Draining finished: no calls are left.
     Drained,
 }
@@ -272,7 +285,9 @@ pub struct Call {
     /// The caller's RTP arrives (as the media task last reported).
     caller_media_flowing: bool,
     /// The transfer under way.
-    transfer: Option<transfer::TransferRequest>,
+    transfer: Option<transfer::ActiveTransfer>,
+    /// The caller's INVITE said `Supported: norefersub` (RFC 4488).
+    peer_supports_norefersub: bool,
     /// The domain transfer extensions are joined to (the trunk's `domain` or registrar host).
     transfer_domain: Option<String>,
     /// The trunk's outbound proxy (a bridged transfer's INVITE goes through it).
@@ -326,6 +341,12 @@ impl Call {
             tracing::info_span!(parent: None, "call", call_id = %call_id, trunk = %new.trunk);
         let offer_in_invite = !new.invite.body().is_empty();
         let peer_allows_update = allows_update(&new.invite);
+        let peer_supports_norefersub = new
+            .invite
+            .headers_named("Supported")
+            .chain(new.invite.headers_named("k"))
+            .flat_map(|value| value.split(','))
+            .any(|tag| tag.trim().eq_ignore_ascii_case("norefersub"));
         let local_ip = new.flow.local.ip();
         span.in_scope(|| {
             tracing::info!(
@@ -369,6 +390,7 @@ impl Call {
             awaiting_ack: None,
             caller_media_flowing: true,
             transfer: None,
+            peer_supports_norefersub,
             transfer_domain: new.transfer_domain,
             outbound_proxy: new.outbound_proxy,
             agent_leg: None,
@@ -626,11 +648,6 @@ impl Call {
         self.hang_up(ctx, why, CallResult::Completed);
     }
 
-    /// Whether the caller's RTP arrives on this leg (reported by the media task on change).
-    pub fn handle_caller_media(&mut self, _ctx: &mut Ctx<'_>, flowing: bool) {
-        self.caller_media_flowing = flowing;
-    }
-
     /// A CANCEL matched this call's INVITE (the endpoint already answered the CANCEL 200).
     pub fn handle_cancel(&mut self, ctx: &mut Ctx<'_>) {
         let _entered = self.span.clone().entered();
@@ -721,6 +738,7 @@ impl Call {
                 }
             }
             "INVITE" | "UPDATE" => self.handle_offer_request(ctx, tx, request, &method),
+            "NOTIFY" => self.handle_notify(ctx, tx, request),
             "INFO" | "OPTIONS" => {
                 let allow = [("Allow", ALLOW), ("Supported", SUPPORTED)];
                 self.reply(ctx, tx, request, 200, None, &allow, None);
@@ -894,6 +912,9 @@ impl Call {
                 return;
             }
         }
+        if self.handle_refer_response(ctx, tx, response, &sent) {
+            return;
+        }
         let Some(refresh) = self.refresh else { return };
         if refresh.tx != tx {
             return;
@@ -1013,6 +1034,9 @@ impl Call {
                 return;
             }
         }
+        if self.handle_refer_timeout(ctx, tx) {
+            return;
+        }
         if self.refresh.is_some_and(|refresh| refresh.tx == tx) {
             self.refresh = None;
             tracing::warn!("session refresh got no answer; hanging up");
@@ -1031,6 +1055,7 @@ impl Call {
             }
             State::Answered | State::Confirmed => {
                 tracing::info!(why, "hanging up");
+                self.abandon_transfer(ctx);
                 let bye = self.dialog.next_request("BYE");
                 let tx = self.send_in_dialog(ctx, bye, None, 0);
                 self.dialog.terminate();
@@ -1053,6 +1078,7 @@ impl Call {
         if matches!(self.state, State::Ending { .. } | State::Ended) {
             return;
         }
+        self.abandon_transfer(ctx);
         self.end_agent_leg(ctx);
         self.dialog.terminate();
         let duration = self
@@ -1103,6 +1129,7 @@ impl Call {
                 return;
             }
         }
+        self.transfer_handle_timeout(ctx);
         let Some(timer) = self.session_timer.as_mut() else {
             return;
         };
@@ -1177,6 +1204,7 @@ impl Call {
             .and_then(SessionTimer::poll_timeout);
         ring.into_iter()
             .chain(session)
+            .chain(self.transfer_poll_timeout())
             .chain(self.agent_leg_timeout())
             .min()
     }

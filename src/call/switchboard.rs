@@ -418,7 +418,7 @@ impl Switchboard {
                 ];
                 self.reply(now, tx, &request, status, "", &headers);
             }
-            "BYE" | "INFO" | "UPDATE" | "PRACK" => self.reply(
+            "BYE" | "INFO" | "UPDATE" | "PRACK" | "NOTIFY" => self.reply(
                 now,
                 tx,
                 &request,

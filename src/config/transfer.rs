@@ -289,3 +289,141 @@ pub(super) fn validate_agent(agent: &super::AgentSettings, index: usize) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ConfigError, Settings};
+    use super::TransferMethod;
+
+    const BASE: &str = r#"
+[sip]
+listen = "127.0.0.1:5060"
+
+[[trunks]]
+name = "pbx"
+allow_from = ["127.0.0.0/8"]
+domain = "pbx.example.com"
+
+[[routes]]
+agent = "assistant"
+
+[[agents]]
+name = "assistant"
+kind = "openai"
+"#;
+
+    fn load(extra: &str) -> Result<Settings, (String, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("voxgate.toml");
+        std::fs::write(&path, format!("{BASE}\n{extra}")).expect("write");
+        Settings::load_from(&path, Vec::new()).map_err(|error| match error {
+            ConfigError::Invalid { key, reason, .. } => (key, reason),
+            ConfigError::Load { reason, .. } => ("<load>".into(), reason),
+        })
+    }
+
+    const SALES: &str = r#"
+[[agents.transfers]]
+name = "sales"
+extension = "2001"
+description = "Prices and orders"
+method = "refer_then_bridge"
+announce = "Caller from the assistant"
+
+[[agents.transfers]]
+name = "operator"
+uri = "sip:operator@pbx.example.com"
+description = "Anything else"
+
+[[agents.dtmf_rules]]
+digit = "0"
+transfer = "operator"
+"#;
+
+    #[test]
+    fn destinations_rules_and_the_global_timeout_load() {
+        let settings = load(&format!("[transfer]\ntimeout_secs = 20\n{SALES}")).expect("valid");
+        assert_eq!(settings.transfer.timeout_secs, 20);
+        let agent = &settings.agents[0];
+        assert_eq!(agent.transfers.len(), 2);
+        assert_eq!(agent.transfers[0].method, TransferMethod::ReferThenBridge);
+        assert_eq!(
+            agent.transfers[1].method,
+            TransferMethod::Refer,
+            "the default"
+        );
+        assert_eq!(
+            agent.transfers[0].target_uri("pbx.example.com"),
+            "sip:2001@pbx.example.com"
+        );
+        assert_eq!(
+            agent.transfers[1].target_uri("ignored"),
+            "sip:operator@pbx.example.com"
+        );
+        assert_eq!(agent.dtmf_rules[0].digit_char(), Some('0'));
+        assert!(agent.dtmf_to_model);
+        assert_eq!(
+            settings.trunks[0].transfer_domain().as_deref(),
+            Some("pbx.example.com")
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let cases = [
+            ("[transfer]\ntimeout_secs = 0\n", "transfer.timeout_secs"),
+            (
+                "[[agents.transfers]]\nname = \"a b\"\nextension = \"1\"\ndescription = \"x\"\n",
+                "agents[0].transfers[0].name",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\ndescription = \"x\"\n",
+                "agents[0].transfers[0]",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nuri = \"sip:a@b\"\nextension = \"1\"\ndescription = \"x\"\n",
+                "agents[0].transfers[0]",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nuri = \"tel:+1555\"\ndescription = \"x\"\n",
+                "agents[0].transfers[0].uri",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nextension = \"1 2\"\ndescription = \"x\"\n",
+                "agents[0].transfers[0].extension",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nextension = \"1\"\ndescription = \" \"\n",
+                "agents[0].transfers[0].description",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nextension = \"1\"\ndescription = \"x\"\n\
+                 [[agents.transfers]]\nname = \"a\"\nextension = \"2\"\ndescription = \"y\"\n",
+                "agents[0].transfers[1].name",
+            ),
+            (
+                "[[agents.transfers]]\nname = \"a\"\nextension = \"1\"\ndescription = \"x\"\n\
+                 [[agents.dtmf_rules]]\ndigit = \"12\"\ntransfer = \"a\"\n",
+                "agents[0].dtmf_rules[0].digit",
+            ),
+            (
+                "[[agents.dtmf_rules]]\ndigit = \"5\"\ntransfer = \"nobody\"\n",
+                "agents[0].dtmf_rules[0].transfer",
+            ),
+        ];
+        for (extra, key) in cases {
+            match load(extra) {
+                Err((got, reason)) => assert_eq!(got, key, "{extra}: {reason}"),
+                Ok(_) => panic!("accepted: {extra}"),
+            }
+        }
+        let (key, reason) = load(
+            "[[agents.transfers]]\nname = \"a\"\nextension = \"1\"\ndescription = \"x\"\nmethod = \"teleport\"\n",
+        )
+        .expect_err("bad method");
+        assert!(
+            key.contains("method") && reason.contains("refer_then_bridge"),
+            "{key}: {reason}"
+        );
+    }
+}

@@ -233,6 +233,10 @@ struct MediaTask {
     core_tx: mpsc::Sender<CoreInput>,
     /// A report the core's queue had no room for yet (retried every tick).
     unsent_end: Option<String>,
+    /// When the caller's last RTP packet arrived.
+    last_rtp_at: Option<Instant>,
+    /// What the core was last told about the caller's RTP (see [`CoreInput::CallerMedia`]).
+    caller_flowing: bool,
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
     rtp_in: prometheus::IntCounter,
     rtp_out: prometheus::IntCounter,
@@ -256,6 +260,8 @@ impl MediaTask {
             inactivity: InactivityTimer::new(setup.rtp_timeout, setup.rtp_hold_timeout),
             core_tx,
             unsent_end: None,
+            last_rtp_at: None,
+            caller_flowing: true,
             ticks: 0,
             ptime,
             send_buffer: Vec::with_capacity(1_500),
@@ -492,6 +498,7 @@ impl MediaTask {
         self.packets_in += 1;
         self.rtp_in.inc();
         self.inactivity.handle_packet(now);
+        self.last_rtp_at = Some(now);
         if Some(packet.payload_type) == params.telephone_event || !params.receive {
             return;
         }
@@ -518,6 +525,7 @@ impl MediaTask {
         if let Some(why) = self.unsent_end.take() {
             self.report_ended(why);
         }
+        self.check_caller_flowing(now);
         let Some(params) = self.params.as_ref() else {
             return;
         };
@@ -562,6 +570,31 @@ impl MediaTask {
                 self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
+        }
+    }
+
+    /// Tells the core (speech agents only: it decides transfers by it) when the caller's RTP
+    /// stops for [`CALLER_SILENT_AFTER`] or starts again.
+    fn check_caller_flowing(&mut self, now: Instant) {
+        let Some(last) = self.last_rtp_at else { return };
+        if self.agent.kind != AgentKind::Openai {
+            return;
+        }
+        let flowing = now.saturating_duration_since(last) < CALLER_SILENT_AFTER;
+        if flowing == self.caller_flowing {
+            return;
+        }
+        let input = CoreInput::CallerMedia {
+            call: self.call,
+            flowing,
+        };
+        if self.core_tx.try_send(input).is_ok() {
+            self.caller_flowing = flowing;
+            tracing::debug!(
+                flowing,
+                "caller's RTP {}",
+                if flowing { "resumed" } else { "stopped" }
+            );
         }
     }
 
@@ -625,6 +658,10 @@ thread_local! {
 
 /// How often each call samples its jitter-buffer figures into the histograms.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The caller's RTP counts as stopped after this long without a packet (a PBX that took the
+/// caller elsewhere after a REFER stops sending on voxgate's leg at once).
+const CALLER_SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// Whole ptime ticks in `period` (at least 1).
 fn ticks_per(period: Duration, ptime: Duration) -> u64 {

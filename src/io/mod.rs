@@ -415,6 +415,15 @@ impl Core {
                             handle.command(MediaCommand::Stop);
                         }
                     }
+                    Output::TransferFinished {
+                        destination,
+                        method,
+                        result,
+                        duration,
+                    } => self
+                        .metrics
+                        .transfer
+                        .record(&destination, method, result, duration),
                     Output::Drained => drained = true,
                 }
             }

@@ -106,6 +106,7 @@ impl SpeechLeg {
                 goodbye_margin: (limit / 4).min(Duration::from_secs(30)),
                 greeting: agent.greeting.clone(),
                 apology: realtime.apology.clone(),
+                transfers: agent.transfers.iter().map(|d| d.name.clone()).collect(),
             },
         );
         let transcript = realtime

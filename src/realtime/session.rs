@@ -74,6 +74,46 @@ pub struct RealtimeSession {
     last_create: Option<String>,
 }
 
+/// The `transfer_call` function: the destinations as an enum, each described for the model.
+fn transfer_tool(agent: &AgentSettings) -> Value {
+    let names: Vec<&str> = agent.transfers.iter().map(|d| d.name.as_str()).collect();
+    let listing: Vec<String> = agent
+        .transfers
+        .iter()
+        .map(|d| format!("\"{}\": {}", d.name, d.description))
+        .collect();
+    events::function_tool(
+        crate::call::transfer::TRANSFER_TOOL,
+        &format!(
+            "Hand the caller to a person. First tell the caller in one short sentence that you \
+             are transferring them; the transfer starts when you finish speaking. If it fails \
+             you get the reason back: apologise and offer to help or take a message. \
+             Destinations: {}.",
+            listing.join("; ")
+        ),
+        &serde_json::json!({
+            "type": "object",
+            "properties": {
+                "destination": {
+                    "type": "string",
+                    "enum": names,
+                    "description": "Who to transfer the caller to.",
+                },
+                "reason": {
+                    "type": "string",
+                    "description": "Why the caller needs a person, in a few words.",
+                },
+                "summary": {
+                    "type": "string",
+                    "description": "What the person taking over should know: the caller's \
+                                    name and request, in one or two sentences.",
+                },
+            },
+            "required": ["destination", "reason"],
+        }),
+    )
+}
+
 impl RealtimeSession {
     /// A session for `agent`, with its HTTP `tools` plus the built-ins it enables.
     pub fn new(agent: &AgentSettings) -> RealtimeSession {
@@ -82,6 +122,9 @@ impl RealtimeSession {
             .iter()
             .map(|tool| events::function_tool(&tool.name, &tool.description, &tool.parameters))
             .collect();
+        if !agent.transfers.is_empty() {
+            tools.push(transfer_tool(agent));
+        }
         if agent.end_call_tool {
             tools.push(events::function_tool(
                 END_CALL_TOOL,

@@ -277,7 +277,12 @@ impl Dialog {
         headers.push(("To", self.remote_uri.clone()));
         headers.push(("Call-ID", self.id.call_id.clone()));
         headers.push(("CSeq", format!("{cseq} {cseq_method}")));
-        if method.eq_ignore_ascii_case("INVITE") || method.eq_ignore_ascii_case("UPDATE") {
+        // Target refreshes (RFC 3261 §12.2.1.1, RFC 3311) and REFER, whose implicit
+        // subscription's NOTIFYs come to the Contact (RFC 3515 §2.4.1, RFC 6665 §4.1.1).
+        if ["INVITE", "UPDATE", "REFER"]
+            .iter()
+            .any(|m| method.eq_ignore_ascii_case(m))
+        {
             headers.push(("Contact", format!("<{}>", self.local_contact)));
         }
         headers.push(("Max-Forwards", "70".to_owned()));

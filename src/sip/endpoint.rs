@@ -29,7 +29,7 @@ use crate::sip::transaction::non_invite_server::NonInviteServer;
 use crate::sip::transaction::{ClientOutput, ServerOutput, Timers};
 
 /// The methods voxgate implements, for `Allow` headers.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY";
 
 /// Option tags voxgate supports (RFC 4028 session timers).
 pub const SUPPORTED: &str = "timer";

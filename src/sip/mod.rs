@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod framing;
 pub mod front_end;
 pub mod message;
+pub mod refer;
 pub mod registration;
 pub mod session_timer;
 pub mod transaction;

@@ -1,6 +1,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::call::transfer::{TransferRequest, TRANSFER_TOOL};
 use crate::testkit;
 
 /// A scripted speech session: events are pushed by the test, calls are recorded.
@@ -67,6 +68,7 @@ fn config() -> BridgeConfig {
         session_limit: Duration::from_secs(3_600),
         goodbye_margin: Duration::from_secs(30),
         greeting: Some("Greet the caller.".into()),
+        transfers: vec!["sales".into()],
         apology: None,
     }
 }
@@ -419,4 +421,119 @@ fn a_session_failing_before_answer_reports_at_once_without_an_apology() {
         bridge.poll_output(),
         Some(BridgeOutput::Failed { .. })
     ));
+}
+
+#[test]
+fn transfer_call_waits_for_the_hand_off_sentence_then_asks_the_call_to_transfer() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("handoff", 160 * 2, 0x22);
+    h.event(SpeechEvent::ToolCall {
+        call_id: "t1".into(),
+        name: TRANSFER_TOOL.into(),
+        arguments: r#"{"destination":"sales","reason":"wants a quote","summary":"Ann, 3 seats"}"#
+            .into(),
+    });
+    h.event(SpeechEvent::ResponseDone {
+        status: "completed".into(),
+    });
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::ToolCalled {
+            name: TRANSFER_TOOL.into(),
+            result: "ok"
+        }]
+    );
+    for _ in 0..2 {
+        assert!(!h.tick().is_silence);
+        assert!(h.outputs().is_empty(), "not before the sentence has played");
+    }
+    h.tick();
+    assert_eq!(
+        h.outputs(),
+        vec![BridgeOutput::Transfer(TransferRequest {
+            tool_call_id: Some("t1".into()),
+            destination: "sales".into(),
+            reason: "wants a quote".into(),
+            summary: Some("Ann, 3 seats".into()),
+        })]
+    );
+    assert!(
+        h.bridge.session().outputs.is_empty(),
+        "the output waits for the outcome"
+    );
+
+    // A second transfer while this one runs is refused at once.
+    h.event(SpeechEvent::ToolCall {
+        call_id: "t2".into(),
+        name: TRANSFER_TOOL.into(),
+        arguments: r#"{"destination":"sales","reason":"again"}"#.into(),
+    });
+    let (call, output, _) = h.bridge.session().outputs[0].clone();
+    assert_eq!(call, "t2");
+    assert!(output.contains("already in progress"), "{output}");
+
+    // The failure comes back as the first call's output.
+    let request = TransferRequest {
+        tool_call_id: Some("t1".into()),
+        destination: "sales".into(),
+        reason: "wants a quote".into(),
+        summary: None,
+    };
+    let failure = r#"{"status":"failed","sip_status":603,"reason":"Declined"}"#;
+    h.bridge.transfer_failed(h.now, request, failure);
+    assert_eq!(
+        h.bridge.session().outputs[1],
+        ("t1".to_owned(), failure.to_owned(), true)
+    );
+}
+
+#[test]
+fn transfer_call_to_an_unknown_destination_is_answered_at_once() {
+    let mut h = Harness::ready();
+    h.outputs();
+    h.event(SpeechEvent::ToolCall {
+        call_id: "t1".into(),
+        name: TRANSFER_TOOL.into(),
+        arguments: r#"{"destination":"ceo","reason":"angry"}"#.into(),
+    });
+    let (call, output, respond) = h.bridge.session().outputs[0].clone();
+    assert_eq!(call, "t1");
+    assert!(
+        output.contains("no transfer destination named") && output.contains("ceo"),
+        "{output}"
+    );
+    assert!(output.contains("sales") && respond);
+    h.tick();
+    assert!(!h
+        .outputs()
+        .iter()
+        .any(|o| matches!(o, BridgeOutput::Transfer(_))));
+    // Malformed arguments are treated alike.
+    h.event(SpeechEvent::ToolCall {
+        call_id: "t2".into(),
+        name: TRANSFER_TOOL.into(),
+        arguments: "not json".into(),
+    });
+    assert_eq!(h.bridge.session().outputs.len(), 2);
+}
+
+#[test]
+fn a_transfer_asked_for_by_keypad_that_fails_is_told_to_the_model_as_a_prompt() {
+    let mut h = Harness::ready();
+    let request = TransferRequest {
+        tool_call_id: None,
+        destination: "sales".into(),
+        reason: "the caller pressed 0".into(),
+        summary: None,
+    };
+    h.bridge
+        .transfer_failed(h.now, request, r#"{"status":"failed","sip_status":486}"#);
+    let prompts = &h.bridge.session().prompts;
+    assert!(
+        prompts
+            .iter()
+            .any(|p| p.contains("sales") && p.contains("486")),
+        "{prompts:?}"
+    );
 }

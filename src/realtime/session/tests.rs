@@ -396,3 +396,53 @@ fn interrupt_cancels_only_when_the_server_does_not() {
     let out = sent(&mut session);
     assert_eq!(out[0]["type"], "response.cancel");
 }
+
+#[test]
+fn transfer_destinations_become_the_transfer_call_tool_with_an_enum() {
+    use crate::config::transfer::{TransferDestination, TransferMethod};
+    let mut agent = agent();
+    for (name, description) in [("sales", "Prices and orders"), ("support", "Broken things")] {
+        agent.transfers.push(TransferDestination {
+            name: name.into(),
+            uri: None,
+            extension: Some("2001".into()),
+            description: description.into(),
+            method: TransferMethod::Refer,
+            announce: None,
+        });
+    }
+    let mut session = RealtimeSession::new(&agent);
+    feed(
+        &mut session,
+        json!({"type": "session.created", "event_id": "e1", "session": {}}),
+    );
+    let update = sent(&mut session);
+    let tools = update[0]["session"]["tools"].as_array().expect("tools");
+    let transfer = tools
+        .iter()
+        .find(|tool| tool["name"] == "transfer_call")
+        .expect("transfer_call declared");
+    assert_eq!(
+        transfer["parameters"]["properties"]["destination"]["enum"],
+        json!(["sales", "support"])
+    );
+    assert_eq!(
+        transfer["parameters"]["required"],
+        json!(["destination", "reason"])
+    );
+    let description = transfer["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("\"sales\": Prices and orders"),
+        "{description}"
+    );
+    assert!(tools.iter().any(|tool| tool["name"] == END_CALL_TOOL));
+    // Without destinations there is no transfer tool.
+    let mut plain = RealtimeSession::new(&self::agent());
+    feed(
+        &mut plain,
+        json!({"type": "session.created", "event_id": "e1", "session": {}}),
+    );
+    let update = sent(&mut plain);
+    let tools = update[0]["session"]["tools"].as_array().expect("tools");
+    assert!(!tools.iter().any(|tool| tool["name"] == "transfer_call"));
+}
