@@ -299,3 +299,119 @@ impl Relay {
 fn samples_per(ptime: Duration) -> usize {
     (ptime.as_micros() * 8 / 1_000) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::rtp::parse_rtp;
+
+    fn params(remote_rtp: Option<SocketAddr>) -> MediaParams {
+        MediaParams {
+            remote_rtp,
+            remote_rtcp: None,
+            codec: G711::Pcmu,
+            payload_type: 0,
+            telephone_event: Some(101),
+            ptime: Duration::from_millis(20),
+            send: true,
+            receive: true,
+        }
+    }
+
+    fn rtp(seq: u16, payload: u8) -> Vec<u8> {
+        let mut packet = vec![0x80, 0x00];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend_from_slice(&0x0a0a_0a0au32.to_be_bytes());
+        packet.extend(std::iter::repeat_n(payload, 160));
+        packet
+    }
+
+    #[test]
+    fn ringback_then_relay_both_ways_each_leg_its_own_stream_then_release() {
+        let metrics = Metrics::new();
+        let (attach, attached) = mpsc::channel(2);
+        let ptime = Duration::from_millis(20);
+        let mut media =
+            AgentMedia::new(attached, ptime, Duration::from_millis(200), metrics.clone());
+        let rtp_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rtp_socket.set_nonblocking(true).expect("non-blocking");
+        let local = rtp_socket.local_addr().expect("address");
+        let sockets = AgentLegSockets {
+            rtp: rtp_socket,
+            _rtcp: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        };
+        attach.try_send(sockets).expect("attach");
+        let caller = params(Some("127.0.0.1:9".parse().unwrap()));
+        let mut now = Instant::now();
+        assert!(
+            media.tick(now, None, ptime).is_none(),
+            "idle: the assistant plays"
+        );
+
+        media.handle_command(AgentLegCommand::Ringback, Some(&caller));
+        let ring = media
+            .tick(now, Some(&[0x42; 160]), ptime)
+            .expect("ringback");
+        assert_eq!(ring.payload.len(), 160);
+        assert!(
+            ring.payload.iter().any(|&code| code != 0xFF),
+            "a tone, not silence"
+        );
+
+        let agent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        agent
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let connect = AgentLegCommand::Connect(params(Some(agent.local_addr().unwrap())));
+        media.handle_command(connect, Some(&caller));
+        assert_eq!(metrics.bridged_calls_active.get(), 1);
+        assert!(media.take_close_speech() && !media.take_close_speech());
+
+        // The caller's frame goes to the agent on voxgate's own stream.
+        media.tick(now, Some(&[0x42; 160]), ptime);
+        let mut buffer = [0u8; 2_048];
+        let (length, from) = agent.recv_from(&mut buffer).expect("RTP at the agent");
+        assert_eq!(from, local);
+        let packet = parse_rtp(&buffer[..length]).expect("RTP");
+        assert_eq!(&packet.payload[..], &[0x42; 160][..]);
+        assert!(packet.marker);
+        assert_ne!(packet.ssrc, Ssrc(0x0a0a_0a0a));
+
+        // The agent's audio reaches the caller once its jitter buffer has filled.
+        for seq in 0..5 {
+            agent.send_to(&rtp(seq, 0x33), local).expect("send");
+        }
+        // Loopback delivery is not instant: tick (virtual ptimes) until the audio comes out,
+        // for at most two seconds of wall clock.
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let mut heard = false;
+        while !heard && Instant::now() < give_up {
+            now += ptime;
+            let frame = media.tick(now, None, ptime).expect("relay");
+            heard = frame.payload.iter().all(|&code| code == 0x33);
+            std::thread::yield_now();
+        }
+        assert!(heard, "the agent's frames reached the caller");
+
+        media.handle_command(AgentLegCommand::Release, Some(&caller));
+        assert_eq!(metrics.bridged_calls_active.get(), 0);
+        assert!(
+            media.tick(now, None, ptime).is_none(),
+            "back to the assistant"
+        );
+    }
+
+    #[test]
+    fn dropping_a_relaying_task_ends_the_bridge_in_the_gauge() {
+        let metrics = Metrics::new();
+        let (_attach, attached) = mpsc::channel(2);
+        let ptime = Duration::from_millis(20);
+        let mut media = AgentMedia::new(attached, ptime, ptime * 10, metrics.clone());
+        let connect = AgentLegCommand::Connect(params(Some("127.0.0.1:9".parse().unwrap())));
+        media.handle_command(connect, None);
+        assert_eq!(metrics.bridged_calls_active.get(), 1);
+        drop(media);
+        assert_eq!(metrics.bridged_calls_active.get(), 0);
+    }
+}

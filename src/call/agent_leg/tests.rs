@@ -397,3 +397,56 @@ fn destination_silent_until_timer_b_is_a_408_failure() {
     h.send(&caller.request("BYE", &[], None));
     assert_clean(&mut h);
 }
+
+#[test]
+fn cancel_waits_for_a_provisional_response_when_the_caller_leaves_early() {
+    let mut h = Harness::new(&bridge_settings());
+    let mut caller = Caller::new("echo");
+    let (_, invite) = bridged_invite(&mut h, &mut caller);
+    h.send(&caller.request("BYE", &[], None));
+    assert!(
+        !h.take_requests()
+            .iter()
+            .any(|r| r.method().to_string() == "CANCEL"),
+        "§9.1: no CANCEL before a provisional response"
+    );
+    assert_eq!(
+        h.switchboard.active_calls(),
+        1,
+        "the INVITE is still pending"
+    );
+    h.send_from(agent_addr(), &from_agent(&invite, 180, None));
+    let cancel = agent_request(&mut h, "CANCEL");
+    h.send_from(agent_addr(), &answer(&cancel, 200, &[], None));
+    h.send_from(agent_addr(), &from_agent(&invite, 487, None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn draining_byes_both_legs_of_a_bridged_call() {
+    let mut h = Harness::new(&bridge_settings());
+    let mut caller = Caller::new("echo");
+    let (_, invite) = bridged_invite(&mut h, &mut caller);
+    h.send_from(agent_addr(), &from_agent(&invite, 200, Some(AGENT_SDP)));
+    h.take();
+    let deadline = h.now + secs(1);
+    h.begin_drain(deadline);
+    h.advance(secs(1));
+    let byes: Vec<Request> = h
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.method().to_string() == "BYE")
+        .collect();
+    assert_eq!(byes.len(), 2, "{byes:?}");
+    assert!(byes.iter().any(|b| b.call_id() == caller.call_id));
+    assert!(byes.iter().any(|b| b.call_id() == invite.call_id()));
+    for bye in &byes {
+        let from = if bye.call_id() == invite.call_id() {
+            agent_addr()
+        } else {
+            crate::testkit::pbx_addr()
+        };
+        h.send_from(from, &answer(bye, 200, &[], None));
+    }
+    assert_clean(&mut h);
+}
