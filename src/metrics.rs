@@ -58,6 +58,8 @@ pub struct Metrics {
     pub jitter_buffer_delay_seconds: Histogram,
     /// RFC 3550 interarrival jitter sampled once per second per call.
     pub rtp_interarrival_jitter_seconds: Histogram,
+    /// Calls bridged to a transfer destination (B2BUA) right now.
+    pub bridged_calls_active: IntGauge,
     /// The speech-agent (OpenAI Realtime) metrics.
     pub realtime: RealtimeMetrics,
     /// Digest decisions on INVITEs from sources outside `allow_from`, by trunk and result.
@@ -383,6 +385,11 @@ impl Metrics {
         let registry = Registry::new();
         let calls_active = IntGauge::new("voxgate_calls_active", "Calls currently up or ringing")
             .expect("valid metric definition");
+        let bridged_calls_active = IntGauge::new(
+            "voxgate_bridged_calls_active",
+            "Calls bridged to a transfer destination (B2BUA) now",
+        )
+        .expect("valid metric definition");
         let calls_total = IntCounterVec::new(
             Opts::new("voxgate_calls_total", "Calls ended, by result"),
             &["result"],
@@ -458,6 +465,7 @@ impl Metrics {
             registration,
             registry,
             calls_active,
+            bridged_calls_active,
             calls_total,
             sip_messages_total,
             sip_parse_errors_total,
@@ -472,10 +480,11 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(self.dtmf_digits_total.clone()),
             Box::new(self.inbound_auth_total.clone()),
             Box::new(self.calls_active.clone()),
+            Box::new(self.bridged_calls_active.clone()),
             Box::new(self.calls_total.clone()),
             Box::new(self.sip_messages_total.clone()),
             Box::new(self.sip_parse_errors_total.clone()),
@@ -566,6 +575,7 @@ mod tests {
         for name in [
             "voxgate_inbound_auth_total{result=\"wrong_password\",trunk=\"pbx\"} 0",
             "voxgate_calls_active",
+            "voxgate_bridged_calls_active 0",
             "voxgate_calls_total{result=\"completed\"} 0",
             "voxgate_sip_messages_total{direction=\"in\",method=\"INVITE\"} 1",
             "voxgate_sip_messages_total{direction=\"out\",method=\"OTHER\"} 1",

@@ -288,6 +288,7 @@ impl Harness {
     fn pump(&mut self) {
         loop {
             let mut allocate = Vec::new();
+            let mut allocate_agent = Vec::new();
             while let Some(transmit) = self.switchboard.poll_transmit() {
                 let message = message::parse(&transmit.bytes, Transport::Udp, 65_535)
                     .unwrap_or_else(|rejected| {
@@ -304,15 +305,23 @@ impl Harness {
                 });
             }
             while let Some(output) = self.switchboard.poll_output() {
-                if let Output::AllocateMedia { call, .. } = &output {
-                    if self.auto_media {
-                        allocate.push(*call);
+                match &output {
+                    Output::AllocateMedia { call, .. } if self.auto_media => allocate.push(*call),
+                    Output::AllocateAgentMedia { call, .. } if self.auto_media => {
+                        allocate_agent.push(*call)
                     }
+                    _ => {}
                 }
                 self.outputs.push(output);
             }
-            if allocate.is_empty() {
+            if allocate.is_empty() && allocate_agent.is_empty() {
                 return;
+            }
+            for call in allocate_agent {
+                let local = SocketAddr::new(self.flow.local.ip(), self.next_rtp_port);
+                self.next_rtp_port += 2;
+                self.switchboard
+                    .handle_agent_media_allocated(self.now, call, Ok(local));
             }
             for call in allocate {
                 let local = SocketAddr::new(self.flow.local.ip(), self.next_rtp_port);

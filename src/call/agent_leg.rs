@@ -1,10 +1,278 @@
-//! Bridged transfers (B2BUA): voxgate calls the transfer destination itself, plays ringback
-//! to the caller while it rings, and on answer relays RTP between the two legs.
+//! Bridged transfers (B2BUA): voxgate calls the transfer destination itself (the agent leg, a
+//! UAC dialog of its own), plays ringback to the caller while it rings, and on answer relays
+//! RTP between the two legs.
 //!
-//! TODO(#5): the agent leg.
+//! ```text
+//!  start_bridge ─AllocateAgentMedia─> AwaitingMedia ─ports─> Calling (INVITE, ringback)
+//!  Calling ─1xx─> Calling (ringing) ─2xx─> ACK, Confirmed (Connect: speech closed, relay)
+//!  Calling ─401/407─> INVITE again (CSeq + 1, same Call-ID and From tag, credentials)
+//!  Calling ─300..699─> Terminated: Failed{status}    Calling ─Timer B─> Failed{408}
+//!  Calling ─transfer timeout / caller gone─> Cancelling: CANCEL (once a 1xx came), TimedOut
+//!  Cancelling ─487 (any final)─> Terminated         Cancelling ─2xx─> ACK, BYE: Ending
+//!  Confirmed ─BYE from the agent─> Terminated; the caller gets BYE (call Completed)
+//!  Confirmed ─caller's BYE / voxgate hangs up─> Ending (BYE) ─answered / Timer F─> Terminated
+//! ```
+//! RFC 3261 §8.1 / §13.2 for the INVITE: Request-URI and To are the destination, From is the
+//! caller's identity with voxgate's own tag (caller-ID passthrough), a new Call-ID, voxgate's
+//! Contact, an SDP offer of the caller's codec only (the legs are relayed untranscoded) plus
+//! telephone-event. It goes through the trunk's outbound proxy when there is one (a loose
+//! Route), else to the destination's host. The agent leg's dialog (§12.1.2) is registered with
+//! the switchboard like the caller's, so the agent's in-dialog requests reach the [`Call`].
+//!
+//! The media side (`io/agent_media.rs`) takes [`AgentLegCommand`]s: ringback while the agent
+//! rings, the relay once it answers, the ports' release when the bridge fails.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::transfer::BridgeResult;
-use super::{Call, Ctx};
+use super::{sdp_body, Call, Ctx, MediaCommand, MediaParams, Output, SentAuth};
+use crate::media::sdp::{LocalMedia, Negotiator};
+use crate::media::G711;
+use crate::metrics::CallResult;
+use crate::sip::auth::DigestClient;
+use crate::sip::dialog::{Dialog, DialogId, OutgoingRequest, UacSetup};
+use crate::sip::endpoint::{uri_host_port, ClientTxId, Flow, ServerTxId, ALLOW};
+use crate::sip::message::{self, Request, Response, Transport};
+
+/// What the media task does with the agent leg.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentLegCommand {
+    /// The destination is being called: the caller hears ringback instead of the assistant.
+    Ringback,
+    /// The destination answered with these media (again after a re-INVITE from it): close the
+    /// speech session (a normal end) and relay RTP between the caller and the agent leg.
+    Connect(MediaParams),
+    /// The bridge failed: stop the ringback and release the agent leg's ports; the caller is
+    /// back with the assistant.
+    Release,
+}
+
+/// Where the agent leg is.
+#[derive(Debug, Clone)]
+enum LegState {
+    /// An RTP/RTCP port pair was asked of `io/`.
+    AwaitingMedia,
+    /// INVITE sent, no final response yet.
+    Calling {
+        tx: ClientTxId,
+        sent: SentAuth,
+        /// A provisional response arrived (a CANCEL may be sent, §9.1).
+        ringing: bool,
+        /// The transfer timeout: CANCEL then.
+        deadline: Instant,
+    },
+    /// The INVITE is being cancelled; its final response (normally 487) is awaited.
+    Cancelling {
+        tx: ClientTxId,
+        /// The CANCEL went out (it waits for a provisional response when none came yet).
+        cancel_sent: bool,
+        /// Give up on the INVITE then (64·T1, RFC 3261 §9.1's Timer C stand-in).
+        deadline: Instant,
+    },
+    /// Answered and ACKed: the legs are joined.
+    Confirmed,
+    /// BYE sent; its answer is awaited.
+    Ending { bye: ClientTxId, sent: SentAuth },
+    /// Over.
+    Terminated,
+}
+
+/// The agent leg of a bridged transfer: voxgate's UAC side of a call to the destination.
+#[derive(Debug)]
+pub struct AgentLeg {
+    state: LegState,
+    /// Toward the destination (or the outbound proxy): transport and the local address.
+    flow: Flow,
+    request_uri: String,
+    /// The trunk's outbound proxy as a loose Route.
+    route: Option<String>,
+    /// voxgate's From (the caller's identity with voxgate's tag).
+    from: String,
+    local_tag: String,
+    to: String,
+    call_id: String,
+    local_contact: String,
+    /// Headers the transfer asked for (summary, announce).
+    headers: Vec<(&'static str, String)>,
+    /// The INVITE's CSeq (the next one after a challenge).
+    cseq: u32,
+    codec: G711,
+    ptime: Duration,
+    negotiator: Option<Negotiator>,
+    digest: Option<DigestClient>,
+    dialog: Option<Dialog>,
+    /// The ACK of the 2xx, sent again when the 2xx is (its ACK was lost).
+    ack: Option<OutgoingRequest>,
+    /// The agent's re-INVITE whose 2xx awaits its ACK.
+    awaiting_ack: Option<ServerTxId>,
+    /// The dialog to register with the switchboard (once, at answer).
+    new_dialog: Option<DialogId>,
+}
+
+impl AgentLeg {
+    /// Whether the leg is over (nothing of it is left in flight).
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state, LegState::Terminated)
+    }
+
+    /// Whether the legs are joined.
+    pub fn is_confirmed(&self) -> bool {
+        matches!(self.state, LegState::Confirmed)
+    }
+
+    /// The agent leg's Call-ID (its in-dialog requests and ACKs carry it).
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// When [`Call::handle_timeout`] must run for this leg.
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            LegState::Calling { deadline, .. } | LegState::Cancelling { deadline, .. } => {
+                Some(deadline)
+            }
+            _ => None,
+        }
+    }
+
+    /// Lays out the INVITE (out of dialog: §8.1.1) with the next CSeq.
+    fn invite(&mut self) -> OutgoingRequest {
+        self.cseq = self.cseq.wrapping_add(1) & 0x7fff_ffff;
+        let mut headers: Vec<(&'static str, String)> = Vec::new();
+        if let Some(route) = &self.route {
+            headers.push(("Route", route.clone()));
+        }
+        headers.push(("From", self.from.clone()));
+        headers.push(("To", self.to.clone()));
+        headers.push(("Call-ID", self.call_id.clone()));
+        headers.push(("CSeq", format!("{} INVITE", self.cseq)));
+        headers.push(("Contact", format!("<{}>", self.local_contact)));
+        headers.push(("Max-Forwards", "70".to_owned()));
+        headers.push(("Allow", ALLOW.to_owned()));
+        headers.extend(self.headers.iter().cloned());
+        OutgoingRequest {
+            method: "INVITE".to_owned(),
+            request_uri: self.request_uri.clone(),
+            headers,
+            cseq: self.cseq,
+        }
+    }
+
+    /// Sends the INVITE (first, or again after a challenge) with the credentials held.
+    fn send_invite(&mut self, ctx: &mut Ctx<'_>, retries: u8) -> (ClientTxId, SentAuth) {
+        let mut request = self.invite();
+        let sdp = match self.negotiator.as_mut() {
+            Some(negotiator) => negotiator.create_offer(),
+            None => Bytes::new(),
+        };
+        let auth = match self.digest.as_mut() {
+            Some(client) => client.authorize("INVITE", &request.request_uri, &sdp),
+            None => Vec::new(),
+        };
+        request
+            .headers
+            .extend(auth.iter().map(|h| (h.name, h.value.clone())));
+        let tx = ctx.endpoint.send_request(
+            ctx.now,
+            &self.flow,
+            &request,
+            Some(("application/sdp", sdp)),
+        );
+        let sent = SentAuth {
+            headers: auth,
+            retries,
+        };
+        (tx, sent)
+    }
+
+    /// Builds the UAC dialog from the 2xx and ACKs it (§13.2.2.4), with the INVITE's
+    /// credentials.
+    fn confirm(&mut self, ctx: &mut Ctx<'_>, response: &Response, sent: &SentAuth) {
+        if self.dialog.is_none() {
+            let dialog = Dialog::new_uac(UacSetup {
+                call_id: self.call_id.clone(),
+                from: self.from.clone(),
+                local_tag: self.local_tag.clone(),
+                to: response.to().to_owned(),
+                remote_tag: response.to_tag().unwrap_or_default().to_owned(),
+                local_seq: self.cseq,
+                // Without a Contact the request goes where the INVITE went.
+                remote_target: response
+                    .contact_uri()
+                    .unwrap_or_else(|| self.request_uri.clone()),
+                record_route: response.record_route(),
+                local_contact: self.local_contact.clone(),
+            });
+            self.new_dialog = Some(dialog.id().clone());
+            self.dialog = Some(dialog);
+        }
+        let Some(dialog) = self.dialog.as_ref() else {
+            return;
+        };
+        let mut ack = dialog.ack_for(self.cseq);
+        ack.headers
+            .extend(sent.headers.iter().map(|h| (h.name, h.value.clone())));
+        ctx.endpoint.send_ack(&self.flow, &ack);
+        self.ack = Some(ack);
+    }
+
+    /// Sends BYE in the agent leg's dialog: → Ending.
+    fn send_bye(&mut self, ctx: &mut Ctx<'_>, retries: u8) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            self.state = LegState::Terminated;
+            return;
+        };
+        let mut bye = dialog.next_request("BYE");
+        dialog.terminate();
+        let auth = match self.digest.as_mut() {
+            Some(client) => client.authorize("BYE", &bye.request_uri, &[]),
+            None => Vec::new(),
+        };
+        bye.headers
+            .extend(auth.iter().map(|h| (h.name, h.value.clone())));
+        let bye_tx = ctx.endpoint.send_request(ctx.now, &self.flow, &bye, None);
+        self.state = LegState::Ending {
+            bye: bye_tx,
+            sent: SentAuth {
+                headers: auth,
+                retries,
+            },
+        };
+    }
+
+    /// Stops the leg from voxgate's side: CANCEL while it rings, BYE once answered. Returns the
+    /// client transaction started (CANCEL or BYE), if any.
+    fn stop(&mut self, ctx: &mut Ctx<'_>) -> Option<ClientTxId> {
+        match std::mem::replace(&mut self.state, LegState::Terminated) {
+            LegState::AwaitingMedia | LegState::Terminated => None,
+            LegState::Calling { tx, ringing, .. } => {
+                // §9.1: a CANCEL only after a provisional response; until then it waits.
+                let cancel = if ringing {
+                    ctx.endpoint.send_cancel(ctx.now, tx)
+                } else {
+                    None
+                };
+                self.state = LegState::Cancelling {
+                    tx,
+                    cancel_sent: cancel.is_some(),
+                    deadline: ctx.now + ctx.endpoint.config().timers.t1 * 64,
+                };
+                cancel
+            }
+            LegState::Confirmed => {
+                self.send_bye(ctx, 0);
+                leg_bye(self)
+            }
+            state @ (LegState::Cancelling { .. } | LegState::Ending { .. }) => {
+                self.state = state;
+                None
+            }
+        }
+    }
+}
 
 impl Call {
     /// Starts calling `target` (a SIP URI) for a bridged transfer, with `headers` added to the
@@ -15,13 +283,574 @@ impl Call {
         target: &str,
         headers: Vec<(&'static str, String)>,
     ) {
-        let _ = (target, headers);
-        self.bridge_result(
-            ctx,
-            BridgeResult::Failed {
-                status: 501,
-                reason: "Not Implemented".to_owned(),
+        let _entered = self.span.clone().entered();
+        if self
+            .agent_leg
+            .as_ref()
+            .is_some_and(|leg| !leg.is_terminated())
+        {
+            tracing::warn!(target, "a bridged transfer is already under way");
+            let reason = "Request Pending".to_owned();
+            self.bridge_result(
+                ctx,
+                BridgeResult::Failed {
+                    status: 491,
+                    reason,
+                },
+            );
+            return;
+        }
+        let Some(codec) = self.negotiated_codec().filter(|_| self.is_answered()) else {
+            let reason = "Call Not Answered".to_owned();
+            self.bridge_result(
+                ctx,
+                BridgeResult::Failed {
+                    status: 480,
+                    reason,
+                },
+            );
+            return;
+        };
+        let Some((host, port)) = uri_host_port(target) else {
+            tracing::warn!(target, "transfer destination is not a SIP URI");
+            let reason = "Bad Destination".to_owned();
+            self.bridge_result(
+                ctx,
+                BridgeResult::Failed {
+                    status: 404,
+                    reason,
+                },
+            );
+            return;
+        };
+        // An IP literal is reached directly; a name is resolved by io/ when sending. The local
+        // address is the one facing the PBX (the destination is normally the PBX's or beside it).
+        let remote = match host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => self.flow.remote,
+        };
+        let transport = if target.to_ascii_lowercase().contains(";transport=tcp") {
+            Transport::Tcp
+        } else {
+            self.flow.transport
+        };
+        let flow = Flow {
+            transport,
+            remote,
+            local: self.flow.local,
+            connection: (remote == self.flow.remote && transport == self.flow.transport)
+                .then_some(self.flow.connection)
+                .flatten(),
+        };
+        let local_tag = message::new_tag();
+        let transport_param = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        };
+        let advertised = ctx.endpoint.advertised(&flow);
+        let ptime = self
+            .negotiator
+            .as_ref()
+            .and_then(|n| n.negotiated())
+            .map_or(ctx.config.ptime, |n| n.ptime);
+        tracing::info!(target, "calling the transfer destination (bridge)");
+        self.agent_leg = Some(AgentLeg {
+            state: LegState::AwaitingMedia,
+            flow,
+            request_uri: target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned(),
+            route: self
+                .outbound_proxy
+                .as_deref()
+                .map(crate::sip::registration::loose_route),
+            from: format!("{};tag={local_tag}", without_tag(self.dialog.remote_uri())),
+            local_tag,
+            to: format!(
+                "<{}>",
+                target.trim().trim_start_matches('<').trim_end_matches('>')
+            ),
+            call_id: message::new_call_id(&advertised),
+            local_contact: format!("sip:voxgate@{advertised}{transport_param}"),
+            headers,
+            cseq: rand::random::<u32>() & 0x0fff_ffff,
+            codec,
+            ptime,
+            negotiator: None,
+            digest: self.digest.clone().map(|mut client| {
+                // The destination may be another server: no credentials before it asks.
+                client.reset();
+                client
+            }),
+            dialog: None,
+            ack: None,
+            awaiting_ack: None,
+            new_dialog: None,
+        });
+        ctx.outputs.push_back(Output::AllocateAgentMedia {
+            call: self.key,
+            local_ip: self.flow.local.ip(),
+        });
+    }
+
+    /// `io/` bound (or failed to bind) the agent leg's RTP/RTCP ports: send the INVITE and
+    /// start the ringback.
+    pub fn handle_agent_media_allocated(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        local_rtp: Result<SocketAddr, String>,
+    ) {
+        let _entered = self.span.clone().entered();
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        if !matches!(leg.state, LegState::AwaitingMedia) {
+            return;
+        }
+        let local_rtp = match local_rtp {
+            Ok(address) => address,
+            Err(reason) => {
+                tracing::error!(%reason, "no RTP port for the transfer destination");
+                leg.state = LegState::Terminated;
+                self.release_agent_media(ctx);
+                let reason = "Service Unavailable".to_owned();
+                self.bridge_result(
+                    ctx,
+                    BridgeResult::Failed {
+                        status: 503,
+                        reason,
+                    },
+                );
+                return;
+            }
+        };
+        let sdp_ip = ctx.config.public_ip.unwrap_or(local_rtp.ip());
+        let mut local = LocalMedia::new(sdp_ip, local_rtp.port());
+        local.ptime = leg.ptime;
+        local.offer_codecs = vec![leg.codec];
+        leg.negotiator = Some(Negotiator::new(local));
+        let (tx, sent) = leg.send_invite(ctx, 0);
+        leg.state = LegState::Calling {
+            tx,
+            sent,
+            ringing: false,
+            deadline: ctx.now + ctx.config.transfer.timeout(),
+        };
+        self.started_requests.push(tx);
+        ctx.outputs.push_back(Output::Media {
+            call: self.key,
+            command: MediaCommand::AgentLeg(AgentLegCommand::Ringback),
+        });
+    }
+
+    /// Dialogs this call opened since the last call (the agent leg's, once answered), for the
+    /// switchboard's dialog table.
+    pub fn take_new_dialogs(&mut self) -> Vec<DialogId> {
+        self.agent_leg
+            .as_mut()
+            .and_then(|leg| leg.new_dialog.take())
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether `call_id` is the agent leg's (an in-dialog request or ACK from the agent).
+    pub(super) fn is_agent_leg(&self, call_id: &str) -> bool {
+        self.agent_leg
+            .as_ref()
+            .is_some_and(|leg| leg.call_id == call_id)
+    }
+
+    fn negotiated_codec(&self) -> Option<G711> {
+        Some(self.negotiator.as_ref()?.negotiated()?.codec)
+    }
+
+    fn release_agent_media(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.outputs.push_back(Output::Media {
+            call: self.key,
+            command: MediaCommand::AgentLeg(AgentLegCommand::Release),
+        });
+    }
+
+    /// The agent leg's client transactions' responses; false when `tx` is not the agent leg's.
+    pub(super) fn handle_agent_leg_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tx: ClientTxId,
+        response: &Response,
+    ) -> bool {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return false;
+        };
+        let status = response.status();
+        match leg.state.clone() {
+            LegState::Calling {
+                tx: invite,
+                sent,
+                ringing,
+                deadline,
+            } if invite == tx => match status {
+                100..=199 => {
+                    if !ringing && status > 100 {
+                        tracing::info!(status, "transfer destination ringing");
+                    }
+                    leg.state = LegState::Calling {
+                        tx,
+                        sent,
+                        ringing: ringing || status > 100,
+                        deadline,
+                    };
+                }
+                200..=299 => {
+                    leg.confirm(ctx, response, &sent);
+                    let answer = leg
+                        .negotiator
+                        .as_mut()
+                        .map(|negotiator| negotiator.handle_answer(sdp_body(response)));
+                    match answer {
+                        Some(Ok(negotiated)) if negotiated.codec == leg.codec => {
+                            leg.state = LegState::Confirmed;
+                            tracing::info!(
+                                remote_rtp = ?negotiated.remote_rtp,
+                                "transfer destination answered; joining the legs"
+                            );
+                            let params = MediaParams::from_negotiated(&negotiated);
+                            ctx.outputs.push_back(Output::Media {
+                                call: self.key,
+                                command: MediaCommand::AgentLeg(AgentLegCommand::Connect(params)),
+                            });
+                            self.bridge_result(ctx, BridgeResult::Answered);
+                        }
+                        _ => {
+                            tracing::warn!("transfer destination's SDP answer is unusable; BYE");
+                            leg.send_bye(ctx, 0);
+                            self.started_requests.extend(leg_bye(leg));
+                            self.release_agent_media(ctx);
+                            let reason = "Not Acceptable Here".to_owned();
+                            self.bridge_result(
+                                ctx,
+                                BridgeResult::Failed {
+                                    status: 488,
+                                    reason,
+                                },
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(retries) =
+                        super::challenge_answer(leg.digest.as_mut(), "INVITE", response, &sent)
+                    {
+                        let (tx, sent) = leg.send_invite(ctx, retries);
+                        leg.state = LegState::Calling {
+                            tx,
+                            sent,
+                            ringing,
+                            deadline,
+                        };
+                        self.started_requests.push(tx);
+                        return true;
+                    }
+                    let reason = response.reason().to_owned();
+                    tracing::info!(status, %reason, "transfer destination refused the call");
+                    leg.state = LegState::Terminated;
+                    self.release_agent_media(ctx);
+                    self.bridge_result(ctx, BridgeResult::Failed { status, reason });
+                }
             },
+            LegState::Cancelling {
+                tx: invite,
+                cancel_sent,
+                deadline,
+            } if invite == tx => match status {
+                100..=199 => {
+                    if !cancel_sent {
+                        let cancel = ctx.endpoint.send_cancel(ctx.now, tx);
+                        self.started_requests.extend(cancel);
+                        leg.state = LegState::Cancelling {
+                            tx,
+                            cancel_sent: cancel.is_some(),
+                            deadline,
+                        };
+                    }
+                }
+                200..=299 => {
+                    // §9.1: the answer crossed the CANCEL; the call is up, so end it.
+                    tracing::info!("transfer destination answered after CANCEL; BYE");
+                    leg.confirm(ctx, response, &SentAuth::default());
+                    leg.send_bye(ctx, 0);
+                    self.started_requests.extend(leg_bye(leg));
+                }
+                _ => {
+                    tracing::debug!(status, "cancelled INVITE to the transfer destination ended");
+                    leg.state = LegState::Terminated;
+                }
+            },
+            LegState::Ending { bye, sent } if bye == tx && status >= 200 => {
+                if let Some(retries) =
+                    super::challenge_answer(leg.digest.as_mut(), "BYE", response, &sent)
+                {
+                    if let Some(dialog) = leg.dialog.as_mut() {
+                        // The dialog is terminated, but its BYE may still be sent again.
+                        let mut bye = dialog.next_request("BYE");
+                        let auth = match leg.digest.as_mut() {
+                            Some(client) => client.authorize("BYE", &bye.request_uri, &[]),
+                            None => Vec::new(),
+                        };
+                        bye.headers
+                            .extend(auth.iter().map(|h| (h.name, h.value.clone())));
+                        let tx = ctx.endpoint.send_request(ctx.now, &leg.flow, &bye, None);
+                        leg.state = LegState::Ending {
+                            bye: tx,
+                            sent: SentAuth {
+                                headers: auth,
+                                retries,
+                            },
+                        };
+                        self.started_requests.push(tx);
+                        return true;
+                    }
+                }
+                tracing::debug!(status, "transfer destination's BYE answered");
+                leg.state = LegState::Terminated;
+            }
+            _ if leg.call_id != response.call_id() => return false,
+            _ => {
+                let is_invite = response.cseq().method.to_string() == "INVITE";
+                if is_invite && (200..300).contains(&status) {
+                    // The 2xx again: our ACK was lost (§13.2.2.4).
+                    if let Some(ack) = leg.ack.as_ref() {
+                        ctx.endpoint.send_ack(&leg.flow, ack);
+                        return true;
+                    }
+                }
+                // A CANCEL's own response, or a late one: nothing to do.
+            }
+        }
+        true
+    }
+
+    /// A request of the agent leg got no answer (Timer B / F); false when not the leg's.
+    pub(super) fn handle_agent_leg_request_timeout(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tx: ClientTxId,
+    ) -> bool {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return false;
+        };
+        match leg.state {
+            LegState::Calling { tx: invite, .. } if invite == tx => {
+                tracing::warn!("transfer destination did not answer the INVITE (Timer B)");
+                leg.state = LegState::Terminated;
+                self.release_agent_media(ctx);
+                let reason = "Request Timeout".to_owned();
+                self.bridge_result(
+                    ctx,
+                    BridgeResult::Failed {
+                        status: 408,
+                        reason,
+                    },
+                );
+                true
+            }
+            LegState::Cancelling { tx: invite, .. } if invite == tx => {
+                leg.state = LegState::Terminated;
+                true
+            }
+            LegState::Ending { bye, .. } if bye == tx => {
+                tracing::warn!("transfer destination's BYE got no answer");
+                leg.state = LegState::Terminated;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the agent leg's timers need [`Call::handle_timeout`].
+    pub(super) fn agent_leg_timeout(&self) -> Option<Instant> {
+        self.agent_leg.as_ref()?.poll_timeout()
+    }
+
+    /// The transfer timeout (the destination rang too long: CANCEL) and the CANCEL's give-up.
+    pub(super) fn handle_agent_leg_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        match leg.state {
+            LegState::Calling { deadline, .. } if ctx.now >= deadline => {
+                tracing::info!(
+                    timeout_secs = ctx.config.transfer.timeout().as_secs(),
+                    "transfer destination did not answer in time; cancelling"
+                );
+                let cancel = leg.stop(ctx);
+                self.started_requests.extend(cancel);
+                self.release_agent_media(ctx);
+                self.bridge_result(ctx, BridgeResult::TimedOut);
+            }
+            LegState::Cancelling { deadline, .. } if ctx.now >= deadline => {
+                tracing::warn!("cancelled INVITE to the transfer destination never ended");
+                leg.state = LegState::Terminated;
+            }
+            _ => {}
+        }
+    }
+
+    /// The caller's leg ends (either side hung up, or voxgate did): CANCEL or BYE the agent.
+    pub(super) fn end_agent_leg(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        let ringing = matches!(
+            leg.state,
+            LegState::Calling { .. } | LegState::AwaitingMedia
         );
+        if ringing {
+            tracing::info!("caller gone while the transfer destination rings; cancelling");
+        }
+        let started = leg.stop(ctx);
+        self.started_requests.extend(started);
+    }
+
+    /// An in-dialog request from the agent (BYE, re-INVITE/UPDATE refresh, OPTIONS, INFO).
+    pub(super) fn handle_agent_leg_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tx: ServerTxId,
+        request: &Request,
+    ) {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        let method = request.method().to_string();
+        let contact = request.contact_uri();
+        let checked = match leg.dialog.as_mut() {
+            Some(dialog) => dialog
+                .handle_request(&method, request.cseq().seq, contact.as_deref())
+                .map_err(|error| error.status()),
+            None => Err(481),
+        };
+        let (local_tag, contact) = (leg.local_tag.clone(), format!("<{}>", leg.local_contact));
+        let respond = |ctx: &mut Ctx<'_>, status: u16, headers: &[(&str, &str)], sdp| {
+            let mut builder = message::response(request, status)
+                .to_tag(&local_tag)
+                .header("Server", &ctx.config.user_agent);
+            for (name, value) in headers {
+                builder = builder.header(name, *value);
+            }
+            if let Some(sdp) = sdp {
+                builder = builder.body("application/sdp", sdp);
+            }
+            ctx.endpoint.respond(ctx.now, tx, status, builder.build());
+        };
+        if let Err(status) = checked {
+            respond(ctx, status, &[], None);
+            return;
+        }
+        match method.as_str() {
+            "BYE" => {
+                respond(ctx, 200, &[], None);
+                if leg.is_confirmed() {
+                    tracing::info!("transfer destination hung up; ending the call");
+                    leg.state = LegState::Terminated;
+                    if let Some(dialog) = leg.dialog.as_mut() {
+                        dialog.terminate();
+                    }
+                    self.hang_up(
+                        ctx,
+                        "the transfer destination hung up",
+                        CallResult::Completed,
+                    );
+                } else {
+                    leg.state = LegState::Terminated;
+                }
+            }
+            "INVITE" | "UPDATE" => {
+                let Some(negotiator) = leg.negotiator.as_mut() else {
+                    respond(ctx, 500, &[], None);
+                    return;
+                };
+                let answer = if request.body().is_empty() {
+                    // A session refresh: the current session again (an offer-less re-INVITE
+                    // gets it as an offer; its answer in the ACK changes nothing here).
+                    (method == "INVITE").then(|| negotiator.create_offer())
+                } else {
+                    match negotiator.handle_offer(sdp_body(request)) {
+                        Ok((answer, negotiated)) => {
+                            let params = MediaParams::from_negotiated(&negotiated);
+                            ctx.outputs.push_back(Output::Media {
+                                call: self.key,
+                                command: MediaCommand::AgentLeg(AgentLegCommand::Connect(params)),
+                            });
+                            Some(answer)
+                        }
+                        Err(error) => {
+                            respond(ctx, error.status(), &[], None);
+                            return;
+                        }
+                    }
+                };
+                let headers = [("Contact", contact.as_str()), ("Allow", ALLOW)];
+                respond(ctx, 200, &headers, answer);
+                if method == "INVITE" {
+                    leg.awaiting_ack = Some(tx);
+                }
+            }
+            "OPTIONS" | "INFO" => respond(ctx, 200, &[("Allow", ALLOW)], None),
+            _ => respond(ctx, 405, &[("Allow", ALLOW)], None),
+        }
+    }
+
+    /// An ACK in the agent leg's dialog (for the 2xx to its re-INVITE).
+    pub(super) fn handle_agent_leg_ack(&mut self, ctx: &mut Ctx<'_>, ack: &Request) {
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        if let Some(invite) = leg.awaiting_ack.take() {
+            ctx.endpoint.handle_2xx_ack(ctx.now, invite);
+        }
+        if let Some(negotiator) = leg.negotiator.as_mut() {
+            if negotiator.is_offer_pending() {
+                if ack.body().is_empty() {
+                    negotiator.withdraw_offer();
+                } else if let Ok(negotiated) = negotiator.handle_answer(sdp_body(ack)) {
+                    let params = MediaParams::from_negotiated(&negotiated);
+                    ctx.outputs.push_back(Output::Media {
+                        call: self.key,
+                        command: MediaCommand::AgentLeg(AgentLegCommand::Connect(params)),
+                    });
+                }
+            }
+        }
     }
 }
+
+/// The BYE the leg just sent, if it did.
+fn leg_bye(leg: &AgentLeg) -> Option<ClientTxId> {
+    match leg.state {
+        LegState::Ending { bye, .. } => Some(bye),
+        _ => None,
+    }
+}
+
+/// A From/To header value without its `tag` parameter.
+fn without_tag(header: &str) -> String {
+    let (addr, params) = match header.rfind('>') {
+        Some(end) => header.split_at(end + 1),
+        None => match header.find(';') {
+            Some(start) => header.split_at(start),
+            None => (header, ""),
+        },
+    };
+    let kept: String = params
+        .split(';')
+        .map(str::trim)
+        .filter(|param| !param.is_empty() && !param.to_ascii_lowercase().starts_with("tag="))
+        .map(|param| format!(";{param}"))
+        .collect();
+    format!("{}{kept}", addr.trim())
+}
+
+#[cfg(test)]
+mod tests;

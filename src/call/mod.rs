@@ -87,6 +87,8 @@ pub enum MediaCommand {
         /// The typed failure, JSON text ([`transfer::TransferOutcome::tool_output`]).
         output: String,
     },
+    /// The agent leg of a bridged transfer: ringback, join, release.
+    AgentLeg(agent_leg::AgentLegCommand),
 }
 
 /// Negotiated media, as the media task needs it.
@@ -151,6 +153,15 @@ pub enum Output {
         from: String,
         /// The INVITE's To header.
         to: String,
+    },
+    /// Bind an RTP/RTCP port pair on `local_ip` for the agent leg of `call`'s bridged transfer
+    /// and hand it to the call's media task; then report back with
+    /// `Switchboard::handle_agent_media_allocated`.
+    AllocateAgentMedia {
+        /// The call.
+        call: CallKey,
+        /// Where to bind.
+        local_ip: IpAddr,
     },
     /// A command for a call's media task.
     Media {
@@ -279,6 +290,10 @@ pub struct Call {
     peer_supports_norefersub: bool,
     /// The domain transfer extensions are joined to (the trunk's `domain` or registrar host).
     transfer_domain: Option<String>,
+    /// The trunk's outbound proxy (a bridged transfer's INVITE goes through it).
+    outbound_proxy: Option<String>,
+    /// The bridged transfer's call to the destination.
+    agent_leg: Option<agent_leg::AgentLeg>,
 }
 
 /// The pieces a switchboard has checked before it creates a call.
@@ -305,6 +320,8 @@ pub struct NewCall {
     ///
     /// [`TrunkSettings::transfer_domain`]: crate::config::TrunkSettings::transfer_domain
     pub transfer_domain: Option<String>,
+    /// The trunk's outbound proxy URI, if any.
+    pub outbound_proxy: Option<String>,
 }
 
 /// The credentials a request was sent with, for telling a refused password from a stale nonce
@@ -375,6 +392,8 @@ impl Call {
             transfer: None,
             peer_supports_norefersub,
             transfer_domain: new.transfer_domain,
+            outbound_proxy: new.outbound_proxy,
+            agent_leg: None,
         }
     }
 
@@ -407,6 +426,10 @@ impl Call {
     /// The call has ended and can be forgotten.
     pub fn is_ended(&self) -> bool {
         self.state == State::Ended
+            && self
+                .agent_leg
+                .as_ref()
+                .is_none_or(agent_leg::AgentLeg::is_terminated)
     }
 
     /// The call has been answered (2xx sent).
@@ -636,6 +659,10 @@ impl Call {
     /// The ACK for voxgate's 2xx arrived (a new transaction, matched by dialog).
     pub fn handle_ack(&mut self, ctx: &mut Ctx<'_>, ack: &Request) {
         let _entered = self.span.clone().entered();
+        if self.is_agent_leg(ack.call_id()) {
+            self.handle_agent_leg_ack(ctx, ack);
+            return;
+        }
         let carries_answer =
             (self.state == State::Answered && !self.offer_in_invite) || self.awaiting_ack_answer;
         self.awaiting_ack = None;
@@ -675,6 +702,10 @@ impl Call {
     /// An in-dialog request (re-INVITE, UPDATE, BYE, INFO, OPTIONS …).
     pub fn handle_request(&mut self, ctx: &mut Ctx<'_>, tx: ServerTxId, request: &Request) {
         let _entered = self.span.clone().entered();
+        if self.is_agent_leg(request.call_id()) {
+            self.handle_agent_leg_request(ctx, tx, request);
+            return;
+        }
         let method = request.method().to_string();
         let contact = request.contact_uri();
         if let Err(error) =
@@ -871,6 +902,9 @@ impl Call {
     /// that cannot or may not be answered counts as the request's failure.
     pub fn handle_response(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId, response: &Response) {
         let _entered = self.span.clone().entered();
+        if self.handle_agent_leg_response(ctx, tx, response) {
+            return;
+        }
         let status = response.status();
         if status < 200 {
             return;
@@ -967,60 +1001,7 @@ impl Call {
         response: &Response,
         sent: &SentAuth,
     ) -> Option<u8> {
-        let status = response.status();
-        let origin = ChallengeOrigin::from_status(status)?;
-        let Some(client) = self.digest.as_mut() else {
-            tracing::warn!(
-                status,
-                "{method} challenged ({status}) but the trunk has no outbound credentials \
-                 (outbound_username, outbound_password_env): not answered"
-            );
-            return None;
-        };
-        if sent.retries >= MAX_AUTH_RETRIES {
-            tracing::warn!(
-                status,
-                "{method} challenged ({status}) again after {} answers: giving up",
-                sent.retries
-            );
-            return None;
-        }
-        let challenges: Vec<&str> = response.headers_named(origin.challenge_header()).collect();
-        let answered = sent
-            .headers
-            .iter()
-            .filter(|header| header.name == origin.credentials_header())
-            .map(|header| header.value.as_str());
-        match client.handle_challenge(origin, challenges, answered) {
-            ChallengeOutcome::Retry { stale } => {
-                tracing::debug!(
-                    status,
-                    stale,
-                    "{method} challenged; sending it again with credentials"
-                );
-                Some(sent.retries + 1)
-            }
-            ChallengeOutcome::Refused { realm, .. } => {
-                tracing::warn!(
-                    status,
-                    "{method} refused: the peer did not accept the trunk's credentials for \
-                     realm {realm:?} ({status} again)"
-                );
-                None
-            }
-            ChallengeOutcome::Unanswerable(error) => {
-                tracing::warn!(status, %error, "{method} challenged ({status}) in a way voxgate cannot answer");
-                None
-            }
-            ChallengeOutcome::RealmMismatch { offered } => {
-                tracing::warn!(
-                    status,
-                    "{method} challenged ({status}) for realm {offered:?}, which the trunk's \
-                     credentials are not for"
-                );
-                None
-            }
-        }
+        challenge_answer(self.digest.as_mut(), method, response, sent)
     }
 
     /// Sends an in-dialog request on a new client transaction, with the credentials the
@@ -1053,6 +1034,9 @@ impl Call {
     /// A request this call sent got no answer (Timer B / F).
     pub fn handle_request_timeout(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId) {
         let _entered = self.span.clone().entered();
+        if self.handle_agent_leg_request_timeout(ctx, tx) {
+            return;
+        }
         self.sent_auth.remove(&tx);
         if let State::Ending { bye } = self.state {
             if bye == tx {
@@ -1074,6 +1058,7 @@ impl Call {
     /// Ends the call from voxgate's side: BYE when answered, 480/503 before.
     pub fn hang_up(&mut self, ctx: &mut Ctx<'_>, why: &str, result: CallResult) {
         let _entered = self.span.clone().entered();
+        self.end_agent_leg(ctx);
         match self.state {
             State::AwaitingMedia | State::AwaitingAgent { .. } | State::Ringing { .. } => {
                 tracing::info!(why, "refusing the call before answer");
@@ -1105,6 +1090,7 @@ impl Call {
             return;
         }
         self.abandon_transfer(ctx);
+        self.end_agent_leg(ctx);
         self.dialog.terminate();
         let duration = self
             .answered_at
@@ -1140,6 +1126,9 @@ impl Call {
     /// Fires the ring and session timers.
     pub fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let _entered = self.span.clone().entered();
+        if self.agent_leg_timeout().is_some_and(|at| ctx.now >= at) {
+            self.handle_agent_leg_timeout(ctx);
+        }
         if let State::Ringing { answer_at } = self.state {
             if ctx.now >= answer_at {
                 self.answer(ctx);
@@ -1227,6 +1216,7 @@ impl Call {
         ring.into_iter()
             .chain(session)
             .chain(self.transfer_poll_timeout())
+            .chain(self.agent_leg_timeout())
             .min()
     }
 
@@ -1236,6 +1226,71 @@ impl Call {
             .as_ref()?
             .negotiated()
             .map(|negotiated| negotiated.direction)
+    }
+}
+
+/// Whether to send `method` again after `response` (a final response to it) with the
+/// credentials `client` holds, and with what retry count: only for a 401/407 it can answer,
+/// within [`MAX_AUTH_RETRIES`]. Logs why a challenge is not answered.
+fn challenge_answer(
+    client: Option<&mut DigestClient>,
+    method: &str,
+    response: &Response,
+    sent: &SentAuth,
+) -> Option<u8> {
+    let status = response.status();
+    let origin = ChallengeOrigin::from_status(status)?;
+    let Some(client) = client else {
+        tracing::warn!(
+            status,
+            "{method} challenged ({status}) but the trunk has no outbound credentials \
+             (outbound_username, outbound_password_env): not answered"
+        );
+        return None;
+    };
+    if sent.retries >= MAX_AUTH_RETRIES {
+        tracing::warn!(
+            status,
+            "{method} challenged ({status}) again after {} answers: giving up",
+            sent.retries
+        );
+        return None;
+    }
+    let challenges: Vec<&str> = response.headers_named(origin.challenge_header()).collect();
+    let answered = sent
+        .headers
+        .iter()
+        .filter(|header| header.name == origin.credentials_header())
+        .map(|header| header.value.as_str());
+    match client.handle_challenge(origin, challenges, answered) {
+        ChallengeOutcome::Retry { stale } => {
+            tracing::debug!(
+                status,
+                stale,
+                "{method} challenged; sending it again with credentials"
+            );
+            Some(sent.retries + 1)
+        }
+        ChallengeOutcome::Refused { realm, .. } => {
+            tracing::warn!(
+                status,
+                "{method} refused: the peer did not accept the trunk's credentials for \
+                 realm {realm:?} ({status} again)"
+            );
+            None
+        }
+        ChallengeOutcome::Unanswerable(error) => {
+            tracing::warn!(status, %error, "{method} challenged ({status}) in a way voxgate cannot answer");
+            None
+        }
+        ChallengeOutcome::RealmMismatch { offered } => {
+            tracing::warn!(
+                status,
+                "{method} challenged ({status}) for realm {offered:?}, which the trunk's \
+                 credentials are not for"
+            );
+            None
+        }
     }
 }
 

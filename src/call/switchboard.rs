@@ -53,6 +53,8 @@ pub struct Switchboard {
     credentials: HashMap<String, ClientCredentials>,
     /// Per trunk, the domain transfer extensions are joined to.
     transfer_domains: HashMap<String, String>,
+    /// Per trunk, its outbound proxy (bridged transfers' INVITEs go through it).
+    outbound_proxies: HashMap<String, String>,
     max_concurrent: usize,
     at_capacity_status: u16,
     calls: HashMap<CallKey, Call>,
@@ -106,6 +108,11 @@ impl Switchboard {
                 .trunks
                 .iter()
                 .filter_map(|trunk| Some((trunk.name.clone(), trunk.transfer_domain()?)))
+                .collect(),
+            outbound_proxies: settings
+                .trunks
+                .iter()
+                .filter_map(|trunk| Some((trunk.name.clone(), trunk.outbound_proxy.clone()?)))
                 .collect(),
             max_concurrent: settings.calls.max_concurrent,
             at_capacity_status: settings.calls.at_capacity_status,
@@ -175,6 +182,19 @@ impl Switchboard {
     ) {
         self.with_call(now, call, |call, ctx| {
             call.handle_media_allocated(ctx, local_rtp)
+        });
+        self.dispatch_events(now);
+    }
+
+    /// `io/` bound (or failed to bind) the ports of `call`'s agent leg (bridged transfer).
+    pub fn handle_agent_media_allocated(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        local_rtp: Result<SocketAddr, String>,
+    ) {
+        self.with_call(now, call, |call, ctx| {
+            call.handle_agent_media_allocated(ctx, local_rtp)
         });
         self.dispatch_events(now);
     }
@@ -304,7 +324,13 @@ impl Switchboard {
                 Event::Request { tx, request, flow } => self.handle_request(now, tx, request, flow),
                 Event::Ack { request, .. } => {
                     if let Some(key) = self.dialog_of(&request) {
-                        if let Some(invite) = self.calls.get(&key).and_then(Call::awaiting_ack) {
+                        // The caller's leg's ACK (an agent leg's is the call's to match).
+                        let invite = self
+                            .calls
+                            .get(&key)
+                            .filter(|call| call.dialog().id().call_id == request.call_id())
+                            .and_then(Call::awaiting_ack);
+                        if let Some(invite) = invite {
                             self.endpoint.handle_2xx_ack(now, invite);
                         }
                         self.with_call(now, key, |call, ctx| call.handle_ack(ctx, &request));
@@ -322,7 +348,12 @@ impl Switchboard {
                 }
                 Event::Response { tx, response } => {
                     if let Some(key) = self.requests.remove(&tx) {
-                        let keep = response.status() < 200;
+                        // An INVITE's 2xx comes again while its ACK is lost (RFC 6026): the
+                        // call ACKs it again, so the transaction stays the call's.
+                        let status = response.status();
+                        let invite_2xx = (200..300).contains(&status)
+                            && response.cseq().method.to_string() == "INVITE";
+                        let keep = status < 200 || invite_2xx;
                         self.with_call(now, key, |call, ctx| {
                             call.handle_response(ctx, tx, &response)
                         });
@@ -553,6 +584,7 @@ impl Switchboard {
             timer_request,
             credentials: self.credentials.get(&trunk).cloned(),
             transfer_domain: self.transfer_domains.get(&trunk).cloned(),
+            outbound_proxy: self.outbound_proxies.get(&trunk).cloned(),
         };
         let mut ctx = Ctx {
             now,
@@ -614,11 +646,13 @@ impl Switchboard {
         for tx in call.take_started_requests() {
             self.requests.insert(tx, key);
         }
+        for dialog in call.take_new_dialogs() {
+            self.dialogs.insert(dialog, key);
+        }
         if call.is_ended() {
-            let dialog = call.dialog().id().clone();
             let invite = call.invite_tx();
             self.calls.remove(&key);
-            self.dialogs.remove(&dialog);
+            self.dialogs.retain(|_, owner| *owner != key);
             self.invites.remove(&invite);
             self.invites.retain(|_, owner| *owner != key);
             self.requests.retain(|_, owner| *owner != key);

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
+use super::agent_media::{AgentLegSockets, AgentMedia};
 use super::speech_leg::{CallInfo, LegEvent, SpeechLeg};
 use super::timestamped_udp::{
     enable_timestamps, recv_batch, Buffers, Datagram, BATCH, DATAGRAM_MAX,
@@ -76,6 +77,7 @@ pub struct MediaHandle {
     /// The bound RTP address (RTCP is the next port).
     pub local_rtp: SocketAddr,
     commands: mpsc::Sender<MediaCommand>,
+    agent_leg: mpsc::Sender<AgentLegSockets>,
 }
 
 impl MediaHandle {
@@ -84,6 +86,13 @@ impl MediaHandle {
         if self.commands.try_send(command).is_err() {
             tracing::warn!("media task not accepting commands");
         }
+    }
+
+    /// Hands a bridged transfer's agent-leg ports to the task (before any command about them).
+    pub fn attach_agent_leg(&self, sockets: AgentLegSockets) -> Result<(), &'static str> {
+        self.agent_leg
+            .try_send(sockets)
+            .map_err(|_| "media task not accepting the agent leg")
     }
 }
 
@@ -106,7 +115,7 @@ impl PortPool {
     }
 
     /// Binds an RTP/RTCP pair on `ip`, trying each even port once.
-    fn bind_pair(
+    pub(super) fn bind_pair(
         &mut self,
         ip: IpAddr,
     ) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
@@ -154,6 +163,13 @@ pub fn spawn(
         tokio::net::UdpSocket::from_std(rtcp)?
     };
     let (commands, commands_rx) = mpsc::channel(32);
+    let (agent_leg, agent_leg_rx) = mpsc::channel(2);
+    let agent_media = AgentMedia::new(
+        agent_leg_rx,
+        setup.jitter_min,
+        setup.jitter_max,
+        metrics.clone(),
+    );
     let span = tracing::info_span!("call", call_id = %setup.call_id, trunk = %setup.trunk);
     let speech = (setup.agent.kind == AgentKind::Openai).then(|| {
         let _entered = span.enter();
@@ -172,10 +188,12 @@ pub fn spawn(
     });
     let mut task = MediaTask::new(setup, rtp, rtcp, metrics, core_tx);
     task.speech = speech;
+    task.agent_leg = Some(agent_media);
     runtime.spawn(task.run(commands_rx).instrument(span));
     Ok(MediaHandle {
         local_rtp,
         commands,
+        agent_leg,
     })
 }
 
@@ -195,6 +213,8 @@ struct MediaTask {
     echo: EchoAgent,
     /// The speech agent's leg (kind = "openai"): its WebSocket is polled by this same task.
     speech: Option<SpeechLeg>,
+    /// A bridged transfer's agent leg: ringback, then the relay (io/agent_media.rs).
+    agent_leg: Option<AgentMedia>,
     reported_lost: u64,
     packets_in: u64,
     packets_out: u64,
@@ -266,6 +286,7 @@ impl MediaTask {
                 ptime,
             ),
             speech: None,
+            agent_leg: None,
             agent: setup.agent,
             jitter_min: setup.jitter_min,
             jitter_max: setup.jitter_max,
@@ -337,6 +358,11 @@ impl MediaTask {
                 Ok(MediaCommand::TransferFailed { request, output }) => {
                     if let Some(leg) = self.speech.as_mut() {
                         leg.transfer_failed(request, &output);
+                    }
+                }
+                Ok(MediaCommand::AgentLeg(command)) => {
+                    if let Some(leg) = self.agent_leg.as_mut() {
+                        leg.handle_command(command, self.params.as_ref());
                     }
                 }
                 Err(TryRecvError::Empty) => return true,
@@ -526,8 +552,23 @@ impl MediaTask {
             Playout::Buffering | Playout::Empty => None,
         };
         let (send, remote) = (params.send, self.latch.remote());
-        let frame = match (self.agent.kind, self.speech.as_mut()) {
-            (AgentKind::Openai, Some(leg)) => leg.tick(now, heard.as_deref()).await,
+        // A bridged transfer: ringback, then the agent's audio (the speech session closed).
+        let bridged = match self.agent_leg.as_mut() {
+            Some(leg) => leg.tick(now, heard.as_deref(), ptime),
+            None => None,
+        };
+        if self
+            .agent_leg
+            .as_mut()
+            .is_some_and(AgentMedia::take_close_speech)
+        {
+            if let Some(mut leg) = self.speech.take() {
+                leg.close("transferred to a person").await;
+            }
+        }
+        let frame = match (bridged, self.agent.kind, self.speech.as_mut()) {
+            (Some(frame), _, _) => frame,
+            (None, AgentKind::Openai, Some(leg)) => leg.tick(now, heard.as_deref()).await,
             _ => {
                 if let Some(frame) = self.echo.handle_frame(heard) {
                     self.playout.push_frame(frame);

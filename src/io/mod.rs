@@ -8,6 +8,7 @@
 //! ([`media_runtime`]).
 #![allow(clippy::disallowed_methods)]
 
+pub mod agent_media;
 pub mod call_task;
 pub mod media_runtime;
 pub mod metrics_http;
@@ -383,6 +384,21 @@ impl Core {
                         };
                         self.switchboard
                             .handle_media_allocated(Instant::now(), call, local);
+                    }
+                    Output::AllocateAgentMedia { call, local_ip } => {
+                        let bind_ip = self.settings.rtp.bind_address.unwrap_or(local_ip);
+                        let result = match self.media.get(&call) {
+                            Some(handle) => agent_media::bind(&mut self.ports, bind_ip)
+                                .map_err(|error| error.to_string())
+                                .and_then(|sockets| {
+                                    let local = sockets.local_rtp().map_err(|e| e.to_string())?;
+                                    handle.attach_agent_leg(sockets)?;
+                                    Ok(local)
+                                }),
+                            None => Err("the call's media task has ended".to_owned()),
+                        };
+                        self.switchboard
+                            .handle_agent_media_allocated(Instant::now(), call, result);
                     }
                     Output::Media { call, command } => {
                         let stop = command == MediaCommand::Stop;

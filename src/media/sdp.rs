@@ -60,6 +60,9 @@ pub struct LocalMedia {
     pub ptime: Duration,
     /// The `s=` line.
     pub session_name: String,
+    /// The codecs a first offer lists, in preference order (both G.711 laws by default; a
+    /// bridged transfer's agent leg offers only the caller's, so audio is relayed untranscoded).
+    pub offer_codecs: Vec<G711>,
 }
 
 impl LocalMedia {
@@ -70,6 +73,7 @@ impl LocalMedia {
             rtp_port,
             ptime: DEFAULT_PTIME,
             session_name: "voxgate".to_owned(),
+            offer_codecs: vec![G711::Pcmu, G711::Pcma],
         }
     }
 }
@@ -358,12 +362,15 @@ impl Negotiator {
             _ => {
                 let ptime_ms = duration_ms(self.local.ptime);
                 let mut audio = self.audio_media(vec!["RTP".to_owned(), "AVP".to_owned()]);
-                audio.media_name.formats = ["0", "8"]
-                    .iter()
-                    .map(|format| (*format).to_owned())
-                    .collect();
-                push_rtpmap(&mut audio, 0, G711::Pcmu);
-                push_rtpmap(&mut audio, 8, G711::Pcma);
+                audio.media_name.formats = Vec::new();
+                for codec in &self.local.offer_codecs {
+                    let payload_type = match codec {
+                        G711::Pcmu => 0,
+                        G711::Pcma => 8,
+                    };
+                    audio.media_name.formats.push(payload_type.to_string());
+                    push_rtpmap(&mut audio, payload_type, *codec);
+                }
                 audio
                     .media_name
                     .formats
@@ -1517,6 +1524,16 @@ mod tests {
         );
         assert!(negotiator.is_offer_pending());
         assert_eq!(negotiator.create_offer(), offer, "repeat is identical");
+    }
+
+    #[test]
+    fn an_offer_limited_to_the_callers_codec_lists_only_it() {
+        let mut local = local();
+        local.offer_codecs = vec![G711::Pcmu];
+        let offer = Negotiator::with_session_id(local, 77).create_offer();
+        let text = std::str::from_utf8(&offer).expect("utf-8");
+        assert!(text.contains("m=audio 40000 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(!text.contains("PCMA"), "{text}");
     }
 
     #[test]

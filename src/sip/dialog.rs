@@ -4,8 +4,10 @@
 //!   INVITE received ──1xx with To-tag──> Early ──2xx sent──> Confirmed ──BYE──> Terminated
 //!                   └──────────────2xx sent──────────────────┘
 //! ```
-//! A dialog is plain data. voxgate is the UAS of every dialog it holds (calls arrive from trunks),
-//! so [`Dialog::new_uas`] builds one from the INVITE (§12.1.1) and its own tag. In-dialog requests
+//! A dialog is plain data. voxgate is the UAS of the dialogs calls arrive on, built by
+//! [`Dialog::new_uas`] from the INVITE (§12.1.1) and its own tag, and the UAC of the dialogs it
+//! opens itself (a bridged transfer's agent leg), built by [`Dialog::new_uac`] from its INVITE and
+//! the 2xx (§12.1.2). In-dialog requests
 //! go through [`Dialog::handle_request`] (CSeq order, target refresh); requests voxgate sends are
 //! laid out by [`Dialog::next_request`] (§12.2.1.1), to which the transport layer adds its Via.
 
@@ -49,6 +51,29 @@ pub struct UasSetup {
     /// The INVITE's Contact URI (remote target).
     pub remote_target: String,
     /// The INVITE's Record-Route values, in order (the UAS keeps them in order, §12.1.1).
+    pub record_route: Vec<String>,
+    /// voxgate's own Contact URI for this dialog.
+    pub local_contact: String,
+}
+
+/// What the INVITE voxgate sent and the 2xx that answered it said, for a UAC dialog (§12.1.2).
+#[derive(Debug, Clone)]
+pub struct UacSetup {
+    /// Call-ID.
+    pub call_id: String,
+    /// The INVITE's From header value (voxgate's URI with its tag).
+    pub from: String,
+    /// voxgate's tag (the From tag).
+    pub local_tag: String,
+    /// The 2xx's To header value (the remote URI with the peer's tag).
+    pub to: String,
+    /// The peer's tag (the 2xx's To tag; empty when it sent none).
+    pub remote_tag: String,
+    /// The INVITE's CSeq number (voxgate's next request takes the one after it).
+    pub local_seq: u32,
+    /// The 2xx's Contact URI (remote target).
+    pub remote_target: String,
+    /// The 2xx's Record-Route values, in the order received (reversed into the route set).
     pub record_route: Vec<String>,
     /// voxgate's own Contact URI for this dialog.
     pub local_contact: String,
@@ -101,7 +126,8 @@ pub struct Dialog {
     local_uri: String,
     remote_uri: String,
     local_seq: u32,
-    remote_seq: u32,
+    /// The highest CSeq the peer used (none yet in a UAC dialog, §12.1.2).
+    remote_seq: Option<u32>,
     remote_target: String,
     route_set: Vec<String>,
     local_contact: String,
@@ -122,9 +148,32 @@ impl Dialog {
             local_uri,
             remote_uri: setup.from,
             local_seq: initial_local_seq,
-            remote_seq: setup.remote_seq,
+            remote_seq: Some(setup.remote_seq),
             remote_target: setup.remote_target,
             route_set: setup.record_route,
+            local_contact: setup.local_contact,
+        }
+    }
+
+    /// Builds the UAC side of a dialog from the INVITE voxgate sent and its 2xx (§12.1.2), in
+    /// the Confirmed state: the route set is the 2xx's Record-Route reversed, the remote target
+    /// its Contact, and the remote CSeq is unset until the peer sends a request.
+    pub fn new_uac(setup: UacSetup) -> Dialog {
+        let mut route_set = setup.record_route;
+        route_set.reverse();
+        Dialog {
+            id: DialogId {
+                call_id: setup.call_id,
+                local_tag: setup.local_tag,
+                remote_tag: setup.remote_tag,
+            },
+            state: DialogState::Confirmed,
+            local_uri: setup.from,
+            remote_uri: setup.to,
+            local_seq: setup.local_seq,
+            remote_seq: None,
+            remote_target: setup.remote_target,
+            route_set,
             local_contact: setup.local_contact,
         }
     }
@@ -159,6 +208,11 @@ impl Dialog {
         &self.local_uri
     }
 
+    /// The peer's From (UAS) or To (UAC) header value, with its tag.
+    pub fn remote_uri(&self) -> &str {
+        &self.remote_uri
+    }
+
     /// Marks the dialog confirmed (the 2xx to the INVITE was sent).
     pub fn confirm(&mut self) {
         if self.state == DialogState::Early {
@@ -187,13 +241,10 @@ impl Dialog {
         if method.eq_ignore_ascii_case("ACK") || method.eq_ignore_ascii_case("CANCEL") {
             return Ok(());
         }
-        if cseq <= self.remote_seq {
-            return Err(DialogError::CSeqOutOfOrder {
-                got: cseq,
-                last: self.remote_seq,
-            });
+        if let Some(last) = self.remote_seq.filter(|last| cseq <= *last) {
+            return Err(DialogError::CSeqOutOfOrder { got: cseq, last });
         }
-        self.remote_seq = cseq;
+        self.remote_seq = Some(cseq);
         let is_target_refresh =
             method.eq_ignore_ascii_case("INVITE") || method.eq_ignore_ascii_case("UPDATE");
         if let (true, Some(contact)) = (is_target_refresh, contact) {
@@ -348,6 +399,48 @@ mod tests {
     fn local_cseq_stays_below_2_pow_31() {
         let mut dialog = Dialog::new_uas(self::dialog_setup(), 0x7fff_ffff);
         assert_eq!(dialog.next_request("BYE").cseq, 0);
+    }
+
+    #[test]
+    fn uac_dialog_reverses_record_route_and_targets_the_2xx_contact() {
+        let mut dialog = Dialog::new_uac(UacSetup {
+            call_id: "leg@voxgate".into(),
+            from: "\"Alice\" <sip:alice@pbx.example.com>;tag=v9".into(),
+            local_tag: "v9".into(),
+            to: "<sip:agent@pbx.example.com>;tag=g1".into(),
+            remote_tag: "g1".into(),
+            local_seq: 7,
+            remote_target: "sip:agent@192.0.2.50:5070".into(),
+            record_route: vec![
+                "<sip:p2.example.com;lr>".into(),
+                "<sip:p1.example.com;lr>".into(),
+            ],
+            local_contact: "sip:voxgate@198.51.100.1:5060".into(),
+        });
+        assert_eq!(dialog.state(), DialogState::Confirmed);
+        assert_eq!(
+            (
+                dialog.id().local_tag.as_str(),
+                dialog.id().remote_tag.as_str()
+            ),
+            ("v9", "g1")
+        );
+        let bye = dialog.next_request("BYE");
+        assert_eq!(bye.request_uri, "sip:agent@192.0.2.50:5070");
+        assert_eq!(bye.headers[0], ("Route", "<sip:p1.example.com;lr>".into()));
+        assert_eq!(bye.headers[1], ("Route", "<sip:p2.example.com;lr>".into()));
+        assert!(bye.headers.contains(&(
+            "From",
+            "\"Alice\" <sip:alice@pbx.example.com>;tag=v9".into()
+        )));
+        assert!(bye
+            .headers
+            .contains(&("To", "<sip:agent@pbx.example.com>;tag=g1".into())));
+        assert_eq!(bye.cseq, 8);
+        // §12.1.2: the remote CSeq is empty, so the peer's first request is in order whatever
+        // its number; later ones must go up.
+        assert_eq!(dialog.handle_request("BYE", 1, None), Ok(()));
+        assert!(dialog.handle_request("INFO", 1, None).is_err());
     }
 
     fn dialog_setup() -> UasSetup {

@@ -184,6 +184,8 @@ struct ClientEntry {
     target: Target,
     request_uri: String,
     routes: Vec<String>,
+    /// An INVITE's branch and headers, for its CANCEL (§9.1); `None` for other methods.
+    invite: Option<(String, Vec<(&'static str, String)>)>,
 }
 
 /// The SIP endpoint: transaction tables and message routing.
@@ -513,7 +515,42 @@ impl Endpoint {
         body: Option<(&str, Bytes)>,
     ) -> ClientTxId {
         let target = request_target(request, flow);
-        self.start_client(now, flow, target, request, body)
+        self.start_client(now, flow, target, request, body, message::new_branch())
+    }
+
+    /// Sends a CANCEL for the INVITE of client transaction `invite` (RFC 3261 §9.1): the same
+    /// Request-URI, Route, From, To, Call-ID and top Via branch, CSeq number with method
+    /// CANCEL, on a new non-INVITE client transaction. `None` when the INVITE transaction is
+    /// gone. Send it only after a provisional response (§9.1); the INVITE still ends with its
+    /// own final response (normally 487).
+    pub fn send_cancel(&mut self, now: Instant, invite: ClientTxId) -> Option<ClientTxId> {
+        let entry = self.clients.values().find(|entry| entry.id == invite)?;
+        let (branch, headers) = entry.invite.clone()?;
+        let (flow, target, request_uri) =
+            (entry.flow, entry.target.clone(), entry.request_uri.clone());
+        let headers = headers
+            .into_iter()
+            .filter(|(name, _)| {
+                matches!(
+                    *name,
+                    "Route" | "From" | "To" | "Call-ID" | "CSeq" | "Max-Forwards"
+                )
+            })
+            .map(|(name, value)| match name {
+                "CSeq" => {
+                    let seq = value.split_whitespace().next().unwrap_or("1").to_owned();
+                    (name, format!("{seq} CANCEL"))
+                }
+                _ => (name, value),
+            })
+            .collect();
+        let cancel = OutgoingRequest {
+            method: "CANCEL".to_owned(),
+            request_uri,
+            headers,
+            cseq: 0,
+        };
+        Some(self.start_client(now, &flow, target, &cancel, None, branch))
     }
 
     /// [`Endpoint::send_request`] to `flow.remote`, whatever the first Route or the
@@ -526,7 +563,14 @@ impl Endpoint {
         flow: &Flow,
         request: &OutgoingRequest,
     ) -> ClientTxId {
-        self.start_client(now, flow, Target::Addr(flow.remote), request, None)
+        self.start_client(
+            now,
+            flow,
+            Target::Addr(flow.remote),
+            request,
+            None,
+            message::new_branch(),
+        )
     }
 
     fn start_client(
@@ -536,8 +580,8 @@ impl Endpoint {
         target: Target,
         request: &OutgoingRequest,
         body: Option<(&str, Bytes)>,
+        branch: String,
     ) -> ClientTxId {
-        let branch = message::new_branch();
         let bytes = self.build_request(flow, request, &branch, body);
         let reliable = flow.transport == Transport::Tcp;
         let id = ClientTxId(self.take_id());
@@ -570,6 +614,7 @@ impl Endpoint {
             target,
             request_uri: request.request_uri.clone(),
             routes,
+            invite: (request.method == "INVITE").then(|| (branch.clone(), request.headers.clone())),
         };
         self.clients.insert(key.clone(), entry);
         self.drain_client(&key);

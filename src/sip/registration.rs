@@ -909,7 +909,7 @@ fn contact_uri(config: &RegistrationConfig, address: &str) -> String {
 }
 
 /// The outbound proxy as a loose-routing Route value (strict routing is not supported).
-fn loose_route(proxy: &str) -> String {
+pub(crate) fn loose_route(proxy: &str) -> String {
     let uri = proxy.trim().trim_start_matches('<').trim_end_matches('>');
     let has_lr = uri
         .split(';')

@@ -55,6 +55,12 @@ pub fn write_pcmu_raw(path: &Path, packets: usize) {
 /// marker on the first, 20 ms apart) as Ethernet/IPv4/UDP frames 127.0.0.1:10000 →
 /// 127.0.0.1:20000. SIPp rewrites addresses and ports when it plays the file.
 pub fn write_pcmu_pcap(path: &Path, packets: usize) {
+    write_pcmu_pcap_from(path, 0, packets);
+}
+
+/// [`write_pcmu_pcap`] whose packet `i` carries [`payload_for`]`(first + i)`: a second party's
+/// audio, told apart from the first's by index.
+pub fn write_pcmu_pcap_from(path: &Path, first: usize, packets: usize) {
     let mut out = Vec::with_capacity(24 + packets * 230);
     // Global header: magic, v2.4, thiszone 0, sigfigs 0, snaplen, LINKTYPE_ETHERNET.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -71,7 +77,7 @@ pub fn write_pcmu_pcap(path: &Path, packets: usize) {
         rtp.extend_from_slice(&(1000u16.wrapping_add(i as u16)).to_be_bytes());
         rtp.extend_from_slice(&((i as u32) * PAYLOAD_LEN as u32).to_be_bytes());
         rtp.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
-        rtp.extend_from_slice(&payload_for(i));
+        rtp.extend_from_slice(&payload_for(first + i));
         let udp_len = 8 + rtp.len();
         let mut udp = Vec::with_capacity(udp_len);
         udp.extend_from_slice(&10_000u16.to_be_bytes());

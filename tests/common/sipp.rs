@@ -143,6 +143,13 @@ impl Sipp {
         self
     }
 
+    /// Like [`Sipp::with_audio`], the payloads numbered from `first` (another party's audio).
+    pub fn with_audio_from(mut self, first: usize, packets: usize) -> Sipp {
+        pcap::write_pcmu_pcap_from(&self.dir.path().join("audio.pcap"), first, packets);
+        self.audio_packets = Some(packets);
+        self
+    }
+
     /// Any other SIPp argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Sipp {
         self.extra.push(arg.into());

@@ -1,0 +1,245 @@
+//! Bridged transfers (B2BUA) with SIPp as the PBX's caller, a second SIPp as the transfer
+//! destination (a person's phone) and the local Realtime stand-in as the model calling
+//! `transfer_call`: the destination answers and audio flows both ways through voxgate (checked
+//! by payload, each leg with voxgate's own RTP stream) until the caller hangs up and voxgate
+//! BYEs the destination; or the destination is busy (486) and the model hears the typed failure
+//! while the call goes on.
+// Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::pcap;
+use common::realtime::{frame_index, tagged_audio, Behaviour, RealtimeStandIn, Reply};
+use common::rtp::{RtpPacket, RtpSink};
+use common::{Gateway, GatewayConfig, Sipp};
+
+const WAIT: Duration = Duration::from_secs(15);
+const TRANSFERS: &str = "voxgate_transfers_total";
+/// The destination's audio is numbered from here; the caller's from 0.
+const AGENT_AUDIO: usize = 5_000;
+/// The SSRC of every stream SIPp plays from a test pcap.
+const PCAP_SSRC: u32 = 0x5eed_0001;
+
+/// The assistant with one bridged destination, `agent`, at `agent_sip`.
+fn gateway(standin_url: &str, agent_sip: SocketAddr) -> Gateway {
+    let extra = format!(
+        "[[agents]]\nname = \"assistant\"\nkind = \"openai\"\nmodel = \"gpt-realtime\"\n\
+         voice = \"marin\"\ninstructions = \"You are a test agent.\"\n\
+         greeting = \"Greet the caller.\"\n\
+         [[agents.transfers]]\nname = \"agent\"\nuri = \"sip:agent@{agent_sip}\"\n\
+         description = \"A person\"\nmethod = \"bridge\"\n\n\
+         [realtime]\nurl = \"{standin_url}\"\nconnect_timeout_ms = 3000\n\n\
+         [transfer]\ntimeout_secs = 10\n"
+    );
+    Gateway::start_with(GatewayConfig {
+        extra,
+        route_agent: "assistant".into(),
+        env: vec![("OPENAI_API_KEY".to_owned(), "sk-test-key".to_owned())],
+        ..GatewayConfig::default()
+    })
+}
+
+/// The model's hand-off sentence (tag 1, 25 frames) and its `transfer_call`; after a failed
+/// transfer it apologises (tag 3).
+fn transferring_model() -> Behaviour {
+    Behaviour::new()
+        .greeting(
+            Reply::audio(tagged_audio(25, 1))
+                .transcript("Let me put you through.")
+                .function_call(
+                    "transfer_call",
+                    serde_json::json!({"destination": "agent", "reason": "wants a person"}),
+                ),
+        )
+        .after_tool_output(Reply::audio(tagged_audio(20, 3)).transcript("Sorry, no one is free."))
+}
+
+/// The indices of the test-pcap payloads in `packets` within `range`, in arrival order.
+fn pcap_indices(packets: &[RtpPacket], range: std::ops::Range<usize>) -> Vec<usize> {
+    packets
+        .iter()
+        .filter_map(|p| pcap::index_of(&p.payload))
+        .filter(|index| range.contains(index))
+        .collect()
+}
+
+fn assert_increasing(indices: &[usize], what: &str) {
+    assert!(
+        indices.windows(2).all(|pair| pair[0] < pair[1]),
+        "{what} out of order or duplicated: {indices:?}"
+    );
+}
+
+/// The destination answers: the caller hears it and it hears the caller, byte for byte, each
+/// over voxgate's own RTP stream; the caller's BYE ends both legs and the Realtime session was
+/// closed as a normal end when the legs were joined.
+#[test]
+fn bridged_destination_answers_and_audio_flows_both_ways() {
+    if common::sipp::skip_without_root("bridged_destination_answers_and_audio_flows_both_ways") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    // The destination is a UAS: SIPp never sends to the address it is given.
+    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
+        .with_audio_from(AGENT_AUDIO, 250)
+        .deadline(Duration::from_secs(40));
+    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
+    let gateway = gateway(&standin.url(), agent_sip);
+    let agent_sink = RtpSink::bind(agent.echo_addr());
+    let agent_run = agent.spawn();
+    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(450)
+        .pause_ms(8_000);
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let to_caller = caller_sink.finish();
+    let to_agent = agent_sink.finish();
+    outcome.assert_success();
+    agent_outcome.assert_success(); // INVITE checked (caller-ID, PCMU offer), BYE from voxgate
+
+    let invite = agent_outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("INVITE "))
+        .expect("voxgate's INVITE to the destination");
+    let from = invite.header("From").expect("From");
+    assert!(
+        from.starts_with("sipp <sip:sipp@127.0.0.1:"),
+        "caller-ID passthrough: {from}"
+    );
+    assert_eq!(
+        invite.header("To").as_deref(),
+        Some(format!("<sip:agent@{agent_sip}>").as_str())
+    );
+
+    let heard_by_caller = pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250);
+    assert!(
+        heard_by_caller.len() >= 200,
+        "the caller heard {} of the destination's 250 frames",
+        heard_by_caller.len()
+    );
+    assert_increasing(&heard_by_caller, "the destination's frames at the caller");
+    let heard_by_agent = pcap_indices(&to_agent, 0..450);
+    assert!(
+        heard_by_agent.len() >= 200,
+        "the destination heard {} of the caller's frames",
+        heard_by_agent.len()
+    );
+    assert_increasing(&heard_by_agent, "the caller's frames at the destination");
+    // Each leg is voxgate's own stream: one SSRC toward the caller (assistant, ringback and
+    // relayed audio alike), another toward the destination, neither the pcap's.
+    let caller_ssrcs: std::collections::BTreeSet<u32> = to_caller.iter().map(|p| p.ssrc).collect();
+    let agent_ssrcs: std::collections::BTreeSet<u32> = to_agent.iter().map(|p| p.ssrc).collect();
+    assert_eq!(caller_ssrcs.len(), 1, "{caller_ssrcs:?}");
+    assert_eq!(agent_ssrcs.len(), 1, "{agent_ssrcs:?}");
+    assert!(!caller_ssrcs.contains(&PCAP_SSRC) && !agent_ssrcs.contains(&PCAP_SSRC));
+    assert_ne!(caller_ssrcs, agent_ssrcs);
+
+    assert_eq!(
+        gateway.wait_metric(
+            TRANSFERS,
+            &[
+                ("destination", "agent"),
+                ("method", "bridge"),
+                ("result", "success")
+            ],
+            WAIT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    assert_eq!(
+        gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
+        0.0
+    );
+    assert_eq!(
+        gateway.wait_metric("voxgate_calls_active", &[], WAIT, |v| v == 0.0),
+        0.0
+    );
+    let session =
+        standin.wait_for_session(0, WAIT, "voxgate to close the session", |s| s.is_ended());
+    assert!(
+        session.client_closed(),
+        "closed by voxgate when the legs were joined"
+    );
+    assert!(
+        session.function_outputs.is_empty(),
+        "no failure was reported"
+    );
+    assert_eq!(
+        gateway
+            .metrics()
+            .get("voxgate_realtime_session_failures_total", &[])
+            .unwrap_or(0.0),
+        0.0,
+        "joining the legs is a normal end of the session"
+    );
+    standin.assert_no_violations();
+}
+
+/// The destination is busy: the model hears `{"status":"failed","sip_status":486,…}`, its
+/// apology reaches the caller, and voxgate does not hang up.
+#[test]
+fn busy_destination_goes_back_to_the_model() {
+    if common::sipp::skip_without_root("busy_destination_goes_back_to_the_model") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let agent = Sipp::new("uas_agent_busy.xml", "127.0.0.1:9".parse().unwrap())
+        .deadline(Duration::from_secs(30));
+    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
+    let gateway = gateway(&standin.url(), agent_sip);
+    let agent_run = agent.spawn();
+    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(250)
+        .pause_ms(4_000);
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let to_caller = caller_sink.finish();
+    outcome.assert_success(); // the caller's own BYE ends the call
+    agent_outcome.assert_success(); // the 486 was ACKed
+    let session = standin.wait_for_session(0, WAIT, "the transfer's failure", |s| {
+        !s.function_outputs.is_empty()
+    });
+    let output: serde_json::Value =
+        serde_json::from_str(&session.function_outputs[0].output).expect("JSON output");
+    assert_eq!(output["status"], "failed", "{output}");
+    assert_eq!(output["sip_status"], 486, "{output}");
+    assert!(
+        to_caller
+            .iter()
+            .any(|p| frame_index(&p.payload).is_some_and(|(tag, _)| tag == 3)),
+        "the model's apology reached the caller"
+    );
+    assert!(
+        !outcome
+            .received()
+            .iter()
+            .any(|m| m.first_line().starts_with("BYE ")),
+        "voxgate did not hang up"
+    );
+    assert_eq!(
+        gateway.wait_metric(
+            TRANSFERS,
+            &[
+                ("destination", "agent"),
+                ("method", "bridge"),
+                ("result", "failed")
+            ],
+            WAIT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    assert_eq!(
+        gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
+        0.0
+    );
+    standin.assert_no_violations();
+}
