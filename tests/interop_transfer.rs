@@ -26,12 +26,17 @@ const PCAP_SSRC: u32 = 0x5eed_0001;
 
 /// The assistant with one bridged destination, `agent`, at `agent_sip`.
 fn gateway(standin_url: &str, agent_sip: SocketAddr) -> Gateway {
+    gateway_with(standin_url, agent_sip, "bridge")
+}
+
+/// The assistant with one destination, `agent`, at `agent_sip`, reached by `method`.
+fn gateway_with(standin_url: &str, agent_sip: SocketAddr, method: &str) -> Gateway {
     let extra = format!(
         "[[agents]]\nname = \"assistant\"\nkind = \"openai\"\nmodel = \"gpt-realtime\"\n\
          voice = \"marin\"\ninstructions = \"You are a test agent.\"\n\
          greeting = \"Greet the caller.\"\n\
          [[agents.transfers]]\nname = \"agent\"\nuri = \"sip:agent@{agent_sip}\"\n\
-         description = \"A person\"\nmethod = \"bridge\"\n\n\
+         description = \"A person\"\nmethod = \"{method}\"\n\n\
          [realtime]\nurl = \"{standin_url}\"\nconnect_timeout_ms = 3000\n\n\
          [transfer]\ntimeout_secs = 10\n"
     );
@@ -242,4 +247,125 @@ fn busy_destination_goes_back_to_the_model() {
         0.0
     );
     standin.assert_no_violations();
+}
+
+/// The caller's scenario refusing the REFER with `status` (SIPp checks a response's status
+/// when it loads the scenario, so the test writes it in).
+fn refusing_caller(dir: &std::path::Path, status: &str) -> String {
+    let template = std::fs::read_to_string(common::sipp::scenario_path("uac_refer_refused.xml"))
+        .expect("scenario");
+    let path = dir.join("uac_refer_refused_fallback.xml");
+    std::fs::write(&path, template.replace("[refer_status]", status)).expect("write scenario");
+    path.display().to_string()
+}
+
+/// Runs a call whose REFER fails (`caller` scenario) with `refer_then_bridge`: voxgate falls
+/// back to bridging the destination, and audio flows both ways by payload.
+fn falls_back_to_the_bridge(
+    caller: Sipp,
+    agent: Sipp,
+    gateway: &Gateway,
+    standin: &RealtimeStandIn,
+) {
+    let agent_sink = RtpSink::bind(agent.echo_addr());
+    let agent_run = agent.spawn();
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let to_caller = caller_sink.finish();
+    let to_agent = agent_sink.finish();
+    outcome.assert_success();
+    agent_outcome.assert_success();
+    assert!(
+        outcome
+            .received()
+            .iter()
+            .any(|m| m.first_line().starts_with("REFER ")),
+        "the REFER came first"
+    );
+    let heard_by_caller = pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250);
+    assert!(
+        heard_by_caller.len() >= 150,
+        "the caller heard {} of the destination's frames",
+        heard_by_caller.len()
+    );
+    assert_increasing(&heard_by_caller, "the destination's frames at the caller");
+    let heard_by_agent = pcap_indices(&to_agent, 0..600);
+    assert!(
+        heard_by_agent.len() >= 150,
+        "the destination heard {} of the caller's frames",
+        heard_by_agent.len()
+    );
+    assert_increasing(&heard_by_agent, "the caller's frames at the destination");
+    for (method, result) in [("refer", "failed"), ("bridge", "success")] {
+        assert_eq!(
+            gateway.wait_metric(
+                TRANSFERS,
+                &[
+                    ("destination", "agent"),
+                    ("method", method),
+                    ("result", result)
+                ],
+                WAIT,
+                |v| v >= 1.0
+            ),
+            1.0,
+            "{method} {result}"
+        );
+    }
+    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
+    assert!(
+        session.function_outputs.is_empty(),
+        "the model was not told of a failure"
+    );
+    assert_eq!(
+        gateway.wait_metric("voxgate_calls_active", &[], WAIT, |v| v == 0.0),
+        0.0
+    );
+    standin.assert_no_violations();
+}
+
+/// (3) `refer_then_bridge`: the PBX refuses the REFER (501), so voxgate INVITEs the
+/// destination itself and relays audio both ways.
+#[test]
+fn refused_refer_falls_back_to_a_bridged_call() {
+    if common::sipp::skip_without_root("refused_refer_falls_back_to_a_bridged_call") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
+        .with_audio_from(AGENT_AUDIO, 250)
+        .deadline(Duration::from_secs(40));
+    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
+    let gateway = gateway_with(&standin.url(), agent_sip, "refer_then_bridge");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let caller = Sipp::new(
+        &refusing_caller(dir.path(), "501 Not Implemented"),
+        gateway.sip_addr(),
+    )
+    .with_audio(550)
+    .pause_ms(8_000);
+    falls_back_to_the_bridge(caller, agent, &gateway, &standin);
+}
+
+/// (5) `refer_then_bridge`: the PBX accepts the REFER but reports 486 Busy Here by NOTIFY
+/// while the caller is still on voxgate's leg: voxgate bridges the destination itself.
+#[test]
+fn busy_notify_falls_back_to_a_bridged_call() {
+    if common::sipp::skip_without_root("busy_notify_falls_back_to_a_bridged_call") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
+        .with_audio_from(AGENT_AUDIO, 250)
+        .deadline(Duration::from_secs(40));
+    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
+    let gateway = gateway_with(&standin.url(), agent_sip, "refer_then_bridge");
+    let caller = Sipp::new("uac_refer_notify_failure.xml", gateway.sip_addr())
+        .with_audio(550)
+        .arg("-key")
+        .arg("final_status")
+        .arg("486 Busy Here")
+        .pause_ms(8_000);
+    falls_back_to_the_bridge(caller, agent, &gateway, &standin);
 }
