@@ -450,3 +450,28 @@ fn draining_byes_both_legs_of_a_bridged_call() {
     }
     assert_clean(&mut h);
 }
+
+#[test]
+fn warm_transfer_tells_the_destination_the_announcement_and_summary_in_headers() {
+    let mut settings = bridge_settings();
+    if let Some(agent) = settings.agents.first_mut() {
+        agent.transfers[0].announce = Some("Caller from the assistant".into());
+    }
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("assistant");
+    h.establish(&mut caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.take();
+    let mut warm = request();
+    warm.summary = Some("Ann\nwants a refund".into());
+    h.transfer(key, warm);
+    let invite = agent_request(&mut h, "INVITE");
+    assert_eq!(
+        invite.header("X-Voxgate-Announce"),
+        Some("Caller from the assistant: Ann wants a refund")
+    );
+    assert_eq!(
+        invite.header("X-Voxgate-Summary"),
+        Some("Ann wants a refund")
+    );
+}
