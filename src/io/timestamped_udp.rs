@@ -15,7 +15,18 @@ use nix::sys::socket::{
 use nix::sys::time::TimeSpec;
 
 /// Asks the kernel to stamp every datagram `socket` receives with its wall-clock arrival time.
+///
+/// Linux stamps received packets only while some socket asks for it, and switches that on
+/// lazily (a deferred static-key flip): the first packets after the first such socket opens,
+/// or after the last one closed, would carry their read time. So the first call also opens one
+/// socket for the life of the process that keeps stamping on between calls.
 pub fn enable_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    static KEEPER: std::sync::OnceLock<Option<UdpSocket>> = std::sync::OnceLock::new();
+    KEEPER.get_or_init(|| {
+        let keeper = UdpSocket::bind("127.0.0.1:0").ok()?;
+        setsockopt(keeper.as_raw_fd(), sockopt::ReceiveTimestampns, &true).ok()?;
+        Some(keeper)
+    });
     setsockopt(socket.as_raw_fd(), sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
 
@@ -162,9 +173,29 @@ mod tests {
             recv_batch(&receiver, &mut buffers, &mut received).unwrap(),
             0
         );
+        // The kernel turns stamping on lazily (see `enable_timestamps`): wait, boundedly, until
+        // a probe comes back stamped at its arrival rather than at its read.
+        let to = receiver.local_addr().unwrap();
+        let give_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            sender.send_to(b"probe", to).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            let read_at = Instant::now();
+            recv_batch(&receiver, &mut buffers, &mut received).unwrap();
+            if received
+                .first()
+                .is_some_and(|d| d.arrival + Duration::from_millis(15) < read_at)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the kernel never stamped arrivals"
+            );
+        }
 
         let before = Instant::now();
-        let to = receiver.local_addr().unwrap();
+        let before_wall = SystemTime::now();
         let payloads: [&[u8]; 6] = [b"one", b"two", b"three", b"four", b"five", b"six"];
         for payload in payloads {
             sender.send_to(payload, to).unwrap();
@@ -189,6 +220,19 @@ mod tests {
         }
         let texts: Vec<&[u8]> = read.iter().map(|(text, _)| text.as_slice()).collect();
         assert_eq!(texts, payloads);
+        // The kernel stamps with the wall clock; if it was stepped (NTP, a VM's clock sync)
+        // while the datagrams waited, their age cannot be told and the check means nothing.
+        let mono = before.elapsed();
+        let wall = SystemTime::now()
+            .duration_since(before_wall)
+            .unwrap_or_default();
+        if mono.abs_diff(wall) > Duration::from_millis(20) {
+            eprintln!(
+                "wall clock stepped by {:?} during the test: skipped",
+                mono.abs_diff(wall)
+            );
+            return;
+        }
         let mut previous = None;
         for (_, datagram) in &read {
             assert_eq!(datagram.from, Some(sender.local_addr().unwrap()));
