@@ -380,3 +380,38 @@ fn info_dtmf_reaches_the_media_task_and_other_info_is_just_answered() {
         );
     }
 }
+
+#[test]
+fn norefersub_is_asked_for_only_when_configured_and_the_peer_supports_it() {
+    let mut settings = transfer_settings();
+    settings.transfer.norefersub = true;
+    // The caller's INVITE does not say it supports norefersub: NOTIFYs are wanted.
+    let (mut h, _caller, key) = established(&settings);
+    h.transfer(key, request("sales"));
+    assert!(sent_refer(&mut h).header("Refer-Sub").is_none());
+    // It does: Refer-Sub: false (RFC 4488), and the 202 ends the transfer.
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("assistant");
+    h.establish(&mut caller, &[("Supported", "timer, norefersub")]);
+    let key = h
+        .take_outputs()
+        .iter()
+        .find_map(|output| match output {
+            Output::AllocateMedia { call, .. } => Some(*call),
+            _ => None,
+        })
+        .expect("AllocateMedia");
+    h.take();
+    h.transfer(key, request("sales"));
+    let refer = sent_refer(&mut h);
+    assert_eq!(refer.header("Refer-Sub"), Some("false"));
+    assert!(refer
+        .headers_named("Supported")
+        .any(|v| v.contains("norefersub")));
+    h.send(&answer(&refer, 202, &[("Refer-Sub", "false")], None));
+    assert!(h.next_request("BYE", secs(1)).is_some());
+    assert_eq!(
+        transfer_results(&h.take_outputs()),
+        vec![("refer", "success")]
+    );
+}
