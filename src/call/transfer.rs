@@ -3,7 +3,7 @@
 //!
 //! The [`Bridge`](super::bridge::Bridge) turns a `transfer_call` (after the hand-off sentence
 //! has played) or a DTMF rule into a [`TransferRequest`]; `io/` carries it to the core, where
-//! the [`Call`](super::Call) runs it: REFER (RFC 3515) with NOTIFY tracking, or a bridged
+//! the [`Call`] runs it: REFER (RFC 3515) with NOTIFY tracking, or a bridged
 //! call to the destination (B2BUA), or REFER falling back to the bridge. A failure goes back
 //! to the model as a typed tool output ([`TransferOutcome::tool_output`]).
 

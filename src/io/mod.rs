@@ -1,7 +1,7 @@
 //! The only async code: sockets, timers, tasks and HTTP around the sans-IO machines.
 //!
 //! [`run`] binds the SIP transports and the metrics endpoint, then drives the
-//! [`Switchboard`](crate::call::switchboard::Switchboard) from one task (the "core"): every
+//! [`Switchboard`] from one task (the "core"): every
 //! input (a SIP message, a media task's report, a timer, SIGTERM) goes in, every output (a
 //! message to send, a media command) comes out, and the loop sleeps until `poll_timeout`.
 //! Each call's media runs in its own task ([`call_task`]) on one of the per-core media threads

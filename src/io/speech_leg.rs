@@ -151,7 +151,7 @@ impl SpeechLeg {
     /// Waits for the next thing to happen on the leg (cancel-safe).
     ///
     /// The media task calls this on every wake-up (each tick and each RTP packet), so it only
-    /// touches what may have something: the socket when its [`ReadSignal`] says so, the tool
+    /// touches what may have something: the socket when its read signal says so, the tool
     /// results while a tool runs, the connect deadline while connecting.
     pub async fn next_event(&mut self) -> LegEvent {
         let SpeechLeg {
