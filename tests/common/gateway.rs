@@ -126,8 +126,23 @@ impl Gateway {
     }
 
     /// Starts voxgate with `config` and waits until it answers OPTIONS (panics after
-    /// [`READY_TIMEOUT`] or if it exits, showing its log).
+    /// [`READY_TIMEOUT`] or if it exits, showing its log). A port block taken by another
+    /// process between its probe and voxgate's bind (another test run on the machine) is
+    /// replaced by a fresh one, at most twice.
     pub fn start_with(config: GatewayConfig) -> Gateway {
+        for attempt in 1.. {
+            match Gateway::try_start(&config) {
+                Ok(gateway) => return gateway,
+                Err(failure) if attempt < 3 && failure.contains("Address already in use") => {
+                    eprintln!("voxgate's ports were taken meanwhile; trying another block");
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn try_start(config: &GatewayConfig) -> Result<Gateway, String> {
         let ports = PortBlock::reserve(2);
         let rtp = PortBlock::reserve(config.rtp_ports);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -169,11 +184,11 @@ impl Gateway {
             log,
             rtp,
         };
-        gateway.wait_ready();
-        gateway
+        gateway.wait_ready()?;
+        Ok(gateway)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -181,14 +196,14 @@ impl Gateway {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                return Err(format!(
                     "voxgate exited ({status}) before answering OPTIONS; config:\n{}\nlog:\n{}",
                     self.config(),
                     self.log()
-                );
+                ));
             }
             if sip::options(self.sip, Duration::from_millis(300)).is_some_and(|r| r.status == 200) {
-                return;
+                return Ok(());
             }
         }
         panic!(
