@@ -20,11 +20,11 @@ use tokio::io::ReadBuf;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
 use super::agent_media::{AgentLegSockets, AgentMedia};
 use super::speech_leg::{CallInfo, LegEvent, SpeechLeg};
+use super::tick_grid::GridTicker;
 use super::timestamped_udp::{
     enable_timestamps, recv_batch, Buffers, Datagram, BATCH, DATAGRAM_MAX,
 };
@@ -302,7 +302,7 @@ impl MediaTask {
 
     async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
         let mut ptime = self.ptime;
-        let mut ticker = ptime_ticker(ptime);
+        let mut ticker = GridTicker::new(ptime);
         let mut rtcp_buffer = [0u8; 1_500];
         'media: loop {
             // Commands (signalling rate), RTP, RTCP reports and metric samples are all taken at
@@ -318,7 +318,7 @@ impl MediaTask {
                     }
                     if self.ptime != ptime {
                         ptime = self.ptime;
-                        ticker = ptime_ticker(ptime);
+                        ticker = GridTicker::new(ptime);
                     }
                     // Everything queued since the last tick, at its own arrival time, before
                     // the jitter buffer is popped.
@@ -697,22 +697,6 @@ const CALLER_SILENT_AFTER: Duration = Duration::from_secs(1);
 /// Whole ptime ticks in `period` (at least 1).
 fn ticks_per(period: Duration, ptime: Duration) -> u64 {
     (period.as_micros() / ptime.as_micros().max(1)).max(1) as u64
-}
-
-/// A ticker every `ptime` on a grid shared by every call of the process: calls with the same
-/// ptime tick in the same timer slot, so one wake-up of a media thread serves all their ticks
-/// instead of one wake-up each.
-fn ptime_ticker(ptime: Duration) -> tokio::time::Interval {
-    static GRID: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let now = tokio::time::Instant::now();
-    let grid = *GRID.get_or_init(|| now);
-    let step = ptime.as_nanos().max(1);
-    let steps = (now - grid).as_nanos().div_ceil(step);
-    let start = grid + Duration::from_nanos((steps * step).min(u128::from(u64::MAX)) as u64);
-    let mut ticker = tokio::time::interval_at(start, ptime);
-    // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    ticker
 }
 
 /// One datagram from `socket` into `buffer`: the socket's own poll, so waiting registers the

@@ -15,6 +15,7 @@ pub mod metrics_http;
 pub mod realtime_ws;
 pub mod sip_transport;
 pub mod speech_leg;
+pub mod tick_grid;
 pub mod timestamped_udp;
 
 use std::collections::HashMap;

@@ -151,7 +151,10 @@ impl Gateway {
         let log = dir.path().join("voxgate.log");
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        // VOXGATE_BIN: another build of the binary (A/B benchmark runs).
+        let binary =
+            std::env::var_os("VOXGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_voxgate").into());
+        let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&file)
             .env(

@@ -1,0 +1,268 @@
+//! One ptime ticker per media thread, shared by every call on it.
+//!
+//! Every call ticks on the same process-wide grid (`T_0 + k·ptime`), so a tokio `Interval` per
+//! call would put one timer per call into the wheel, all due at the same instant: each tick the
+//! time driver fires them one by one, and each call re-arms its own for the next tick (a wheel
+//! removal and insertion under the driver's lock, and for every one of them an `eventfd` write
+//! to unpark a driver that is not parked, because re-arming does not update the driver's next
+//! wake-up). With this grid a media thread has one timer per ptime in use: a small driver task
+//! awaits it and wakes the calls waiting for that tick, which only queues them on the thread.
+//!
+//! A late tick is caught up (tokio's `MissedTickBehavior::Burst`), and each call sees every tick
+//! once, so RTP timestamps keep pace with the clock as before.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+
+/// The ticks of one ptime on this thread.
+struct Grid {
+    ptime: Duration,
+    /// Ticks since the driver started.
+    ticks: u64,
+    /// The waker of each subscriber waiting for the next tick, by slot.
+    waiters: Vec<Option<Waker>>,
+    /// Slots of `waiters` no subscriber holds.
+    free: Vec<usize>,
+    /// Live subscribers (the driver stops at a tick that finds none).
+    subscribers: usize,
+}
+
+thread_local! {
+    /// This media thread's grids (one per ptime in use: usually one).
+    static GRIDS: RefCell<Vec<Grid>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A call's view of its thread's grid for one ptime: [`GridTicker::tick`] completes once per
+/// ptime, at the grid's instants. Created and polled inside a task of a media thread's
+/// (current-thread) runtime; elsewhere it falls back to an interval of its own on the same grid.
+pub enum GridTicker {
+    /// Subscribed to this thread's grid.
+    Shared {
+        /// Which grid.
+        ptime: Duration,
+        /// Its waker's place in the grid.
+        slot: usize,
+        /// The grid's tick count this subscriber has taken.
+        seen: u64,
+    },
+    /// Not on a current-thread runtime: the grid's driver might run on another thread.
+    Own(tokio::time::Interval),
+}
+
+impl GridTicker {
+    /// Subscribes to this thread's grid for `ptime`, starting its driver if it has none; the
+    /// first tick is the grid's next one.
+    pub fn new(ptime: Duration) -> GridTicker {
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return GridTicker::Own(aligned_interval(ptime));
+        }
+        GRIDS.with_borrow_mut(|grids| {
+            let grid = match grids.iter().position(|grid| grid.ptime == ptime) {
+                Some(index) => &mut grids[index],
+                None => {
+                    runtime.spawn(drive(ptime));
+                    grids.push(Grid {
+                        ptime,
+                        ticks: 0,
+                        waiters: Vec::new(),
+                        free: Vec::new(),
+                        subscribers: 0,
+                    });
+                    let last = grids.len() - 1;
+                    &mut grids[last]
+                }
+            };
+            grid.subscribers += 1;
+            let slot = match grid.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    grid.waiters.push(None);
+                    grid.waiters.len() - 1
+                }
+            };
+            GridTicker::Shared {
+                ptime,
+                slot,
+                seen: grid.ticks,
+            }
+        })
+    }
+
+    /// Completes at the next tick not yet taken (at once for one already due). Cancel-safe.
+    pub async fn tick(&mut self) {
+        poll_fn(|cx| self.poll_tick(cx)).await
+    }
+
+    fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (ptime, slot, seen) = match self {
+            GridTicker::Shared { ptime, slot, seen } => (*ptime, *slot, seen),
+            GridTicker::Own(interval) => return interval.poll_tick(cx).map(|_| ()),
+        };
+        GRIDS.with_borrow_mut(|grids| {
+            let Some(grid) = grids.iter_mut().find(|grid| grid.ptime == ptime) else {
+                return Poll::Pending; // unreachable while subscribed
+            };
+            if grid.ticks > *seen {
+                *seen += 1;
+                return Poll::Ready(());
+            }
+            if let Some(waiter) = grid.waiters.get_mut(slot) {
+                match waiter {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => *waiter = Some(cx.waker().clone()),
+                }
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Drop for GridTicker {
+    fn drop(&mut self) {
+        let GridTicker::Shared { ptime, slot, .. } = *self else {
+            return;
+        };
+        // try_with: a ticker dropped while the thread shuts down finds its grid gone.
+        let _ = GRIDS.try_with(|grids| {
+            if let Ok(mut grids) = grids.try_borrow_mut() {
+                if let Some(grid) = grids.iter_mut().find(|grid| grid.ptime == ptime) {
+                    if let Some(waiter) = grid.waiters.get_mut(slot) {
+                        *waiter = None;
+                    }
+                    grid.free.push(slot);
+                    grid.subscribers = grid.subscribers.saturating_sub(1);
+                }
+            }
+        });
+    }
+}
+
+/// The driver of this thread's grid for `ptime`: counts the ticks and wakes the waiting calls;
+/// stops at the first tick that finds no subscriber.
+async fn drive(ptime: Duration) {
+    let mut ticker = aligned_interval(ptime);
+    loop {
+        ticker.tick().await;
+        let running = GRIDS.with_borrow_mut(|grids| {
+            let Some(index) = grids.iter().position(|grid| grid.ptime == ptime) else {
+                return false;
+            };
+            let grid = &mut grids[index];
+            if grid.subscribers == 0 {
+                grids.swap_remove(index);
+                return false;
+            }
+            grid.ticks += 1;
+            // Waking a task of this thread's runtime only queues it: nothing runs in here.
+            for waker in grid.waiters.iter_mut().filter_map(Option::take) {
+                waker.wake();
+            }
+            true
+        });
+        if !running {
+            return;
+        }
+    }
+}
+
+/// An interval every `ptime` on a grid shared by every thread of the process (instants
+/// `origin + k·ptime`, the origin fixed by the first call), catching up late ticks.
+fn aligned_interval(ptime: Duration) -> tokio::time::Interval {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let now = tokio::time::Instant::now();
+    let origin = *ORIGIN.get_or_init(|| now);
+    let step = ptime.as_nanos().max(1);
+    let steps = (now - origin).as_nanos().div_ceil(step);
+    let start = origin + Duration::from_nanos((steps * step).min(u128::from(u64::MAX)) as u64);
+    let mut ticker = tokio::time::interval_at(start, ptime);
+    // Burst: a late tick is caught up so RTP timestamps keep pace with the clock.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    ticker
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    fn grids_of(ptime: Duration) -> usize {
+        GRIDS.with_borrow(|grids| grids.iter().filter(|grid| grid.ptime == ptime).count())
+    }
+
+    #[test]
+    fn subscribers_share_one_grid_and_each_takes_every_tick_once() {
+        runtime().block_on(async {
+            let ptime = Duration::from_millis(5);
+            let mut a = GridTicker::new(ptime);
+            let mut b = GridTicker::new(ptime);
+            assert!(matches!(a, GridTicker::Shared { .. }));
+            assert_eq!(grids_of(ptime), 1);
+            a.tick().await;
+            b.tick().await;
+            assert!(
+                b.tick().now_or_never().is_none(),
+                "b took the only tick so far"
+            );
+            // b falls behind by four ticks and catches up without waiting, one tick per call.
+            for _ in 0..4 {
+                a.tick().await;
+            }
+            for _ in 0..4 {
+                assert!(b.tick().now_or_never().is_some());
+            }
+            assert!(b.tick().now_or_never().is_none());
+            // A late subscriber starts at the next tick, not at the grid's first.
+            let mut c = GridTicker::new(ptime);
+            assert!(c.tick().now_or_never().is_none());
+            c.tick().await;
+        });
+    }
+
+    #[test]
+    fn the_driver_stops_without_subscribers_and_restarts_on_demand() {
+        runtime().block_on(async {
+            let ptime = Duration::from_millis(3);
+            let mut a = GridTicker::new(ptime);
+            a.tick().await;
+            drop(a);
+            let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+                while grids_of(ptime) > 0 {
+                    tokio::time::sleep(ptime).await;
+                }
+            })
+            .await;
+            assert!(stopped.is_ok(), "the idle driver removed its grid");
+            let mut b = GridTicker::new(ptime);
+            assert_eq!(grids_of(ptime), 1);
+            let ticked = tokio::time::timeout(Duration::from_secs(5), b.tick()).await;
+            assert!(ticked.is_ok(), "a new driver ticks");
+        });
+    }
+
+    #[test]
+    fn a_multi_thread_runtime_gets_its_own_interval() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut own = GridTicker::new(Duration::from_millis(4));
+            assert!(matches!(own, GridTicker::Own(_)));
+            own.tick().await;
+        });
+    }
+}
