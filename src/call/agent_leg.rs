@@ -357,21 +357,14 @@ impl Call {
         self.agent_leg = Some(AgentLeg {
             state: LegState::AwaitingMedia,
             flow,
-            request_uri: target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned(),
+            request_uri: target.to_owned(),
             route: self
                 .outbound_proxy
                 .as_deref()
                 .map(crate::sip::registration::loose_route),
             from: format!("{};tag={local_tag}", without_tag(self.dialog.remote_uri())),
             local_tag,
-            to: format!(
-                "<{}>",
-                target.trim().trim_start_matches('<').trim_end_matches('>')
-            ),
+            to: format!("<{target}>"),
             call_id: message::new_call_id(&advertised),
             local_contact: format!("sip:voxgate@{advertised}{transport_param}"),
             headers,

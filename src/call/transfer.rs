@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{Call, CallResult, Ctx, HasBody, MediaCommand, Output, SentAuth, State};
 use crate::config::transfer::{TransferDestination, TransferMethod};
 use crate::sip::endpoint::{ClientTxId, ServerTxId};
-use crate::sip::message::{Request, Response};
+use crate::sip::message::{self, Request, Response};
 use crate::sip::refer::{self, NotifyInfo, ReferClient, ReferEvent, ReferFailure};
 
 /// The tool the model calls to hand the caller to a person.
@@ -142,14 +142,6 @@ impl ActiveTransfer {
     }
 }
 
-/// The addr-spec inside a name-addr header value (`"A" <sip:a@b>;tag=1` → `sip:a@b`).
-fn addr_spec(value: &str) -> &str {
-    match (value.find('<'), value.find('>')) {
-        (Some(open), Some(close)) if open < close => &value[open + 1..close],
-        _ => value.split(';').next().unwrap_or(value).trim(),
-    }
-}
-
 impl Call {
     /// The agent asks to hand the caller to a person.
     pub fn handle_transfer_request(&mut self, ctx: &mut Ctx<'_>, request: TransferRequest) {
@@ -213,7 +205,10 @@ impl Call {
                     ("Refer-To", refer::refer_to_value(&transfer.target)),
                     (
                         "Referred-By",
-                        format!("<{}>", addr_spec(self.dialog.local_uri())),
+                        format!(
+                            "<{}>",
+                            message::uri_of(self.dialog.local_uri()).unwrap_or_default()
+                        ),
                     ),
                 ];
                 if ctx.config.transfer.norefersub && self.peer_supports_norefersub {

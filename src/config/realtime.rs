@@ -260,15 +260,19 @@ fn default_tool_timeout_ms() -> u64 {
     5_000
 }
 
+/// The Realtime API's rule for function names (`^[A-Za-z0-9_-]{1,64}$`), also used for
+/// transfer destinations (they become an enum the model picks from, and a metric label).
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl ToolSettings {
     fn validate(&self, key: &str) -> Result<(), Problem> {
-        let valid_name = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid_name {
+        if !valid_name(&self.name) {
             return Err(Problem::new(
                 format!("{key}.name"),
                 format!(

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::realtime::valid_name;
 use super::Problem;
 
 /// `[transfer]`: settings every transfer shares.
@@ -168,15 +169,6 @@ impl DtmfRule {
         let digit = chars.next()?;
         chars.next().is_none().then_some(digit)
     }
-}
-
-/// A valid name for a tool or destination.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Checks an agent's transfers and DTMF rules.

@@ -504,7 +504,7 @@ fn our_uri(uri: &str) -> rsip::Uri {
 }
 
 /// The URI inside a name-addr, or the addr-spec before header parameters.
-fn uri_of(name_addr: &str) -> Option<String> {
+pub fn uri_of(name_addr: &str) -> Option<String> {
     let value = name_addr.trim();
     let uri = match find_unquoted(value, b'<') {
         Some(open) => {
