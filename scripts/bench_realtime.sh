@@ -9,7 +9,9 @@
 # Everything is measured and printed as Markdown tables; nothing is asserted about speed.
 # Usage: scripts/bench_realtime.sh [CALLS] [DURATION_SECS]   (defaults 100 and 60; at most 170 s)
 # Needs root (SIPp plays RTP from raw sockets). Other knobs: VOXGATE_BENCH_PROBES,
-# VOXGATE_BENCH_RATE (SIPp calls per second), VOXGATE_BENCH_PERF=<file> (perf record voxgate
+# VOXGATE_BENCH_RATE (SIPp calls per second), VOXGATE_BENCH_MEDIA=stream|pcap (how SIPp plays
+# the load calls' RTP: rtp_stream from one UDP socket, the default, or play_pcap_audio from one
+# raw socket per call, which charges voxgate's sends a walk over every raw socket), VOXGATE_BENCH_PERF=<file> (perf record voxgate
 # during the load window; disturbs that run's CPU figures), VOXGATE_BENCH_ONLY=latency|load|
 # barge_in|criterion.
 set -euo pipefail

@@ -11,8 +11,9 @@
 //! - *probes*: calls placed by this process (raw SIP + its own RTP socket), so every RTP packet
 //!   it sends and receives is timestamped on the same monotonic clock the stand-in stamps the
 //!   events it receives and sends with;
-//! - *load*: SIPp (`uac_echo.xml`, PCMU from a pcap) for the N concurrent calls of the CPU/RSS
-//!   figures.
+//! - *load*: SIPp for the N concurrent calls of the CPU/RSS figures: `uac_echo_stream.xml`
+//!   (`rtp_stream`, one UDP socket) by default, `uac_echo.xml` (PCMU from a pcap, one raw
+//!   socket per call) with `VOXGATE_BENCH_MEDIA=pcap` (see [`LoadMedia`]).
 //!
 //! Latency method (`realtime_latency`, and the probes of `realtime_load`). voxgate handles each
 //! call on a 20 ms tick: pop the jitter buffer, write the `input_audio_buffer.append`, send the
@@ -157,7 +158,33 @@ struct Run {
     secs: u64,
     /// SIPp call rate (calls per second).
     rate: usize,
+    /// How SIPp sends the load calls' RTP.
+    media: LoadMedia,
     behaviour: Behaviour,
+}
+
+/// How SIPp plays the load calls' caller audio (`VOXGATE_BENCH_MEDIA`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LoadMedia {
+    /// `rtp_stream` (`uac_echo_stream.xml`, the default): every call's RTP from one ordinary
+    /// UDP socket, as a PBX sends it; voxgate's RTP to the calls lands there unread.
+    Stream,
+    /// `play_pcap_audio` (`uac_echo.xml`): one raw socket per call. The kernel offers every
+    /// loopback UDP packet to every raw socket, so each RTP packet voxgate sends costs it a walk
+    /// over N raw sockets (`raw_local_deliver`, ~6 % of voxgate's CPU at 200 calls): a cost of
+    /// the test caller, growing with N², that a PBX does not impose. voxgate's RTP to the calls
+    /// is received and checked by a sink here.
+    Pcap,
+}
+
+impl LoadMedia {
+    fn from_env() -> LoadMedia {
+        match std::env::var("VOXGATE_BENCH_MEDIA").as_deref() {
+            Ok("pcap") => LoadMedia::Pcap,
+            Ok("stream") | Err(_) => LoadMedia::Stream,
+            Ok(other) => panic!("VOXGATE_BENCH_MEDIA must be stream or pcap, not {other:?}"),
+        }
+    }
 }
 
 /// What a run measured.
@@ -181,6 +208,7 @@ fn run(spec: Run) -> Outcome {
         probes,
         secs,
         rate,
+        media,
         behaviour,
     } = spec;
     let standin = RealtimeStandIn::start(behaviour);
@@ -219,12 +247,19 @@ fn run(spec: Run) -> Outcome {
     let mut sipp_run = None;
     let mut sink = None;
     if calls > 0 {
-        let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
-            .with_audio((secs * 50) as usize)
-            .calls(calls as u32, calls as u32, rate as u32)
-            .pause_ms(secs * 1_000)
-            .deadline(Duration::from_secs(secs + ramp + 60));
-        sink = Some(Drain::bind(sipp.echo_addr()));
+        let packets = (secs * 50) as usize;
+        let sipp = match media {
+            LoadMedia::Pcap => Sipp::new("uac_echo.xml", gateway.sip_addr()).with_audio(packets),
+            LoadMedia::Stream => {
+                Sipp::new("uac_echo_stream.xml", gateway.sip_addr()).with_ulaw(packets)
+            }
+        }
+        .calls(calls as u32, calls as u32, rate as u32)
+        .pause_ms(secs * 1_000)
+        .deadline(Duration::from_secs(secs + ramp + 60));
+        if media == LoadMedia::Pcap {
+            sink = Some(Drain::bind(sipp.echo_addr()));
+        }
         sipp_run = Some(sipp.spawn());
     }
 
@@ -364,13 +399,19 @@ fn run(spec: Run) -> Outcome {
             outcome.code()
         );
         sipp_signalling(outcome);
-        println!(
-            "| RTP from voxgate to the SIPp calls | {} packets on {} streams, {} of them agent \
-             audio |",
-            echoed.packets,
-            echoed.streams.len(),
-            echoed.agent_frames
-        );
+        match media {
+            LoadMedia::Pcap => println!(
+                "| RTP from voxgate to the SIPp calls | {} packets on {} streams, {} of them \
+                 agent audio |",
+                echoed.packets,
+                echoed.streams.len(),
+                echoed.agent_frames
+            ),
+            LoadMedia::Stream => println!(
+                "| SIPp media | rtp_stream (one UDP socket for all calls; voxgate's RTP to them \
+                 is counted below, not checked) |"
+            ),
+        }
     }
     let metrics = gateway.metrics();
     println!(
@@ -593,6 +634,7 @@ fn realtime_latency() {
         probes,
         secs,
         rate: 1,
+        media: LoadMedia::Stream,
         behaviour: talk_behaviour(secs as usize + 30, 1_000, 25),
     });
     print_probe_figures(&outcome);
@@ -615,6 +657,7 @@ fn realtime_load() {
         probes,
         secs,
         rate,
+        media: LoadMedia::from_env(),
         behaviour: talk_behaviour(secs as usize + 60, 2_000, 50),
     });
     print_probe_figures(&outcome);
@@ -635,6 +678,7 @@ fn realtime_barge_in() {
         probes,
         secs,
         rate: 1,
+        media: LoadMedia::Stream,
         behaviour: barge_in_behaviour(cycles),
     });
     let mut latencies = Vec::new();

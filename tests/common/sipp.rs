@@ -135,6 +135,15 @@ impl Sipp {
         self
     }
 
+    /// The same numbered audio as [`Sipp::with_audio`] as raw PCMU (`audio.ulaw`), for the
+    /// scenarios that send it with SIPp's `rtp_stream` (one ordinary UDP socket for every call,
+    /// no raw sockets).
+    pub fn with_ulaw(mut self, packets: usize) -> Sipp {
+        pcap::write_pcmu_raw(&self.dir.path().join("audio.ulaw"), packets);
+        self.audio_packets = Some(packets);
+        self
+    }
+
     /// Copies `source` into the scenario's working directory as `name` (e.g. a pcap that a
     /// scenario plays by its bare name).
     pub fn with_file(self, name: &str, source: &Path) -> Sipp {
