@@ -1,12 +1,19 @@
-//! One ptime ticker per media thread, shared by every call on it.
+//! The ptime tickers of a media thread, shared by the calls on it.
 //!
-//! Every call ticks on the same process-wide grid (`T_0 + k·ptime`), so a tokio `Interval` per
-//! call would put one timer per call into the wheel, all due at the same instant: each tick the
-//! time driver fires them one by one, and each call re-arms its own for the next tick (a wheel
-//! removal and insertion under the driver's lock, and for every one of them an `eventfd` write
-//! to unpark a driver that is not parked, because re-arming does not update the driver's next
-//! wake-up). With this grid a media thread has one timer per ptime in use: a small driver task
-//! awaits it and wakes the calls waiting for that tick, which only queues them on the thread.
+//! Every call ticks on a process-wide grid (`T_0 + phase + k·ptime`). A tokio `Interval` per call
+//! would put one timer per call into the wheel: each tick the time driver fires them one by one
+//! and each call re-arms its own (a wheel removal and insertion under the driver's lock, and for
+//! every one of them an `eventfd` write to unpark a driver that is not parked, because re-arming
+//! does not update the driver's next wake-up). Here a media thread has one timer per group of
+//! calls: a small driver task awaits it and wakes the group's calls, which only queues them.
+//!
+//! Groups: a tick does all of a call's media work at once (read RTP, pop the jitter buffer, write
+//! the append, send RTP: ~25 µs for a bridged call), so with every call on one instant the last
+//! call of a tick would wait for all the others (~5 ms at 200 bridged calls) and its audio, up
+//! and down, would be that much later. So calls are spread over [`MAX_PHASES`] phases of the
+//! ptime, at most [`GROUP_CALLS`] per group until every phase is in use: one wake-up still serves
+//! many calls, and no call waits for more than its group's work. Within a group the wake order
+//! rotates every tick, so no call is always last.
 //!
 //! A late tick is caught up (tokio's `MissedTickBehavior::Burst`), and each call sees every tick
 //! once, so RTP timestamps keep pace with the clock as before.
@@ -18,9 +25,37 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 
-/// The ticks of one ptime on this thread.
-struct Grid {
+/// Phases a ptime is split into (at most; never closer than [`MIN_PHASE_STEP`]).
+pub const MAX_PHASES: u32 = 10;
+
+/// The closest two phases may be.
+const MIN_PHASE_STEP: Duration = Duration::from_millis(2);
+
+/// Calls a group takes before the next phase is opened (once all are open, the smallest group
+/// takes the next call).
+pub const GROUP_CALLS: usize = 16;
+
+/// Which grid: the ptime and the phase, as an index (offset `phase · ptime / phases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
     ptime: Duration,
+    phase: u32,
+}
+
+impl Key {
+    fn phases(ptime: Duration) -> u32 {
+        let step = MIN_PHASE_STEP.as_nanos().max(1);
+        (ptime.as_nanos() / step).clamp(1, u128::from(MAX_PHASES)) as u32
+    }
+
+    fn offset(self) -> Duration {
+        self.ptime * self.phase / Key::phases(self.ptime)
+    }
+}
+
+/// The ticks of one group on this thread.
+struct Grid {
+    key: Key,
     /// Ticks since the driver started.
     ticks: u64,
     /// The waker of each subscriber waiting for the next tick, by slot.
@@ -43,7 +78,7 @@ pub enum GridTicker {
     /// Subscribed to this thread's grid.
     Shared {
         /// Which grid.
-        ptime: Duration,
+        key: Key,
         /// Its waker's place in the grid.
         slot: usize,
         /// The grid's tick count this subscriber has taken.
@@ -59,15 +94,16 @@ impl GridTicker {
     pub fn new(ptime: Duration) -> GridTicker {
         let runtime = tokio::runtime::Handle::current();
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
-            return GridTicker::Own(aligned_interval(ptime));
+            return GridTicker::Own(aligned_interval(ptime, Duration::ZERO));
         }
         GRIDS.with_borrow_mut(|grids| {
-            let grid = match grids.iter().position(|grid| grid.ptime == ptime) {
+            let key = pick_group(grids, ptime);
+            let grid = match grids.iter().position(|grid| grid.key == key) {
                 Some(index) => &mut grids[index],
                 None => {
-                    runtime.spawn(drive(ptime));
+                    runtime.spawn(drive(key));
                     grids.push(Grid {
-                        ptime,
+                        key,
                         ticks: 0,
                         waiters: Vec::new(),
                         free: Vec::new(),
@@ -86,7 +122,7 @@ impl GridTicker {
                 }
             };
             GridTicker::Shared {
-                ptime,
+                key,
                 slot,
                 seen: grid.ticks,
             }
@@ -99,12 +135,12 @@ impl GridTicker {
     }
 
     fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let (ptime, slot, seen) = match self {
-            GridTicker::Shared { ptime, slot, seen } => (*ptime, *slot, seen),
+        let (key, slot, seen) = match self {
+            GridTicker::Shared { key, slot, seen } => (*key, *slot, seen),
             GridTicker::Own(interval) => return interval.poll_tick(cx).map(|_| ()),
         };
         GRIDS.with_borrow_mut(|grids| {
-            let Some(grid) = grids.iter_mut().find(|grid| grid.ptime == ptime) else {
+            let Some(grid) = grids.iter_mut().find(|grid| grid.key == key) else {
                 return Poll::Pending; // unreachable while subscribed
             };
             if grid.ticks > *seen {
@@ -124,13 +160,13 @@ impl GridTicker {
 
 impl Drop for GridTicker {
     fn drop(&mut self) {
-        let GridTicker::Shared { ptime, slot, .. } = *self else {
+        let GridTicker::Shared { key, slot, .. } = *self else {
             return;
         };
         // try_with: a ticker dropped while the thread shuts down finds its grid gone.
         let _ = GRIDS.try_with(|grids| {
             if let Ok(mut grids) = grids.try_borrow_mut() {
-                if let Some(grid) = grids.iter_mut().find(|grid| grid.ptime == ptime) {
+                if let Some(grid) = grids.iter_mut().find(|grid| grid.key == key) {
                     if let Some(waiter) = grid.waiters.get_mut(slot) {
                         *waiter = None;
                     }
@@ -142,14 +178,34 @@ impl Drop for GridTicker {
     }
 }
 
-/// The driver of this thread's grid for `ptime`: counts the ticks and wakes the waiting calls;
-/// stops at the first tick that finds no subscriber.
-async fn drive(ptime: Duration) {
-    let mut ticker = aligned_interval(ptime);
+/// The group for a new call of `ptime`: the smallest open group while it has room, else the
+/// next phase not open yet, else the smallest group.
+fn pick_group(grids: &[Grid], ptime: Duration) -> Key {
+    let smallest = grids
+        .iter()
+        .filter(|grid| grid.key.ptime == ptime)
+        .min_by_key(|grid| (grid.subscribers, grid.key.phase));
+    if let Some(grid) = smallest.filter(|grid| grid.subscribers < GROUP_CALLS) {
+        return grid.key;
+    }
+    let unopened = (0..Key::phases(ptime))
+        .map(|phase| Key { ptime, phase })
+        .find(|key| grids.iter().all(|grid| grid.key != *key));
+    match (unopened, smallest) {
+        (Some(key), _) => key,
+        (None, Some(grid)) => grid.key,
+        (None, None) => Key { ptime, phase: 0 },
+    }
+}
+
+/// The driver of one group on this thread: counts its ticks and wakes the waiting calls, starting
+/// one further along each tick; stops at the first tick that finds no subscriber.
+async fn drive(key: Key) {
+    let mut ticker = aligned_interval(key.ptime, key.offset());
     loop {
         ticker.tick().await;
         let running = GRIDS.with_borrow_mut(|grids| {
-            let Some(index) = grids.iter().position(|grid| grid.ptime == ptime) else {
+            let Some(index) = grids.iter().position(|grid| grid.key == key) else {
                 return false;
             };
             let grid = &mut grids[index];
@@ -159,7 +215,9 @@ async fn drive(ptime: Duration) {
             }
             grid.ticks += 1;
             // Waking a task of this thread's runtime only queues it: nothing runs in here.
-            for waker in grid.waiters.iter_mut().filter_map(Option::take) {
+            let start = (grid.ticks % grid.waiters.len().max(1) as u64) as usize;
+            let (first, second) = grid.waiters.split_at_mut(start);
+            for waker in second.iter_mut().chain(first).filter_map(Option::take) {
                 waker.wake();
             }
             true
@@ -171,11 +229,11 @@ async fn drive(ptime: Duration) {
 }
 
 /// An interval every `ptime` on a grid shared by every thread of the process (instants
-/// `origin + k·ptime`, the origin fixed by the first call), catching up late ticks.
-fn aligned_interval(ptime: Duration) -> tokio::time::Interval {
+/// `origin + offset + k·ptime`, the origin fixed by the first call), catching up late ticks.
+fn aligned_interval(ptime: Duration, offset: Duration) -> tokio::time::Interval {
     static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let now = tokio::time::Instant::now();
-    let origin = *ORIGIN.get_or_init(|| now);
+    let origin = *ORIGIN.get_or_init(|| now) + offset;
     let step = ptime.as_nanos().max(1);
     let steps = (now - origin).as_nanos().div_ceil(step);
     let start = origin + Duration::from_nanos((steps * step).min(u128::from(u64::MAX)) as u64);
@@ -199,7 +257,48 @@ mod tests {
     }
 
     fn grids_of(ptime: Duration) -> usize {
-        GRIDS.with_borrow(|grids| grids.iter().filter(|grid| grid.ptime == ptime).count())
+        GRIDS.with_borrow(|grids| grids.iter().filter(|grid| grid.key.ptime == ptime).count())
+    }
+
+    fn phase_of(ticker: &GridTicker) -> u32 {
+        match ticker {
+            GridTicker::Shared { key, .. } => key.phase,
+            GridTicker::Own(_) => panic!("not on the grid"),
+        }
+    }
+
+    #[test]
+    fn calls_fill_a_group_then_open_the_next_phase_then_balance() {
+        runtime().block_on(async {
+            let ptime = Duration::from_millis(20);
+            assert_eq!(Key::phases(ptime), MAX_PHASES);
+            let phase_step = Key { ptime, phase: 1 }.offset();
+            assert_eq!(phase_step, Duration::from_millis(2));
+            let mut tickers: Vec<GridTicker> =
+                (0..GROUP_CALLS).map(|_| GridTicker::new(ptime)).collect();
+            assert!(tickers.iter().all(|t| phase_of(t) == 0));
+            tickers.push(GridTicker::new(ptime));
+            assert_eq!(phase_of(tickers.last().expect("one")), 1);
+            // Fill every phase, then one more: it goes to the smallest group.
+            while tickers.len() < GROUP_CALLS * MAX_PHASES as usize {
+                tickers.push(GridTicker::new(ptime));
+            }
+            assert_eq!(grids_of(ptime), MAX_PHASES as usize);
+            // A call of phase 3 leaves: the next call takes its place.
+            let index = tickers
+                .iter()
+                .position(|t| phase_of(t) == 3)
+                .expect("phase 3");
+            tickers.swap_remove(index);
+            tickers.push(GridTicker::new(ptime));
+            assert_eq!(phase_of(tickers.last().expect("one")), 3);
+            tickers.push(GridTicker::new(ptime));
+            assert_eq!(phase_of(tickers.last().expect("one")), 0);
+            // Every group ticks.
+            for ticker in &mut tickers {
+                ticker.tick().await;
+            }
+        });
     }
 
     #[test]
