@@ -140,6 +140,10 @@ pub struct RtpSettings {
     pub hold_timeout_secs: u32,
     /// Threads running the calls' media (each takes a share of the calls).
     pub media_threads: usize,
+    /// Phases of the ptime a media thread spreads its calls' ticks over (1 to
+    /// [`TICK_PHASES_LIMIT`]): more phases, less waiting behind other calls' work (latency),
+    /// but a wake-up of the thread per phase (CPU).
+    pub tick_phases: u32,
 }
 
 /// `[calls]`
@@ -397,6 +401,9 @@ pub const JITTER_MAX_LIMIT_MS: u32 = 1_000;
 
 /// Largest `rtp.timeout_secs` / `rtp.hold_timeout_secs`: a day; more is a unit mistake.
 pub const MEDIA_TIMEOUT_LIMIT_SECS: u32 = 86_400;
+
+/// Most phases `rtp.tick_phases` may ask for (2 ms apart at ptime 20).
+pub const TICK_PHASES_LIMIT: u32 = 10;
 
 /// Most media threads `rtp.media_threads` may ask for.
 pub const MEDIA_THREADS_LIMIT: usize = 64;
@@ -855,6 +862,15 @@ impl RtpSettings {
                 ));
             }
         }
+        if !(1..=TICK_PHASES_LIMIT).contains(&self.tick_phases) {
+            return Err(Problem::new(
+                "rtp.tick_phases",
+                format!(
+                    "{} is not between 1 and {TICK_PHASES_LIMIT}",
+                    self.tick_phases
+                ),
+            ));
+        }
         if !(1..=MEDIA_THREADS_LIMIT).contains(&self.media_threads) {
             return Err(Problem::new(
                 "rtp.media_threads",
@@ -1165,6 +1181,7 @@ impl Default for RtpSettings {
             timeout_secs: 60,
             hold_timeout_secs: 0,
             media_threads: 1,
+            tick_phases: TICK_PHASES_LIMIT,
         }
     }
 }
@@ -1768,6 +1785,20 @@ mod tests {
             "rtp.media_threads",
             "not between 1 and 64",
         );
+        assert_rejected(
+            &rtp("tick_phases = 0"),
+            &[],
+            "rtp.tick_phases",
+            "not between 1 and 10",
+        );
+        assert_rejected(
+            &rtp("tick_phases = 11"),
+            &[],
+            "rtp.tick_phases",
+            "not between 1 and 10",
+        );
+        let one = load_text(&rtp("tick_phases = 1"), &[]).expect("1 phase is allowed");
+        assert_eq!(one.rtp.tick_phases, 1);
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub struct MediaRuntimes {
 }
 
 impl MediaRuntimes {
-    /// Starts `threads` media threads (at least one), named `voxgate-media-N`.
-    pub fn start(threads: usize) -> std::io::Result<MediaRuntimes> {
+    /// Starts `threads` media threads (at least one), named `voxgate-media-N`, each spreading
+    /// its calls' ticks over `phases` phases of the ptime ([`super::tick_grid::set_phases`]).
+    pub fn start(threads: usize, phases: u32) -> std::io::Result<MediaRuntimes> {
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         let mut joins = Vec::new();
@@ -38,7 +39,10 @@ impl MediaRuntimes {
                 std::thread::Builder::new()
                     .name(format!("voxgate-media-{index}"))
                     // Dropping the runtime at the end cancels the media tasks still on it.
-                    .spawn(move || runtime.block_on(stop.cancelled()))?,
+                    .spawn(move || {
+                        super::tick_grid::set_phases(phases);
+                        runtime.block_on(stop.cancelled())
+                    })?,
             );
         }
         Ok(MediaRuntimes {

@@ -173,8 +173,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    let media_runtimes =
-        MediaRuntimes::start(settings.rtp.media_threads).context("starting the media threads")?;
+    let media_runtimes = MediaRuntimes::start(settings.rtp.media_threads, settings.rtp.tick_phases)
+        .context("starting the media threads")?;
     let core = Core {
         registration_counts: Vec::new(),
         last_inbound_auth: InboundAuthStats::default(),

@@ -10,7 +10,8 @@
 //! Groups: a tick does all of a call's media work at once (read RTP, pop the jitter buffer, write
 //! the append, send RTP: ~25 µs for a bridged call), so with every call on one instant the last
 //! call of a tick would wait for all the others (~5 ms at 200 bridged calls) and its audio, up
-//! and down, would be that much later. So calls are spread over [`MAX_PHASES`] phases of the
+//! and down, would be that much later. So calls are spread over `rtp.tick_phases` (up to
+//! [`MAX_PHASES`], see [`set_phases`]) phases of the
 //! ptime, at most [`GROUP_CALLS`] per group until every phase is in use: one wake-up still serves
 //! many calls, and no call waits for more than its group's work. Within a group the wake order
 //! rotates every tick, so no call is always last.
@@ -25,8 +26,22 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 
-/// Phases a ptime is split into (at most; never closer than [`MIN_PHASE_STEP`]).
-pub const MAX_PHASES: u32 = 10;
+/// Phases a ptime may be split into (`rtp.tick_phases` at most; never closer than
+/// [`MIN_PHASE_STEP`]).
+pub const MAX_PHASES: u32 = crate::config::TICK_PHASES_LIMIT;
+
+thread_local! {
+    /// This thread's `rtp.tick_phases` ([`set_phases`]; [`MAX_PHASES`] unless set).
+    static PHASES: std::cell::Cell<u32> = const { std::cell::Cell::new(MAX_PHASES) };
+}
+
+/// Sets how many phases this (media) thread spreads its calls over, 1 to [`MAX_PHASES`]: 1
+/// puts every call on one instant (the fewest wake-ups, so the least CPU; the last call of a
+/// tick waits for all the others' work), more bound that wait by a group's work at the price
+/// of a wake-up per group. Call before the thread's first call starts.
+pub fn set_phases(phases: u32) {
+    PHASES.set(phases.clamp(1, MAX_PHASES));
+}
 
 /// The closest two phases may be.
 const MIN_PHASE_STEP: Duration = Duration::from_millis(2);
@@ -45,7 +60,7 @@ pub struct Key {
 impl Key {
     fn phases(ptime: Duration) -> u32 {
         let step = MIN_PHASE_STEP.as_nanos().max(1);
-        (ptime.as_nanos() / step).clamp(1, u128::from(MAX_PHASES)) as u32
+        (ptime.as_nanos() / step).clamp(1, u128::from(PHASES.get())) as u32
     }
 
     fn offset(self) -> Duration {
@@ -265,6 +280,25 @@ mod tests {
             GridTicker::Shared { key, .. } => key.phase,
             GridTicker::Own(_) => panic!("not on the grid"),
         }
+    }
+
+    #[test]
+    fn one_phase_keeps_every_call_on_the_same_instant() {
+        // Its own thread: the phase setting is per media thread.
+        std::thread::spawn(|| {
+            set_phases(1);
+            runtime().block_on(async {
+                let ptime = Duration::from_millis(20);
+                assert_eq!(Key::phases(ptime), 1);
+                let tickers: Vec<GridTicker> = (0..GROUP_CALLS * 3)
+                    .map(|_| GridTicker::new(ptime))
+                    .collect();
+                assert!(tickers.iter().all(|t| phase_of(t) == 0));
+                assert_eq!(grids_of(ptime), 1);
+            });
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
