@@ -92,6 +92,13 @@ fn malformed_requests_get_400_and_garbage_is_counted_and_dropped() {
     assert_still_serving(&mut gateway);
 }
 
+/// A torture message: its name, bytes and the last octet of the loopback address it is sent from.
+type TortureMessage = (String, Vec<u8>, u8);
+
+/// The torture test's RFC 3261 T1 and T4, milliseconds.
+const T1_MS: u64 = 100;
+const T4_MS: u64 = 500;
+
 /// What a torture message must get (RFC 4475, groups per the README beside the files).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
@@ -145,8 +152,8 @@ fn torture_dir() -> PathBuf {
     }
 }
 
-/// The top Via's transport and sent-by port (folded lines and spaces around `/` allowed).
-fn top_via(message: &[u8]) -> (String, u16) {
+/// The top Via's value, unfolded, with the spaces around `/` removed.
+fn top_via_value(message: &[u8]) -> String {
     let text = String::from_utf8_lossy(message);
     let head = text.split("\r\n\r\n").next().unwrap_or("");
     let mut value: Option<String> = None;
@@ -171,7 +178,13 @@ fn top_via(message: &[u8]) -> (String, u16) {
     while v.contains(" /") || v.contains("/ ") {
         v = v.replace(" /", "/").replace("/ ", "/");
     }
-    let (protocol, rest) = v.trim().split_once(' ').unwrap_or(("SIP/2.0/UDP", ""));
+    v.trim().to_owned()
+}
+
+/// The top Via's transport and sent-by port (folded lines and spaces around `/` allowed).
+fn top_via(message: &[u8]) -> (String, u16) {
+    let v = top_via_value(message);
+    let (protocol, rest) = v.split_once(' ').unwrap_or(("SIP/2.0/UDP", ""));
     let transport = protocol
         .rsplit('/')
         .next()
@@ -186,6 +199,36 @@ fn top_via(message: &[u8]) -> (String, u16) {
             .and_then(|(_, p)| p.trim().parse().ok())
     };
     (transport, port.unwrap_or(5060))
+}
+
+/// What RFC 3261 §17.2.3 matches a request's server transaction on: the top Via's branch and
+/// sent-by and the CSeq method. `None` for a response.
+fn transaction_key(message: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(message);
+    if text.starts_with("SIP/") {
+        return None;
+    }
+    let via = top_via_value(message);
+    let mut parts = via.split([';', ',']);
+    let sent_by = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let branch = parts
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("branch"))
+        .map(|(_, value)| value.trim().to_owned())
+        .unwrap_or_default();
+    let method = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .split("\r\n")
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("cseq")
+                .then(|| value.split_whitespace().nth(1).unwrap_or("").to_owned())
+        })
+        .unwrap_or_default();
+    Some(format!("{branch}|{sent_by}|{method}"))
 }
 
 /// Sends one torture message the way its top Via says (UDP from 127.0.0.`k`:sent-by-port so the
@@ -260,31 +303,57 @@ fn rfc4475_torture_messages_get_the_right_outcome_and_never_crash() {
         dir.display()
     );
 
-    // Short T1 so calls created by the valid INVITEs (never ACKed) give up within seconds.
+    // Short T1 and T4 so calls created by the valid INVITEs (never ACKed) give up within
+    // seconds and server transactions end soon after their final response.
     let mut gateway = Gateway::start_with(GatewayConfig {
-        t1_ms: Some(100),
+        t1_ms: Some(T1_MS),
+        sip_extra: format!("t4_ms = {T4_MS}"),
         ..GatewayConfig::default()
     });
     let target = gateway.sip_addr();
-    // One thread per message, each from its own loopback address 127.0.0.(100+i): responses
-    // (and retransmitted 2xx) of one message can never reach another's socket.
-    let handles: Vec<_> = files
-        .iter()
-        .enumerate()
-        .map(|(i, path)| {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("")
-                .to_owned();
-            let bytes = std::fs::read(path).expect("read torture file");
-            let k = 100 + i as u8;
-            std::thread::spawn(move || (name.clone(), send_torture(bytes, k, target)))
+    // Each message from its own loopback address 127.0.0.(100+i): responses (and retransmitted
+    // 2xx) of one message can never reach another's socket. Messages that RFC 3261 §17.2.3 makes
+    // one server transaction (same top-Via branch and sent-by, same CSeq method: escnull and
+    // regescrt, for one) are a request and its retransmission to voxgate, whose response goes
+    // where the first came from; so they are sent one after another, the next once the
+    // previous one's transaction is over (Timer J, or H then I), and each is judged as a fresh
+    // request. Everything else is sent at once, a thread per transaction.
+    let mut groups: Vec<(Option<String>, Vec<TortureMessage>)> = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = std::fs::read(path).expect("read torture file");
+        let key = transaction_key(&bytes);
+        let member = (name, bytes, 100 + i as u8);
+        match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+            Some((_, members)) => members.push(member),
+            None => groups.push((key, vec![member])),
+        }
+    }
+    let transaction_over = Duration::from_millis(64 * T1_MS + T4_MS + 1_000);
+    let handles: Vec<_> = groups
+        .into_iter()
+        .map(|(_, members)| {
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for (n, (name, bytes, k)) in members.into_iter().enumerate() {
+                    if n > 0 {
+                        std::thread::sleep(transaction_over);
+                    }
+                    outcomes.push((name, send_torture(bytes, k, target)));
+                }
+                outcomes
+            })
         })
         .collect();
+    let outcomes = handles
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("torture thread"));
     let mut failures = Vec::new();
-    for handle in handles {
-        let (name, result) = handle.join().expect("torture thread");
+    for (name, result) in outcomes {
         let responses = match result {
             Ok(r) => r,
             Err(e) => {
