@@ -25,15 +25,22 @@ impl PortBlock {
     /// Reserves a block of `len` ports (rounded up to even) that bound cleanly just now.
     pub fn reserve(len: u16) -> PortBlock {
         let len = u32::from(len + len % 2);
+        let span = LAST - FIRST;
         // Different test binaries of one `cargo test` run one after another, but a developer may
-        // run several at once: start each process somewhere else in the range.
-        let seed = std::process::id().wrapping_mul(2_654_435_761) % (LAST - FIRST);
+        // run several at once: start each process somewhere else in the range (an even offset).
+        let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+        let seed = seed - seed % 2;
+        // Every reservation takes the next `len` offsets of one counter, taken modulo the range:
+        // blocks of one process never overlap (until it has taken the whole range), whatever
+        // their sizes. A block that would run past the end is skipped.
         for _ in 0..2_000 {
             let step = NEXT.fetch_add(len, Ordering::SeqCst);
-            let base = FIRST + (seed + step) % (LAST - FIRST - len);
-            let base = base - base % 2;
+            let offset = (seed + step) % span;
+            if offset + len > span {
+                continue;
+            }
             let block = PortBlock {
-                base: base as u16,
+                base: (FIRST + offset) as u16,
                 len: len as u16,
             };
             if block.is_free() {
