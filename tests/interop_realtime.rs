@@ -1,7 +1,8 @@
 //! Calls from SIPp (the PBX) through the real voxgate binary to a local OpenAI Realtime stand-in
 //! (`tests/common/realtime`, which validates every client event against the GA schema): audio up
-//! byte-exact, audio down paced and complete, barge-in, end_call, an HTTP tool, an unreachable
-//! or silent service (503), a dropped session (BYE), and usage tokens in /metrics.
+//! byte-exact, audio down paced and complete, a hold mid-greeting, barge-in, end_call, an HTTP
+//! tool, an unreachable or silent service (503), a dropped session (BYE), and usage tokens in
+//! /metrics.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
@@ -174,6 +175,69 @@ fn agent_audio_reaches_the_caller_paced_and_complete_and_tokens_are_counted() {
         |v| v > 0.0,
     );
     assert!(tokens > 0.0, "usage tokens in /metrics");
+    standin.assert_no_violations();
+}
+
+/// Hold: a caller that holds the call mid-greeting (re-INVITE a=sendonly) gets no RTP until it
+/// resumes, and then the rest of the greeting: nothing the agent said is lost in the hold (nor
+/// counted as heard). The first packet after the hold starts a talkspurt (marker) and its RTP
+/// timestamp has run on with the clock (RFC 3550 §5.1), the sequence number has not.
+#[test]
+fn a_held_call_gets_the_rest_of_the_greeting_when_resumed() {
+    let frames = 100; // 2 s of greeting; the hold comes 0.6 s in and lasts 1 s
+    let standin =
+        RealtimeStandIn::start(Behaviour::new().greeting(Reply::audio(tagged_audio(frames, 1))));
+    let gateway = gateway(&standin.url(), "greeting = \"Say hello.\"", "");
+    let sipp = Sipp::new("uac_hold_realtime.xml", gateway.sip_addr());
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success();
+    let greeting = agent_frames(&received, 1);
+    let indices: Vec<usize> = greeting.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        (0..frames).collect::<Vec<_>>(),
+        "the greeting, complete and in order across the hold"
+    );
+    // The hold: the one long silence of the stream, inside the greeting.
+    let (at, gap) = greeting
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| (i + 1, pair[1].1.at.duration_since(pair[0].1.at)))
+        .max_by_key(|(_, gap)| *gap)
+        .expect("frames");
+    assert!(
+        gap >= Duration::from_millis(700),
+        "no pause in the greeting ({gap:?}): the held caller got RTP"
+    );
+    let held_at = greeting[at - 1].1.at;
+    let resumed_at = greeting[at].1.at;
+    assert!(
+        received
+            .iter()
+            .all(|p| p.at <= held_at || p.at >= resumed_at),
+        "RTP went to the caller while it held the call"
+    );
+    for (i, pair) in greeting.windows(2).enumerate() {
+        let (a, b) = (pair[0].1, pair[1].1);
+        assert_eq!(b.seq, a.seq.wrapping_add(1), "sequence gap at frame {i}");
+        if i + 1 == at {
+            assert!(
+                b.marker,
+                "the first frame after the hold starts a talkspurt"
+            );
+            let ticks = i64::from(b.timestamp.wrapping_sub(a.timestamp) / 160);
+            let elapsed = (gap.as_millis() / 20) as i64;
+            assert!(
+                (ticks - elapsed).abs() <= 5,
+                "RTP timestamp ran {ticks} ticks over a hold of {elapsed}"
+            );
+        } else {
+            assert_eq!(b.timestamp, a.timestamp.wrapping_add(160), "timestamp gap");
+            assert!(!b.marker, "marker only where a talkspurt starts");
+        }
+    }
     standin.assert_no_violations();
 }
 

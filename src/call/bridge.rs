@@ -170,6 +170,8 @@ pub struct Bridge<S: SpeechSession> {
     goodbye_at: Option<Instant>,
     /// The session failed after answer and the apology is playing: report when it has.
     apologizing: Option<(FailReason, String, Option<Instant>)>,
+    /// The caller holds the call ([`Bridge::set_held`]).
+    held: bool,
     outputs: VecDeque<BridgeOutput>,
 }
 
@@ -194,8 +196,21 @@ impl<S: SpeechSession> Bridge<S> {
             transferring: false,
             goodbye_at: None,
             apologizing: None,
+            held: false,
             outputs: VecDeque::new(),
         }
+    }
+
+    /// Whether the caller holds the call (their SDP says `sendonly` or `inactive`, or names no
+    /// address): no RTP may go to them. While held, the agent's audio waits in its queue instead
+    /// of being played to nobody and counted as heard (a barge-in's truncate counts only what
+    /// was really sent), and the session hears silence: what comes from a holding caller is
+    /// hold music, not the caller talking to it.
+    pub fn set_held(&mut self, held: bool) {
+        if held != self.held {
+            tracing::debug!(held, "caller hold state changed");
+        }
+        self.held = held;
     }
 
     /// The session (for tests and inspection).
@@ -327,11 +342,16 @@ impl<S: SpeechSession> Bridge<S> {
     /// none); returns the frame to send to the caller.
     pub fn tick(&mut self, now: Instant, heard: Option<&[u8]>) -> PlayoutFrame {
         if self.ready && !self.failed {
+            let heard = heard.filter(|_| !self.held);
             self.session.send_audio(heard.unwrap_or(&self.silence));
         }
         // Before popping: a hangup waits one tick after the last frame went out.
         self.check_time(now);
-        let frame = self.playout.pop();
+        let frame = if self.held {
+            self.playout.pause()
+        } else {
+            self.playout.pop()
+        };
         if !frame.is_silence {
             if let Some(utterance) = self.utterances.iter_mut().find(|u| u.tag == frame.tag) {
                 utterance.played += frame.audio;

@@ -568,7 +568,11 @@ impl MediaTask {
         }
         let frame = match (bridged, self.agent.kind, self.speech.as_mut()) {
             (Some(frame), _, _) => frame,
-            (None, AgentKind::Openai, Some(leg)) => leg.tick(now, heard.as_deref()).await,
+            // Held (nothing may be sent to the caller): the agent's audio waits for the caller.
+            (None, AgentKind::Openai, Some(leg)) => {
+                let held = !send || remote.is_none();
+                leg.tick(now, heard.as_deref(), held).await
+            }
             _ => {
                 if let Some(frame) = self.echo.handle_frame(heard) {
                     self.playout.push_frame(frame);
@@ -576,10 +580,13 @@ impl MediaTask {
                 self.playout.pop()
             }
         };
+        let samples = (ptime.as_micros() * 8 / 1_000) as u32;
         let (true, Some(remote)) = (send, remote) else {
+            // Nothing may be sent (held) or there is nowhere to: the media clock runs on (RFC
+            // 3550 §5.1) and the first packet afterwards starts a new talkspurt (marker).
+            self.outbound.skip(samples);
             return;
         };
-        let samples = (ptime.as_micros() * 8 / 1_000) as u32;
         self.outbound
             .packetize_into(&frame.payload, frame.marker, samples, &mut self.send_buffer);
         match self.rtp.send_to(&self.send_buffer, remote) {

@@ -277,8 +277,10 @@ impl SpeechLeg {
         self.bridge.transfer_failed(Instant::now(), request, output);
     }
 
-    /// One ptime tick with the caller's frame; returns the frame to send.
-    pub async fn tick(&mut self, now: Instant, heard: Option<&[u8]>) -> PlayoutFrame {
+    /// One ptime tick with the caller's frame; returns the frame to send. `held`: nothing may be
+    /// sent to the caller this tick (see [`crate::call::bridge::Bridge::set_held`]).
+    pub async fn tick(&mut self, now: Instant, heard: Option<&[u8]>, held: bool) -> PlayoutFrame {
+        self.bridge.set_held(held);
         let frame = self.bridge.tick(now, heard);
         if !frame.is_silence && frame.marker {
             tracing::trace!("agent utterance starts");

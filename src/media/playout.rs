@@ -164,6 +164,20 @@ impl PlayoutQueue {
         }
     }
 
+    /// A tick at which nothing may be played (the caller holds the call): silence, and the queue
+    /// stays as it is, so the audio is neither lost nor counted as played. The next real frame
+    /// starts a new talkspurt (marker set).
+    pub fn pause(&mut self) -> PlayoutFrame {
+        self.talking = false;
+        PlayoutFrame {
+            payload: self.silence.clone(),
+            marker: false,
+            is_silence: true,
+            tag: 0,
+            audio: Duration::ZERO,
+        }
+    }
+
     /// Barge-in: drops everything queued (including a partial frame) and returns how much audio
     /// that was. The next real frame starts a new talkspurt (marker set).
     pub fn flush(&mut self) -> Duration {

@@ -195,6 +195,37 @@ fn barge_in_flushes_at_once_and_truncates_to_what_was_played() {
 }
 
 #[test]
+fn while_the_caller_holds_the_call_the_answer_waits_and_the_session_hears_silence() {
+    let mut h = Harness::ready();
+    h.event(SpeechEvent::ResponseStarted);
+    h.audio("a", 160 * 50, 0x11); // one second queued
+    for _ in 0..3 {
+        assert!(!h.tick().is_silence);
+    }
+    h.bridge.set_held(true);
+    let appended = h.bridge.session().audio.len();
+    for _ in 0..10 {
+        let frame = h.tick();
+        assert!(frame.is_silence && frame.payload.iter().all(|&b| b == 0xff));
+    }
+    assert_eq!(h.bridge.queued(), ms(940), "nothing played while held");
+    let held: Vec<Vec<u8>> = h.bridge.session().audio[appended..].to_vec();
+    assert_eq!(held.len(), 10, "one append per tick while held");
+    assert!(
+        held.iter().all(|a| a.iter().all(|&b| b == 0xff)),
+        "the holding caller's audio (hold music) is not sent up"
+    );
+    // Resumed: the answer goes on where it stopped, as a new talkspurt.
+    h.bridge.set_held(false);
+    let frame = h.tick();
+    assert!(frame.marker && frame.payload[0] == 0x11);
+    assert_eq!(h.bridge.session().audio.last(), Some(&vec![0x42; 160]));
+    // A barge-in counts only what was really played: 4 frames, not 14.
+    h.event(SpeechEvent::SpeechStarted);
+    assert_eq!(h.bridge.session().truncates, vec![("a".into(), ms(80))]);
+}
+
+#[test]
 fn speech_while_the_agent_is_silent_is_not_a_barge_in() {
     let mut h = Harness::ready();
     h.audio("a", 320, 0x11);
