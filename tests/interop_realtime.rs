@@ -49,6 +49,29 @@ fn agent_frames(packets: &[RtpPacket], tag: u8) -> Vec<(usize, &RtpPacket)> {
         .collect()
 }
 
+/// A SIPp call (`sipp`, given voxgate's SIP address) to an agent that greets with `frames`
+/// frames of tagged audio (tag 1); the RTP the caller received, once SIPp succeeded.
+fn greeted_call(
+    frames: usize,
+    sipp: impl FnOnce(SocketAddr) -> Sipp,
+) -> (RealtimeStandIn, Gateway, Vec<RtpPacket>) {
+    let standin =
+        RealtimeStandIn::start(Behaviour::new().greeting(Reply::audio(tagged_audio(frames, 1))));
+    let gateway = gateway(&standin.url(), "greeting = \"Say hello.\"", "");
+    let sipp = sipp(gateway.sip_addr());
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    let received = sink.finish();
+    outcome.assert_success();
+    (standin, gateway, received)
+}
+
+/// Frames 0..`frames` of an utterance arrived, each once, in order.
+fn assert_complete(utterance: &[(usize, &RtpPacket)], frames: usize, what: &str) {
+    let indices: Vec<usize> = utterance.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, (0..frames).collect::<Vec<_>>(), "{what}");
+}
+
 fn metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
     gateway.metrics().get(name, labels).unwrap_or(0.0)
 }
@@ -123,23 +146,13 @@ fn agent_audio_reaches_the_caller_paced_and_complete_and_tokens_are_counted() {
         return;
     }
     let frames = 100; // 2 s
-    let standin =
-        RealtimeStandIn::start(Behaviour::new().greeting(Reply::audio(tagged_audio(frames, 1))));
-    let gateway = gateway(&standin.url(), "greeting = \"Say hello.\"", "");
-    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(200)
-        .pause_ms(4_000);
-    let sink = RtpSink::bind(sipp.echo_addr());
-    let outcome = sipp.run();
-    let received = sink.finish();
-    outcome.assert_success();
+    let (standin, gateway, received) = greeted_call(frames, |sip| {
+        Sipp::new("uac_echo.xml", sip)
+            .with_audio(200)
+            .pause_ms(4_000)
+    });
     let greeting = agent_frames(&received, 1);
-    let indices: Vec<usize> = greeting.iter().map(|(i, _)| *i).collect();
-    assert_eq!(
-        indices,
-        (0..frames).collect::<Vec<_>>(),
-        "complete and in order"
-    );
+    assert_complete(&greeting, frames, "complete and in order");
     // One stream: consecutive sequence numbers and timestamps 160 apart, no gap mid-utterance.
     for pair in greeting.windows(2) {
         let (a, b) = (pair[0].1, pair[1].1);
@@ -185,20 +198,13 @@ fn agent_audio_reaches_the_caller_paced_and_complete_and_tokens_are_counted() {
 #[test]
 fn a_held_call_gets_the_rest_of_the_greeting_when_resumed() {
     let frames = 100; // 2 s of greeting; the hold comes 0.6 s in and lasts 1 s
-    let standin =
-        RealtimeStandIn::start(Behaviour::new().greeting(Reply::audio(tagged_audio(frames, 1))));
-    let gateway = gateway(&standin.url(), "greeting = \"Say hello.\"", "");
-    let sipp = Sipp::new("uac_hold_realtime.xml", gateway.sip_addr());
-    let sink = RtpSink::bind(sipp.echo_addr());
-    let outcome = sipp.run();
-    let received = sink.finish();
-    outcome.assert_success();
+    let (standin, _gateway, received) =
+        greeted_call(frames, |sip| Sipp::new("uac_hold_realtime.xml", sip));
     let greeting = agent_frames(&received, 1);
-    let indices: Vec<usize> = greeting.iter().map(|(i, _)| *i).collect();
-    assert_eq!(
-        indices,
-        (0..frames).collect::<Vec<_>>(),
-        "the greeting, complete and in order across the hold"
+    assert_complete(
+        &greeting,
+        frames,
+        "the greeting, complete and in order across the hold",
     );
     // The hold: the one long silence of the stream, inside the greeting.
     let (at, gap) = greeting

@@ -151,16 +151,8 @@ impl PlayoutQueue {
                     audio: samples_to_duration(frame.audio_samples as u64),
                 }
             }
-            None => {
-                self.talking = false;
-                PlayoutFrame {
-                    payload: self.silence.clone(),
-                    marker: false,
-                    is_silence: true,
-                    tag: 0,
-                    audio: Duration::ZERO,
-                }
-            }
+            // Nothing to say: the same silence as a paused tick.
+            None => self.pause(),
         }
     }
 
