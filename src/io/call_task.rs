@@ -5,18 +5,20 @@
 //! offer/answer completes or changes (hold, resume); commands are taken at the next tick.
 //!
 //! The task wakes once per ptime tick, on a grid shared by every call so one wake-up of the
-//! thread serves all their ticks (and for an RTCP packet, or its speech leg's WebSocket). The
-//! RTP socket is not in the reactor: the tick drains it with non-blocking `recvmmsg`, and each
-//! packet's arrival time, which the jitter buffer measures jitter from, is the kernel's
-//! (`SO_TIMESTAMPNS`, [`super::timestamped_udp`]). A tick then pops the jitter buffer, gives
+//! thread serves all their ticks (and for its speech leg's WebSocket). The RTP and RTCP sockets
+//! are not in the reactor: the tick drains them with non-blocking `recvmmsg` (RTCP every
+//! [`RTCP_READ_EVERY`]), and each packet's arrival time, which the jitter buffer measures jitter
+//! and RTCP the round trip from, is the kernel's (`SO_TIMESTAMPNS`,
+//! [`super::timestamped_udp`]). A tick then pops the jitter buffer, gives
 //! the frame to the agent, sends the next playout frame (silence when there is nothing to say,
 //! to keep NAT pinholes and the far jitter buffer steady), and checks RTCP, metric samples and
 //! the RTP inactivity timeout (reported to the core as [`CoreInput::MediaEnded`]).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::ReadBuf;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -77,6 +79,8 @@ pub struct MediaHandle {
     /// The bound RTP address (RTCP is the next port).
     pub local_rtp: SocketAddr,
     commands: mpsc::Sender<MediaCommand>,
+    /// Raised after each command and when the handle is dropped (see [`CommandFlag`]).
+    pending: CommandFlag,
     agent_leg: mpsc::Sender<AgentLegSockets>,
 }
 
@@ -86,6 +90,7 @@ impl MediaHandle {
         if self.commands.try_send(command).is_err() {
             tracing::warn!("media task not accepting commands");
         }
+        self.pending.raise();
     }
 
     /// Hands a bridged transfer's agent-leg ports to the task (before any command about them).
@@ -93,6 +98,32 @@ impl MediaHandle {
         self.agent_leg
             .try_send(sockets)
             .map_err(|_| "media task not accepting the agent leg")
+    }
+}
+
+impl Drop for MediaHandle {
+    fn drop(&mut self) {
+        // The task finds the channel closed at its next tick and stops.
+        self.pending.raise();
+    }
+}
+
+/// Whether the core may have queued something for a media task since its last look: each tick
+/// checks this one flag instead of the command channel, whose state lies in cache lines of its
+/// own (at 200 calls, what a tick touches in memory is most of its user-space cost). Raised
+/// after a command is queued, so a tick that finds it lowered has nothing to take, and one that
+/// lowers it drains the channel.
+#[derive(Clone, Default)]
+struct CommandFlag(Arc<AtomicBool>);
+
+impl CommandFlag {
+    fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether it was raised; lowers it.
+    fn take(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Acquire)
     }
 }
 
@@ -151,18 +182,15 @@ pub fn spawn(
     core_tx: mpsc::Sender<CoreInput>,
 ) -> std::io::Result<MediaHandle> {
     let (rtp, rtcp) = pool.bind_pair(setup.bind_ip)?;
-    // RTP is read at the tick only, never awaited: non-blocking, outside the reactor, and
-    // stamped with its arrival time by the kernel. RTCP (a packet every few seconds) is awaited.
+    // RTP and RTCP are read at the tick only, never awaited: non-blocking, outside the reactor,
+    // and stamped with their arrival time by the kernel (RTCP's round trip is measured from it).
     rtp.set_nonblocking(true)?;
     enable_timestamps(&rtp)?;
     rtcp.set_nonblocking(true)?;
+    enable_timestamps(&rtcp)?;
     let local_rtp = rtp.local_addr()?;
-    // The RTCP socket belongs to the reactor of the runtime that will poll it.
-    let rtcp = {
-        let _runtime = runtime.enter();
-        tokio::net::UdpSocket::from_std(rtcp)?
-    };
     let (commands, commands_rx) = mpsc::channel(32);
+    let pending = CommandFlag::default();
     let (agent_leg, agent_leg_rx) = mpsc::channel(2);
     let agent_media = AgentMedia::new(
         agent_leg_rx,
@@ -189,10 +217,11 @@ pub fn spawn(
     let mut task = MediaTask::new(setup, rtp, rtcp, metrics, core_tx);
     task.speech = speech;
     task.agent_leg = Some(agent_media);
-    runtime.spawn(task.run(commands_rx).instrument(span));
+    runtime.spawn(task.run(commands_rx, pending.clone()).instrument(span));
     Ok(MediaHandle {
         local_rtp,
         commands,
+        pending,
         agent_leg,
     })
 }
@@ -200,7 +229,7 @@ pub fn spawn(
 struct MediaTask {
     call: CallKey,
     rtp: UdpSocket,
-    rtcp: tokio::net::UdpSocket,
+    rtcp: UdpSocket,
     agent: AgentSettings,
     jitter_min: Duration,
     jitter_max: Duration,
@@ -249,7 +278,7 @@ impl MediaTask {
     fn new(
         setup: MediaSetup,
         rtp: UdpSocket,
-        rtcp: tokio::net::UdpSocket,
+        rtcp: UdpSocket,
         metrics: Metrics,
         core_tx: mpsc::Sender<CoreInput>,
     ) -> MediaTask {
@@ -300,20 +329,19 @@ impl MediaTask {
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>, pending: CommandFlag) {
         let mut ptime = self.ptime;
         let mut ticker = GridTicker::new(ptime);
-        let mut rtcp_buffer = [0u8; 1_500];
         'media: loop {
-            // Commands (signalling rate), RTP, RTCP reports and metric samples are all taken at
-            // the ptime tick: between ticks the task sleeps (an RTCP packet or a speech leg's
-            // WebSocket aside), however many RTP packets arrive.
+            // Commands (signalling rate), RTP, RTCP and metric samples are all taken at the
+            // ptime tick: between ticks the task sleeps (its speech leg's WebSocket aside),
+            // however many packets arrive.
             tokio::select! {
                 biased;
                 _ = ticker.tick() => {
                     // Commands first: a caller that starts sending as soon as it has our answer
                     // finds the Configure that came with it applied to its first packets.
-                    if !self.take_commands(&mut commands) {
+                    if pending.take() && !self.take_commands(&mut commands) {
                         break 'media;
                     }
                     if self.ptime != ptime {
@@ -324,11 +352,6 @@ impl MediaTask {
                     // the jitter buffer is popped.
                     self.drain_rtp();
                     self.tick().await;
-                }
-                received = poll_datagram(&self.rtcp, &mut rtcp_buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.handle_rtcp(rtcp_buffer.get(..length).unwrap_or_default(), from);
-                    }
                 }
                 event = next_speech_event(&mut self.speech) => {
                     if let Some(leg) = self.speech.as_mut() {
@@ -415,41 +438,41 @@ impl MediaTask {
     /// Reads every RTP packet queued on the socket (at most [`MAX_DRAIN`]), [`BATCH`] per system
     /// call, into the media thread's scratch buffers.
     fn drain_rtp(&mut self) {
-        SCRATCH.with_borrow_mut(|(buffers, received)| {
-            for _ in 0..MAX_DRAIN.div_ceil(BATCH) {
-                match recv_batch(&self.rtp, buffers, received) {
-                    Ok(count) => {
-                        for (datagram, buffer) in received.iter().zip(buffers.iter()) {
-                            if let Some(from) = datagram.from {
-                                let packet = buffer.get(..datagram.length).unwrap_or_default();
-                                self.handle_rtp(packet, from, datagram.arrival);
-                            }
-                        }
-                        if count < BATCH {
-                            return;
-                        }
-                    }
-                    // A pending error (an ICMP error for an earlier send): the queue behind it
-                    // is still to read.
-                    Err(error) => tracing::trace!(%error, "RTP receive error"),
+        drain(
+            self,
+            |task| &task.rtp,
+            "RTP",
+            |task, packet, datagram| {
+                if let Some(from) = datagram.from {
+                    task.handle_rtp(packet, from, datagram.arrival);
                 }
-            }
-        });
+            },
+        );
     }
 
-    fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr) {
-        let ntp = NtpTime::from_system_time(SystemTime::now());
-        match self
-            .rtcp_session
-            .handle_packet(Instant::now(), ntp, datagram)
-        {
-            Ok(summary) => {
-                if let Some(round_trip) = summary.round_trip {
-                    tracing::trace!(%from, round_trip_ms = round_trip.as_millis() as u64, "RTCP report");
+    /// The same for RTCP (a report every few seconds, read every [`RTCP_READ_EVERY`]); the
+    /// kernel's arrival times make the wait harmless to the round trips measured.
+    fn drain_rtcp(&mut self) {
+        drain(
+            self,
+            |task| &task.rtcp,
+            "RTCP",
+            |task, packet, datagram| {
+                let Some(from) = datagram.from else { return };
+                let ntp = NtpTime::from_system_time(datagram.wall);
+                match task
+                    .rtcp_session
+                    .handle_packet(datagram.arrival, ntp, packet)
+                {
+                    Ok(summary) => {
+                        if let Some(round_trip) = summary.round_trip {
+                            tracing::trace!(%from, round_trip_ms = round_trip.as_millis() as u64, "RTCP report");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%from, %error, "unreadable RTCP dropped"),
                 }
-            }
-            Err(error) => tracing::debug!(%from, %error, "unreadable RTCP dropped"),
-        }
+            },
+        );
     }
 
     /// RFC 3550 §6.4: an SR when we sent since the last report, else an RR, to the caller's RTCP
@@ -483,7 +506,7 @@ impl MediaTask {
             });
         let ntp = NtpTime::from_system_time(SystemTime::now());
         let report = self.rtcp_session.build_report(now, ntp, sender, reception);
-        if let Err(error) = self.rtcp.try_send_to(&report, target) {
+        if let Err(error) = self.rtcp.send_to(&report, target) {
             tracing::debug!(%target, %error, "RTCP send failed");
         }
     }
@@ -524,6 +547,9 @@ impl MediaTask {
         self.ticks += 1;
         if self.ticks % ticks_per(SAMPLE_EVERY, ptime) == 0 {
             self.sample_metrics();
+        }
+        if self.ticks % ticks_per(RTCP_READ_EVERY, ptime) == 0 {
+            self.drain_rtcp();
         }
         if self.rtcp_timer.poll_timeout().is_some_and(|due| due <= now) {
             self.send_rtcp(now);
@@ -694,6 +720,10 @@ thread_local! {
         std::cell::RefCell::new((Box::new([[0; DATAGRAM_MAX]; BATCH]), Vec::with_capacity(BATCH)));
 }
 
+/// How often each call reads its RTCP socket: reports come every few seconds, and a tick that
+/// reads finds it empty nearly always (a system call for nothing).
+const RTCP_READ_EVERY: Duration = Duration::from_millis(200);
+
 /// How often each call samples its jitter-buffer figures into the histograms.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -706,19 +736,36 @@ fn ticks_per(period: Duration, ptime: Duration) -> u64 {
     (period.as_micros() / ptime.as_micros().max(1)).max(1) as u64
 }
 
-/// One datagram from `socket` into `buffer`: the socket's own poll, so waiting registers the
-/// task in the socket's reader slot instead of a per-call list of waiters.
-async fn poll_datagram(
-    socket: &tokio::net::UdpSocket,
-    buffer: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    std::future::poll_fn(|cx| {
-        let mut read = ReadBuf::new(buffer);
-        socket
-            .poll_recv_from(cx, &mut read)
-            .map_ok(|from| (read.filled().len(), from))
-    })
-    .await
+/// Reads every datagram queued on `task`'s `socket` (at most [`MAX_DRAIN`]), [`BATCH`] per
+/// system call, into the media thread's scratch buffers, handing each to `handle` with its
+/// arrival.
+fn drain<T>(
+    task: &mut T,
+    socket: fn(&T) -> &UdpSocket,
+    what: &str,
+    mut handle: impl FnMut(&mut T, &[u8], &Datagram),
+) {
+    SCRATCH.with_borrow_mut(|(buffers, received)| {
+        for _ in 0..MAX_DRAIN.div_ceil(BATCH) {
+            match recv_batch(socket(task), buffers, received) {
+                Ok(count) => {
+                    for (datagram, buffer) in received.iter().zip(buffers.iter()) {
+                        handle(
+                            task,
+                            buffer.get(..datagram.length).unwrap_or_default(),
+                            datagram,
+                        );
+                    }
+                    if count < BATCH {
+                        return;
+                    }
+                }
+                // A pending error (an ICMP error for an earlier send): the queue behind it is
+                // still to read.
+                Err(error) => tracing::trace!(%error, "{what} receive error"),
+            }
+        }
+    });
 }
 
 fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> JitterConfig {
@@ -728,5 +775,44 @@ fn jitter_config(min: Duration, max: Duration, ptime: Duration, codec: G711) -> 
         ptime,
         codec,
         clock_rate: 8_000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_flag_is_taken_once_per_raise_and_the_handle_raises_it_on_drop() {
+        let flag = CommandFlag::default();
+        assert!(!flag.take(), "nothing queued yet");
+        flag.raise();
+        flag.raise();
+        assert!(flag.take());
+        assert!(
+            !flag.take(),
+            "two commands before a tick: one drain takes both"
+        );
+
+        let (commands, mut commands_rx) = mpsc::channel(4);
+        let (agent_leg, _agent_leg_rx) = mpsc::channel(1);
+        let handle = MediaHandle {
+            local_rtp: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            commands,
+            pending: flag.clone(),
+            agent_leg,
+        };
+        handle.command(MediaCommand::Stop);
+        assert!(flag.take());
+        assert!(matches!(commands_rx.try_recv(), Ok(MediaCommand::Stop)));
+        drop(handle);
+        assert!(
+            flag.take(),
+            "a dropped handle wakes the task to find the channel closed"
+        );
+        assert!(matches!(
+            commands_rx.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ));
     }
 }
