@@ -7,7 +7,7 @@
 //! The task wakes once per ptime tick, on a grid shared by every call so one wake-up of the
 //! thread serves all their ticks (and for its speech leg's WebSocket). The RTP and RTCP sockets
 //! are not in the reactor: the tick drains them with non-blocking `recvmmsg` (RTCP every
-//! [`RTCP_READ_EVERY`]), and each packet's arrival time, which the jitter buffer measures jitter
+//! `RTCP_READ_EVERY`), and each packet's arrival time, which the jitter buffer measures jitter
 //! and RTCP the round trip from, is the kernel's (`SO_TIMESTAMPNS`,
 //! [`super::timestamped_udp`]). A tick then pops the jitter buffer, gives
 //! the frame to the agent, sends the next playout frame (silence when there is nothing to say,

@@ -16,7 +16,7 @@
 //! many calls, and no call waits for more than its group's work. Within a group the wake order
 //! rotates every tick, so no call is always last.
 //!
-//! A group's clock is a periodic `timerfd` ([`DriverClock`]), not tokio's millisecond timer
+//! A group's clock is a periodic `timerfd` (`DriverClock`), not tokio's millisecond timer
 //! wheel, so a tick wakes the thread at its instant rather than up to 2 ms later. A late tick is
 //! caught up, and each call sees every tick once, so RTP timestamps keep pace with the clock.
 
@@ -34,7 +34,7 @@ use nix::time::clock_gettime;
 use tokio::time::MissedTickBehavior;
 
 /// Phases a ptime may be split into (`rtp.tick_phases` at most; never closer than
-/// [`MIN_PHASE_STEP`]).
+/// `MIN_PHASE_STEP`).
 pub const MAX_PHASES: u32 = crate::config::TICK_PHASES_LIMIT;
 
 thread_local! {
