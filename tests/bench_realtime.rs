@@ -62,7 +62,7 @@ use common::rtp::RtpPacket;
 use common::{Gateway, GatewayConfig, Sipp};
 use figures::{loopback_hop, micros, probe_figures, tokio_timer_lateness, ProbeFigures, Summary};
 use probe::{send_audio, Drain, Probe};
-use system::{children_named, clock_ticks_per_second, cpu_ticks, machine_ticks, rss_kib};
+use system::{all_processes_ticks, children_named, clock_ticks_per_second, cpu_ticks, rss_kib};
 
 /// voxgate's packetisation time (the SDP offers no other).
 const PTIME: Duration = Duration::from_millis(20);
@@ -284,7 +284,7 @@ fn run(spec: Run) -> Outcome {
     let cpu0 = cpu_ticks(pid);
     let me0 = cpu_ticks(std::process::id());
     let sipp0: Vec<(u64, u64)> = sipp_pids.iter().map(|&p| cpu_ticks(p)).collect();
-    let machine0 = machine_ticks();
+    let machine0 = all_processes_ticks();
     let w0 = Instant::now();
     // VOXGATE_BENCH_PERF=<file>: profile voxgate over the window (perf's own CPU then disturbs
     // the figures of that run).
@@ -310,7 +310,7 @@ fn run(spec: Run) -> Outcome {
     let cpu1 = cpu_ticks(pid);
     let me1 = cpu_ticks(std::process::id());
     let sipp1: Vec<(u64, u64)> = sipp_pids.iter().map(|&p| cpu_ticks(p)).collect();
-    let machine1 = machine_ticks();
+    let machine1 = all_processes_ticks();
     let rss_loaded = rss_kib(pid);
     let active = gateway.metrics().sum("voxgate_calls_active");
     let seconds = (w1 - w0).as_secs_f64();
@@ -359,10 +359,10 @@ fn run(spec: Run) -> Outcome {
     );
     let ours = user + system + sipp_ticks + (me1.0 + me1.1).saturating_sub(me0.0 + me0.1);
     println!(
-        "| machine CPU in the window: all / other processes (not voxgate, SIPp, this test) | \
+        "| machine CPU in the window: all processes / the others (not voxgate, SIPp, this test) | \
          {:.1} % / {:.1} % of one core |",
-        pct(machine1.0 - machine0.0),
-        pct((machine1.0 - machine0.0).saturating_sub(ours))
+        pct(machine1.saturating_sub(machine0)),
+        pct(machine1.saturating_sub(machine0).saturating_sub(ours))
     );
     if calls > 0 {
         println!(

@@ -30,20 +30,23 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// (busy, total) clock ticks of the whole machine, all CPUs (`/proc/stat`).
-pub(crate) fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+/// CPU time of every process on the machine (utime + stime of each `/proc/<pid>/stat`, kernel
+/// threads such as `ksoftirqd` included), in clock ticks. Each process's pair is exact (the
+/// kernel scales it to the scheduler's run time), unlike the machine-wide counters of
+/// `/proc/stat`, which sample the 250 Hz tick and missed most of the media threads' work once
+/// their ticks ran in step with it. A process that exits within a window takes its time along.
+pub(crate) fn all_processes_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .map(|pid| {
+            let (user, system) = cpu_ticks(pid);
+            user + system
+        })
+        .sum()
 }
 
 /// Children of this process whose command is `name` (SIPp), for their CPU figures.
