@@ -65,13 +65,14 @@ fn echo_call_returns_the_callers_audio_and_is_counted() {
     assert_eq!(active, 0.0, "calls_active after BYE");
     let total = gateway.wait_metric(CALLS_TOTAL, &[], SETTLE, |v| v >= before + 1.0);
     assert_eq!(total, before + 1.0, "calls_total counts the call once");
-    let metrics = gateway.metrics();
-    let rtp_in = metrics
-        .get("voxgate_rtp_packets_total", &[("direction", "in")])
-        .unwrap_or(0.0);
-    let rtp_out = metrics
-        .get("voxgate_rtp_packets_total", &[("direction", "out")])
-        .unwrap_or(0.0);
+    // Each call adds its packets to the counters every second and when its media stops.
+    let rtp = "voxgate_rtp_packets_total";
+    let rtp_in = gateway.wait_metric(rtp, &[("direction", "in")], SETTLE, |v| {
+        v >= packets as f64 * 0.9
+    });
+    let rtp_out = gateway.wait_metric(rtp, &[("direction", "out")], SETTLE, |v| {
+        v >= echoed.len() as f64 * 0.9
+    });
     assert!(rtp_in >= packets as f64 * 0.9, "rtp in {rtp_in}");
     assert!(
         rtp_out >= echoed.len() as f64 * 0.9,

@@ -272,6 +272,11 @@ struct MediaTask {
     /// Counter handles resolved once: a label lookup per packet would hash and lock.
     rtp_in: prometheus::IntCounter,
     rtp_out: prometheus::IntCounter,
+    /// `packets_in` and `packets_out` as far as they were added to `rtp_in` and `rtp_out`: the
+    /// counters are shared by every media thread, so a call adds to them once per
+    /// [`SAMPLE_EVERY`] (and when it ends), not per packet, which would move their cache line
+    /// between cores twice per call and tick.
+    counted: (u64, u64),
 }
 
 impl MediaTask {
@@ -326,6 +331,7 @@ impl MediaTask {
             reported_lost: 0,
             packets_in: 0,
             packets_out: 0,
+            counted: (0, 0),
         }
     }
 
@@ -523,7 +529,6 @@ impl MediaTask {
             return;
         }
         self.packets_in += 1;
-        self.rtp_in.inc();
         self.inactivity.handle_packet(now);
         self.last_rtp_at = Some(now);
         if Some(packet.payload_type) == params.telephone_event {
@@ -618,7 +623,6 @@ impl MediaTask {
         match self.rtp.send_to(&self.send_buffer, remote) {
             Ok(_) => {
                 self.packets_out += 1;
-                self.rtp_out.inc();
             }
             Err(error) => tracing::debug!(%remote, %error, "RTP send failed"),
         }
@@ -678,7 +682,12 @@ impl MediaTask {
         }
     }
 
+    /// Adds this call's packets since the last time to the shared counters, and samples its
+    /// jitter-buffer figures into the histograms.
     fn sample_metrics(&mut self) {
+        self.rtp_in.inc_by(self.packets_in - self.counted.0);
+        self.rtp_out.inc_by(self.packets_out - self.counted.1);
+        self.counted = (self.packets_in, self.packets_out);
         if self.params.is_none() || self.packets_in == 0 {
             return;
         }
