@@ -125,3 +125,26 @@ fn signalling_scenarios_run_against_a_sipp_standin_uas() {
         assert_eq!(outcome.code(), Some(0), "{scenario}:\n{}", outcome.report());
     }
 }
+
+/// SIPp's trace stamps carry the date: a call that runs across midnight (or a month's or a
+/// year's end) keeps its times in order.
+#[test]
+fn trace_times_run_on_across_midnight() {
+    use common::sipp::parse_clock;
+    let before = parse_clock("2026-11-21 23:59:44.689008");
+    let after = parse_clock("2026-11-22 00:00:29.690847");
+    assert!(
+        (after - before - 45.001839).abs() < 1e-6,
+        "{}",
+        after - before
+    );
+    let old_year = parse_clock("2024-12-31 23:59:59.500000");
+    let new_year = parse_clock("2025-01-01 00:00:00.250000");
+    assert!((new_year - old_year - 0.75).abs() < 1e-6);
+    // Leap day, and the epoch itself.
+    assert_eq!(
+        parse_clock("2024-03-01 00:00:00") - parse_clock("2024-02-28 00:00:00"),
+        2.0 * 86_400.0
+    );
+    assert_eq!(parse_clock("1970-01-02 00:00:01"), 86_401.0);
+}

@@ -418,7 +418,8 @@ impl SippOutcome {
 /// One SIP message from SIPp's trace.
 #[derive(Debug, Clone)]
 pub struct TracedMessage {
-    /// Seconds since midnight (from the trace's time stamp).
+    /// Seconds since 1970-01-01 on SIPp's local clock (the trace's date and time stamp): only
+    /// differences mean anything.
     pub at_secs: f64,
     /// Sent by SIPp (else received).
     pub sent: bool,
@@ -455,9 +456,30 @@ impl TracedMessage {
     }
 }
 
-fn parse_clock(stamp: &str) -> f64 {
-    let time = stamp.split_whitespace().nth(1).unwrap_or("0:0:0");
-    time.split(':').fold(0.0, |acc, part| {
+/// A `-trace_msg` time stamp (`2025-01-01 12:00:00.123456`) as [`TracedMessage::at_secs`].
+pub fn parse_clock(stamp: &str) -> f64 {
+    let mut parts = stamp.split_whitespace();
+    let date = parts.next().unwrap_or("1970-01-01");
+    let time = parts.next().unwrap_or("0:0:0");
+    let of_day = time.split(':').fold(0.0, |acc, part| {
         acc * 60.0 + part.parse::<f64>().unwrap_or(0.0)
-    })
+    });
+    // The date too: a test that runs across midnight must not see time go back a day.
+    let mut ymd = date.split('-').map(|part| part.parse::<i64>().unwrap_or(0));
+    let (year, month, day) = (
+        ymd.next().unwrap_or(1970),
+        ymd.next().unwrap_or(1),
+        ymd.next().unwrap_or(1),
+    );
+    days_from_civil(year, month, day) as f64 * 86_400.0 + of_day
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
