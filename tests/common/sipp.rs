@@ -419,7 +419,8 @@ impl SippOutcome {
 #[derive(Debug, Clone)]
 pub struct TracedMessage {
     /// Seconds since 1970-01-01 on SIPp's local clock (the trace's date and time stamp): only
-    /// differences mean anything.
+    /// differences mean anything (resolution under 1 µs). Local time: in a zone with daylight
+    /// saving, a test running across the change would see an hour's jump (CI runs in UTC).
     pub at_secs: f64,
     /// Sent by SIPp (else received).
     pub sent: bool,
