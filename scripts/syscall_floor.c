@@ -1,5 +1,6 @@
 // The CPU floor of a bridged call on this machine: what the three system calls a call needs per
-// 20 ms cost when nothing else is done (BENCHMARKS.md, "The floor of the three system calls").
+// 20 ms cost when nothing else is done (BENCHMARKS.md, "The floor of the three system calls"),
+// and, with the knobs below, what a call's own work adds to it ("What a tick's memory costs").
 //
 // Per call and per 20 ms tick the "relay" (the parent process) does exactly what voxgate's media
 // thread must do at least, back to back for all calls, on one thread:
@@ -12,6 +13,22 @@
 // run inside its sends, as it does for voxgate) is divided by calls and by the measured time.
 //
 //   gcc -O2 -o /tmp/syscall_floor scripts/syscall_floor.c && /tmp/syscall_floor 200 10
+//
+// Arguments: CALLS SECONDS [GAP_US] [LINES] [PEER_US]
+//   GAP_US   spin this long before each call's system calls (not counted): the peer falls
+//            asleep between messages, as it does with voxgate
+//   LINES    follow this many links of the call's own 16 KiB state, linked in a random order:
+//            dependent loads of lines last touched 20 ms ago, as code walking a call's
+//            structures through pointers does
+//   PEER_US  the peer spins this long per TCP message read (a busy stand-in)
+// Environment:
+//   FLOOR_LAYOUT=contiguous  LINES reads the first LINES lines of the call's state in order,
+//                            each load independent of the others (a compact layout)
+//   FLOOR_DOWN=1             the peer also sends each call three 3,600-byte messages every 2 s
+//                            (a reply's deltas); the relay reads them once per 2 s
+//   FLOOR_TIMESTAMPS=1       SO_TIMESTAMPNS on the relay's RTP sockets (as voxgate's)
+// Compiled with -DFLOOR_CODE and scripts/floor_code.py's output, FLOOR_CODE_FNS=N also runs N
+// distinct small functions per call (a code footprint: N·~120 bytes of 500 KB of text).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -31,6 +48,12 @@
 #include <unistd.h>
 
 #define MAX_CALLS 1000
+#define STATE_LINES 256 // 16 KiB of state per call (LINES argument)
+#ifdef FLOOR_CODE
+extern unsigned run_code(int first, int count);
+#else
+static unsigned run_code(int first, int count) { return (unsigned)(first + count); }
+#endif
 #define BASE_PORT 41000 // relay RTP: BASE+i; peer RTP: BASE+2000+i; TCP listener: BASE-1
 
 static struct sockaddr_in loopback(int port) {
@@ -58,6 +81,12 @@ static double cpu_seconds(void) {
            usage.ru_stime.tv_usec / 1e6;
 }
 
+static double system_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6;
+}
+
 static double now_seconds(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -71,7 +100,7 @@ static int periodic_timer(void) {
     return fd;
 }
 
-static void peer(int calls, int listener) {
+static void peer(int calls, int listener, double work) {
     int epoll = epoll_create1(0);
     int rtp = udp_bound(BASE_PORT + 2000);
     int tcp[MAX_CALLS];
@@ -88,6 +117,8 @@ static void peer(int calls, int listener) {
     epoll_ctl(epoll, EPOLL_CTL_ADD, rtp, &rtp_event);
     char buffer[8192];
     memset(buffer, 0xff, sizeof buffer);
+    int down = getenv("FLOOR_DOWN") != NULL;
+    long peer_tick = 0;
     for (;;) {
         struct epoll_event events[256];
         int ready = epoll_wait(epoll, events, 256, -1);
@@ -96,6 +127,10 @@ static void peer(int calls, int listener) {
             if (id == 1000000) {
                 uint64_t expiries;
                 if (read(timer, &expiries, sizeof expiries) < 0) continue;
+                peer_tick++;
+                for (int i = 0; down && i < calls; i++) // a reply every 2 s per call
+                    if ((peer_tick + i) % 100 == 0)
+                        for (int delta = 0; delta < 3; delta++) send(tcp[i], buffer, 3600, 0);
                 for (int i = 0; i < calls; i++) {
                     struct sockaddr_in to = loopback(BASE_PORT + i);
                     sendto(rtp, buffer, 172, 0, (struct sockaddr *)&to, sizeof to);
@@ -105,6 +140,9 @@ static void peer(int calls, int listener) {
                 }
             } else {
                 while (read(tcp[id], buffer, sizeof buffer) > 0) {
+                    double until = now_seconds() + work; // the peer's work per message
+                    while (work > 0 && now_seconds() < until) {
+                    }
                 }
             }
         }
@@ -115,9 +153,32 @@ int main(int argc, char **argv) {
     int calls = argc > 1 ? atoi(argv[1]) : 200;
     int seconds = argc > 2 ? atoi(argv[2]) : 10;
     double gap = argc > 3 ? atof(argv[3]) / 1e6 : 0;
-    if (calls < 1 || calls > MAX_CALLS || seconds < 1 || gap < 0) {
-        fprintf(stderr, "usage: syscall_floor [CALLS 1-%d] [SECONDS] [GAP_US]\n", MAX_CALLS);
+    int lines = argc > 4 ? atoi(argv[4]) : 0;
+    double peer_work = argc > 5 ? atof(argv[5]) / 1e6 : 0;
+    int code_fns = getenv("FLOOR_CODE_FNS") ? atoi(getenv("FLOOR_CODE_FNS")) : 0;
+    if (calls < 1 || calls > MAX_CALLS || seconds < 1 || gap < 0 || lines < 0 ||
+        lines > STATE_LINES) {
+        fprintf(stderr, "usage: syscall_floor [CALLS 1-%d] [SECONDS] [GAP_US] [LINES 0-%d] [PEER_US]\n",
+                MAX_CALLS, STATE_LINES);
         return 2;
+    }
+    // Per call, a private state of STATE_LINES cache lines, linked in a random order: a tick
+    // follows LINES links of it (dependent loads, as code walking a call's structures does).
+    void **state = aligned_alloc(64, (size_t)calls * STATE_LINES * 64);
+    void **cursor = malloc(calls * sizeof *cursor);
+    if (state == NULL || cursor == NULL) return 1;
+    for (int i = 0; i < calls; i++) {
+        int order[STATE_LINES];
+        for (int j = 0; j < STATE_LINES; j++) order[j] = j;
+        for (int j = STATE_LINES - 1; j > 0; j--) {
+            int k = rand() % (j + 1), t = order[j];
+            order[j] = order[k];
+            order[k] = t;
+        }
+        void **base = state + (size_t)i * STATE_LINES * 8;
+        for (int j = 0; j < STATE_LINES; j++)
+            base[order[j] * 8] = &base[order[(j + 1) % STATE_LINES] * 8];
+        cursor[i] = &base[order[0] * 8];
     }
     int one = 1;
     int listener = socket(AF_INET, SOCK_STREAM, 0);
@@ -130,12 +191,14 @@ int main(int argc, char **argv) {
     }
     pid_t child = fork();
     if (child == 0) {
-        peer(calls, listener);
+        peer(calls, listener, peer_work);
         return 0;
     }
     int rtp[MAX_CALLS], tcp[MAX_CALLS];
     for (int i = 0; i < calls; i++) {
         rtp[i] = udp_bound(BASE_PORT + i);
+        if (getenv("FLOOR_TIMESTAMPS"))
+            setsockopt(rtp[i], SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         tcp[i] = socket(AF_INET, SOCK_STREAM, 0);
         setsockopt(tcp[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (connect(tcp[i], (struct sockaddr *)&listen_at, sizeof listen_at) != 0) {
@@ -144,17 +207,21 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+    int down = getenv("FLOOR_DOWN") != NULL;
+    const char *layout = getenv("FLOOR_LAYOUT");
+    int contiguous = layout != NULL && strcmp(layout, "contiguous") == 0;
     int timer = periodic_timer();
     char append[280], packet[172];
     memset(append, 'A', sizeof append);
     memset(packet, 0xff, sizeof packet);
     uint64_t expiries;
-    double cpu_start = 0, wall_start = 0, spun = 0;
+    double cpu_start = 0, system_start = 0, wall_start = 0, spun = 0;
     long ticks = 0, received = 0;
     for (long tick = -50; tick < 50L * seconds; tick++) { // the first second settles
         if (read(timer, &expiries, sizeof expiries) < 0) return 1;
         if (tick == 0) {
             cpu_start = cpu_seconds();
+            system_start = system_seconds();
             wall_start = now_seconds();
             received = 0;
             spun = 0;
@@ -167,6 +234,23 @@ int main(int argc, char **argv) {
                 }
                 spun += at - from;
             }
+            static int code_at = 0;
+            if (code_fns > 0) {
+                volatile unsigned sink = run_code(code_at, code_fns);
+                (void)sink;
+                code_at = (code_at + code_fns) % 4096;
+            }
+            if (contiguous) { // independent loads, in address order
+                void **base = state + (size_t)i * STATE_LINES * 8;
+                uintptr_t sum = 0;
+                for (int j = 0; j < lines; j++) sum += (uintptr_t)base[j * 8];
+                volatile uintptr_t sink = sum;
+                (void)sink;
+            } else { // each load's address comes from the previous one
+                void **at = cursor[i];
+                for (int j = 0; j < lines; j++) at = *at;
+                cursor[i] = at;
+            }
             char in[4][256];
             struct iovec vectors[4];
             struct mmsghdr messages[4];
@@ -176,19 +260,32 @@ int main(int argc, char **argv) {
                 vectors[j].iov_len = sizeof in[j];
                 messages[j].msg_hdr.msg_iov = &vectors[j];
                 messages[j].msg_hdr.msg_iovlen = 1;
+                static char control[4][64];
+                static struct sockaddr_in from[4];
+                messages[j].msg_hdr.msg_control = control[j];
+                messages[j].msg_hdr.msg_controllen = sizeof control[j];
+                messages[j].msg_hdr.msg_name = &from[j];
+                messages[j].msg_hdr.msg_namelen = sizeof from[j];
             }
             int got = recvmmsg(rtp[i], messages, 4, MSG_DONTWAIT, NULL);
             if (got > 0) received += got;
             send(tcp[i], append, sizeof append, 0);
+            if (down && (tick + i) % 100 == 1) { // the peer's replies, once per 2 s
+                static char down[16384];
+                while (recv(tcp[i], down, sizeof down, MSG_DONTWAIT) > 0) {
+                }
+            }
             struct sockaddr_in to = loopback(BASE_PORT + 2000);
             sendto(rtp[i], packet, sizeof packet, 0, (struct sockaddr *)&to, sizeof to);
         }
     }
     double cpu = cpu_seconds() - cpu_start - spun, wall = now_seconds() - wall_start;
+    double system = system_seconds() - system_start;
     printf("calls %d, %.1f s: relay CPU %.1f %% of one core, %.4f %% per call, %.2f us per call "
-           "and tick; RTP packets read %ld of %ld\n",
+           "and tick (system %.2f us, user %.2f us); RTP packets read %ld of %ld\n",
            calls, wall, 100 * cpu / wall, 100 * cpu / wall / calls, 1e6 * cpu / ticks / calls,
-           received, ticks * calls);
+           1e6 * system / ticks / calls, 1e6 * (cpu - system) / ticks / calls, received,
+           ticks * calls);
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
     return 0;
