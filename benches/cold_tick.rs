@@ -15,7 +15,7 @@
 //! - `warm`: passes run back to back, so what the calls touch stays cached.
 //! - `cold`: before each pass (not timed) 64 MiB are written, which evicts the calls' state from
 //!   every cache level, as 20 ms of other work and other tenants do on the benchmark VM (see
-//!   BENCHMARKS.md, "Why a call's state is cold at its tick").
+//!   BENCHMARKS.md, "What a tick's memory costs").
 // Criterion needs a real clock origin once; the state machines only see virtual time.
 #![allow(clippy::disallowed_methods, missing_docs)]
 
