@@ -51,8 +51,10 @@
 #define STATE_LINES 256 // 16 KiB of state per call (LINES argument)
 #ifdef FLOOR_CODE
 extern unsigned run_code(int first, int count);
+#define HAS_CODE 1
 #else
 static unsigned run_code(int first, int count) { return (unsigned)(first + count); }
+#define HAS_CODE 0
 #endif
 #define BASE_PORT 41000 // relay RTP: BASE+i; peer RTP: BASE+2000+i; TCP listener: BASE-1
 
@@ -156,6 +158,11 @@ int main(int argc, char **argv) {
     int lines = argc > 4 ? atoi(argv[4]) : 0;
     double peer_work = argc > 5 ? atof(argv[5]) / 1e6 : 0;
     int code_fns = getenv("FLOOR_CODE_FNS") ? atoi(getenv("FLOOR_CODE_FNS")) : 0;
+    if (code_fns > 0 && !HAS_CODE) { // else the knob would measure nothing, silently
+        fprintf(stderr, "FLOOR_CODE_FNS needs a build with -DFLOOR_CODE and floor_code.py's "
+                        "output (see the top of this file)\n");
+        return 2;
+    }
     if (calls < 1 || calls > MAX_CALLS || seconds < 1 || gap < 0 || lines < 0 ||
         lines > STATE_LINES) {
         fprintf(stderr, "usage: syscall_floor [CALLS 1-%d] [SECONDS] [GAP_US] [LINES 0-%d] [PEER_US]\n",
