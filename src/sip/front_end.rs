@@ -304,7 +304,8 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// What a tolerant scan of a broken message recovered (see [`fallback`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
-    /// The request method, None for a response or an unreadable start line.
+    /// The request method, None for a response or a start line that is not shaped like a
+    /// request line (a method token and at least two more words).
     pub method: Option<String>,
     /// Whether the start line looks like a status line.
     pub is_response: bool,
@@ -326,9 +327,14 @@ pub fn fallback(bytes: &[u8], max_bytes: usize) -> Recovered {
     let mut lines = text.split('\n').map(|line| line.trim_end_matches('\r'));
     let start_line = lines.next().unwrap_or_default();
     let is_response = start_line.starts_with("SIP/");
+    // Only a start line shaped like a request line (`Method SP Request-URI SP SIP-Version`,
+    // however malformed the parts) names a method: anything else is not a request, and
+    // answering it would let spoofed garbage turn voxgate into a reflector.
+    let mut words = start_line.split_whitespace();
     let method = (!is_response)
-        .then(|| start_line.split(' ').next().unwrap_or_default())
+        .then(|| words.next().unwrap_or_default())
         .filter(|m| !m.is_empty() && m.bytes().all(super::via::is_token_byte))
+        .filter(|_| words.count() >= 2)
         .map(str::to_string);
     let mut headers: Vec<HeaderField> = Vec::new();
     let mut last_valid = false;

@@ -176,7 +176,9 @@ impl ParseError {
 pub struct Rejected {
     /// Why it was refused.
     pub error: ParseError,
-    /// Some for a request with at least one Via, so that [`response_for_rejected`] can answer.
+    /// Some for what is recognisably a request (a start line shaped like a request line) with at
+    /// least one Via that looks like one, so that [`response_for_rejected`] can answer; None
+    /// for anything else, which is dropped.
     /// Boxed to keep `Result<Message, Rejected>` small.
     pub fallback: Option<Box<FallbackHeaders>>,
 }
@@ -257,7 +259,7 @@ pub fn parse(bytes: &[u8], transport: Transport, max_bytes: usize) -> Result<Mes
                 vias: recovered
                     .headers
                     .iter()
-                    .filter(|f| f.name == "Via" && !f.value.is_empty())
+                    .filter(|f| f.name == "Via" && looks_like_via(&f.value))
                     .map(|f| f.value.clone())
                     .collect(),
                 from: first("From"),
@@ -268,9 +270,19 @@ pub fn parse(bytes: &[u8], transport: Transport, max_bytes: usize) -> Result<Mes
         });
         Rejected {
             error,
-            fallback: fallback.filter(|f| !f.vias.is_empty()).map(Box::new),
+            fallback: fallback
+                .filter(|f| f.method.is_some() && !f.vias.is_empty())
+                .map(Box::new),
         }
     })
+}
+
+/// Whether a Via value a broken message carried is worth answering to: it starts with a
+/// `SIP/version/transport` protocol and a sent-by, however malformed its parameters.
+fn looks_like_via(value: &str) -> bool {
+    let mut words = value.split_whitespace();
+    let protocol = words.next().unwrap_or_default().to_ascii_uppercase();
+    protocol.starts_with("SIP/") && protocol.matches('/').count() == 2 && words.next().is_some()
 }
 
 fn parse_inner(
@@ -1430,6 +1442,35 @@ mod tests {
             let rejected = torture_parse(name).unwrap_err();
             assert!(rejected.fallback.is_none(), "{name}");
         }
+    }
+
+    #[test]
+    fn only_recognisable_requests_with_a_real_via_are_answerable() {
+        let answerable = |bytes: &[u8]| {
+            let rejected = parse(bytes, Transport::Udp, 65_535).unwrap_err();
+            rejected.fallback.is_some()
+        };
+        // Found by fuzzing: eight bytes of garbage drew a 400 to their source, ten times their
+        // size (a reflector for spoofed datagrams).
+        assert!(!answerable(b"0\r\nV:\xaa"));
+        assert!(!answerable(b"0\r\nVia: SIP/2.0/UDP 192.0.2.9\r\n\r\n"));
+        assert!(!answerable(
+            b"OPTIONS\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1\r\nCall-ID: x\r\n\r\n"
+        ));
+        // A Via that is not one: nowhere trustworthy to answer.
+        assert!(!answerable(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: garbage\r\nCall-ID: x\r\n\r\n"
+        ));
+        assert!(!answerable(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP\r\nCall-ID: x\r\n\r\n"
+        ));
+        // Broken, but recognisably a request with a Via: answered (400 here, no CSeq).
+        assert!(answerable(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1\r\n\r\n"
+        ));
+        assert!(answerable(
+            b"OPTIONS  sip:a@b ;x SIP/2.0 \r\nv: sip/2.0/tcp h\r\n\r\n"
+        ));
     }
 
     #[test]
