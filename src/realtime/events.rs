@@ -214,7 +214,8 @@ pub enum ServerEvent<'a> {
     /// An error; most leave the session open.
     #[serde(rename = "error")]
     Error {
-        /// What went wrong.
+        /// What went wrong (see [`lenient`]).
+        #[serde(default, deserialize_with = "lenient")]
         error: ErrorInfo,
     },
     /// The caller started speaking.
@@ -226,7 +227,8 @@ pub enum ServerEvent<'a> {
     /// A response started.
     #[serde(rename = "response.created")]
     ResponseCreated {
-        /// The response.
+        /// The response (see [`lenient`]: the event counts even when this is malformed).
+        #[serde(default, deserialize_with = "lenient")]
         response: ResponseInfo,
     },
     /// Model audio.
@@ -256,15 +258,19 @@ pub enum ServerEvent<'a> {
     FunctionCallArgumentsDone {
         /// Correlates the output.
         call_id: String,
-        /// The function.
+        /// The function (missing: answered as an unknown tool, so the model is not left
+        /// waiting for an output).
+        #[serde(default)]
         name: String,
         /// A JSON text.
+        #[serde(default)]
         arguments: String,
     },
     /// A response finished.
     #[serde(rename = "response.done")]
     ResponseDone {
-        /// The response, with usage.
+        /// The response, with usage (see [`lenient`]).
+        #[serde(default, deserialize_with = "lenient")]
         response: ResponseInfo,
     },
     /// What the caller said, as text (asynchronous transcription).
@@ -277,7 +283,8 @@ pub enum ServerEvent<'a> {
     /// Transcription failed for a caller turn.
     #[serde(rename = "conversation.item.input_audio_transcription.failed")]
     InputTranscriptFailed {
-        /// Why.
+        /// Why (see [`lenient`]).
+        #[serde(default, deserialize_with = "lenient")]
         error: ErrorInfo,
     },
     /// Acknowledges a truncate.
@@ -361,6 +368,19 @@ pub struct OutputTokenDetails {
     /// Audio.
     #[serde(default)]
     pub audio_tokens: u64,
+}
+
+/// Reads a field that voxgate only takes details from, never fails on it: the event's type is
+/// what changes the session's state (a `response.done` ends the response whatever its
+/// `response` object holds), so a malformed or missing detail falls back to the default
+/// instead of dropping the whole event and leaving the session out of step with the service.
+fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 /// Parses one server frame; `None` when it is not a JSON event at all.

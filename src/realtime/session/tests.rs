@@ -494,3 +494,61 @@ fn caller_keys_become_a_user_text_item_then_one_response_never_during_another() 
         "The caller pressed 6."
     );
 }
+
+#[test]
+fn a_response_event_with_a_malformed_body_still_moves_the_session() {
+    // Found by fuzzing: a `response.created` whose `response` object was missing was dropped
+    // whole, so the session thought no response was running and sent `response.create` into
+    // an active one (the service refuses that, and peers are known to break the call).
+    let mut session = ready(&agent());
+    feed(
+        &mut session,
+        json!({"type": "response.created", "event_id": "e3"}),
+    );
+    session.caller_text("The caller pressed 5.");
+    assert!(
+        sent(&mut session).is_empty(),
+        "a response is running: the text waits"
+    );
+    // A `response.done` whose `response` is not even an object still ends it.
+    feed(
+        &mut session,
+        json!({"type": "response.done", "event_id": "e4", "response": "garbled"}),
+    );
+    let kinds: Vec<String> = sent(&mut session)
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(kinds, vec!["conversation.item.create", "response.create"]);
+    // Usage with a malformed detail: the response still ends; the tokens are not guessed.
+    feed(
+        &mut session,
+        json!({"type": "response.created", "response": {"id": "r2"}}),
+    );
+    feed(
+        &mut session,
+        json!({"type": "response.done", "response": {"id": "r2", "usage": {"input_token_details": {"text_tokens": "many"}}}}),
+    );
+    assert!(!session.response_active());
+}
+
+#[test]
+fn a_function_call_without_a_name_is_still_a_call_the_model_waits_on() {
+    let mut session = ready(&agent());
+    feed(
+        &mut session,
+        json!({"type": "response.created", "response": {"id": "r1"}}),
+    );
+    feed(
+        &mut session,
+        json!({"type": "response.function_call_arguments.done", "call_id": "call_1"}),
+    );
+    let calls: Vec<(String, String)> = events(&mut session)
+        .into_iter()
+        .filter_map(|event| match event {
+            SpeechEvent::ToolCall { call_id, name, .. } => Some((call_id, name)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls, vec![("call_1".to_owned(), String::new())]);
+}
