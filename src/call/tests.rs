@@ -1228,3 +1228,33 @@ fn speech_agent_failure_after_answer_hangs_up_as_failed() {
     assert_eq!(requests[0].method().to_string(), "BYE");
     assert_eq!(ended(&h.take_outputs()), [CallResult::Failed]);
 }
+
+#[test]
+fn a_contact_that_cannot_be_a_request_uri_is_not_the_remote_target() {
+    // Found by fuzzing: NUL bytes in the Contact's host went into the dialog's remote target,
+    // and voxgate's BYE carried them in its request line (which no peer can parse). Such a
+    // Contact counts as absent: the PBX is reached where its INVITE came from.
+    for contact in [
+        "<sip:pbx@192.0.2\u{0}\u{0}.10>",
+        "<sip:pbx@192.0.2.10?Subject=x>",
+        "<tel:+15551234567>",
+        "<sip:pbx@>",
+    ] {
+        let mut h = harness();
+        let mut caller = Caller::new("echo");
+        let invite = caller.invite(&[], Some(&offer(1, "sendrecv"))).replacen(
+            "Contact: <sip:pbx@192.0.2.10:5060>",
+            &format!("Contact: {contact}"),
+            1,
+        );
+        h.send(&invite);
+        let ok = h.final_response("INVITE");
+        assert_eq!(ok.status(), 200, "{contact:?}");
+        caller.learn(&ok);
+        h.send(&caller.ack(None));
+        let key = call_key(&h.take_outputs());
+        h.media_ended(key, "no RTP");
+        let (_, bye) = h.next_request("BYE", secs(1)).expect("BYE sent");
+        assert_eq!(bye.request_uri(), "sip:192.0.2.10:5060", "{contact:?}");
+    }
+}

@@ -32,7 +32,7 @@ pub use super::builder::{
 use super::front_end::{self, canonical_header_name, FrontEndError, HeaderField};
 use super::validate::{
     check_name_addr, find_unquoted, parse_cseq, parse_max_forwards, parse_request_line,
-    parse_status_line, single_value,
+    parse_status_line, single_value, validate_request_uri,
 };
 use super::via::{parse_host_port, parse_via_list, split_top_level};
 pub use super::via::{Rport, Via, ViaError, MAGIC_COOKIE};
@@ -528,6 +528,17 @@ pub fn uri_of(name_addr: &str) -> Option<String> {
     (!uri.is_empty()).then(|| uri.to_string())
 }
 
+/// Whether `uri` can be the Request-URI of a request voxgate sends (a dialog's remote
+/// target): a sip/sips URI that passes the Request-URI checks, with no white space or control
+/// characters anywhere. A Contact that fails this is treated as absent (the peer is then
+/// reached where its message came from), never printed into a request line.
+pub fn is_usable_target(uri: &str) -> bool {
+    let (scheme, _) = uri.split_once(':').unwrap_or_default();
+    (scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips"))
+        && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
+        && validate_request_uri(uri).is_ok()
+}
+
 /// The user part of a sip/sips URI, percent-decoded (RFC 3261 §19.1.4 compares unescaped).
 fn sip_user(uri: &str) -> Option<String> {
     let (scheme, rest) = uri.split_once(':')?;
@@ -685,10 +696,11 @@ macro_rules! core_accessors {
             self.core.header("Content-Type")
         }
 
-        /// The URI of the first Contact (without `<>` and header parameters).
+        /// The URI of the first Contact (without `<>` and header parameters); None when there is
+        /// none or it cannot be a remote target ([`is_usable_target`]).
         pub fn contact_uri(&self) -> Option<String> {
             let first = self.core.header_tokens("Contact").into_iter().next()?;
-            uri_of(&first)
+            uri_of(&first).filter(|uri| is_usable_target(uri))
         }
 
         /// Each Record-Route name-addr, in order (RFC 3261 §12.1: the route set).
