@@ -1232,10 +1232,20 @@ fn speech_agent_failure_after_answer_hangs_up_as_failed() {
 #[test]
 fn a_contact_that_cannot_be_a_request_uri_is_not_the_remote_target() {
     // Found by fuzzing: NUL bytes in the Contact's host went into the dialog's remote target,
-    // and voxgate's BYE carried them in its request line (which no peer can parse). Such a
-    // Contact counts as absent: the PBX is reached where its INVITE came from.
+    // and voxgate's BYE carried them in its request line (which no peer can parse). A Contact
+    // with control characters is now refused with the INVITE (400); one that is well formed
+    // but cannot be a Request-URI counts as absent: the PBX is reached where its INVITE came
+    // from.
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    let invite = caller.invite(&[], Some(&offer(1, "sendrecv"))).replacen(
+        "Contact: <sip:pbx@192.0.2.10:5060>",
+        "Contact: <sip:pbx@192.0.2\u{0}\u{0}.10>",
+        1,
+    );
+    h.send(&invite);
+    assert_eq!(h.final_response("INVITE").status(), 400);
     for contact in [
-        "<sip:pbx@192.0.2\u{0}\u{0}.10>",
         "<sip:pbx@192.0.2.10?Subject=x>",
         "<tel:+15551234567>",
         "<sip:pbx@>",

@@ -1038,6 +1038,33 @@ mod tests {
     }
 
     #[test]
+    fn from_and_to_need_a_uri_scheme_and_no_bare_control_characters() {
+        // Found by fuzzing: an INVITE with these was answered, and voxgate's BYE then carried
+        // them in its own From and To, which no parser (voxgate's included) accepts.
+        for (from, to) in [
+            (":0t", "<sip:bob@example.com>"),
+            ("<sip:a@example.com>;tag=1", "i\r:>"),
+            ("<:a@example.com>;tag=1", "<sip:bob@example.com>"),
+            (
+                "<sip:a@example.com>;tag=1",
+                "\"Bob\u{7}\" <sip:bob@example.com>",
+            ),
+            ("<sip:a@example.com>;tag=1", "<sip:bob@exa\u{0}mple.com>"),
+        ] {
+            let text = base("OPTIONS", "OPTIONS", "")
+                .replace("From: <sip:a@example.com>;tag=1", &format!("From: {from}"))
+                .replace("To: <sip:bob@example.com>", &format!("To: {to}"));
+            assert_eq!(rejected(&text).error.status(), 400, "{from:?} {to:?}");
+        }
+        // Escaped inside a quoted string, a control character is legal (RFC 4475 intmeth).
+        let text = base("OPTIONS", "OPTIONS", "").replace(
+            "To: <sip:bob@example.com>",
+            "To: \"BEL:\\\u{7}\" <sip:bob@example.com>",
+        );
+        assert!(parse(text.as_bytes(), Transport::Udp, 65_535).is_ok());
+    }
+
+    #[test]
     fn reports_missing_headers_in_reason_phrase() {
         let text = base("OPTIONS", "OPTIONS", "").replace("Call-ID: c1\r\n", "");
         let error = rejected(&text);

@@ -167,6 +167,11 @@ pub(super) fn check_name_addr(
         detail: format!("{detail}: {value:?}"),
     };
     let value = value.trim();
+    // Control characters only as quoted-pairs inside a quoted string, never CR or LF (RFC 3261
+    // §25.1), or they would reach the headers of voxgate's own requests in the dialog.
+    if has_bare_control(value) {
+        return Err(invalid("control character"));
+    }
     let params = if let Some(open) = find_unquoted(value, b'<') {
         let display = value[..open].trim();
         if let Some(quoted) = display.strip_prefix('"') {
@@ -184,7 +189,7 @@ pub(super) fn check_name_addr(
         let close = after.find('>').ok_or_else(|| invalid("missing '>'"))?;
         let addr_spec = &after[..close];
         // RFC 3261 §25.1: LAQUOT/RAQUOT take whitespace outside the brackets only.
-        if !addr_spec.contains(':') || addr_spec.contains([' ', '\t']) {
+        if !has_scheme(addr_spec) || addr_spec.contains([' ', '\t']) {
             return Err(invalid("malformed URI in angle brackets"));
         }
         let params = &after[close + 1..];
@@ -199,7 +204,7 @@ pub(super) fn check_name_addr(
         // RFC 3261 §20.10: without <>, `;` starts header parameters and `?`/`,` are forbidden.
         let end = value.find(';').unwrap_or(value.len());
         let addr_spec = value[..end].trim();
-        if !addr_spec.contains(':') || addr_spec.contains([' ', '\t', '?', ',']) {
+        if !has_scheme(addr_spec) || addr_spec.contains([' ', '\t', '?', ',']) {
             return Err(invalid("malformed URI"));
         }
         &value[end..]
@@ -229,6 +234,45 @@ pub(super) fn check_name_addr(
         }
     }
     Ok(tag)
+}
+
+/// A control character other than HTAB that is not a quoted-pair (`\` + any octet but CR and
+/// LF) inside a quoted string.
+fn has_bare_control(value: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if c == '\r' || c == '\n' {
+                return true;
+            }
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '\t' => {}
+            c if c.is_control() => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An absolute URI's start: `scheme ":"` with a scheme of ALPHA *(ALPHA / DIGIT / "+" / "-" /
+/// ".") (RFC 3261 §25.1), and something after it.
+fn has_scheme(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
 }
 
 /// Byte index of the closing quote of a quoted string whose opening quote was already consumed.
