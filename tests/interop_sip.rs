@@ -48,8 +48,8 @@ fn options_advertises_allow_accept_and_supported() {
     assert!(raw.header("Supported").is_some(), "{}", raw.text);
 }
 
-/// (7) Missing Call-ID and a bad CSeq get 400 with a reason phrase; random bytes get nothing
-/// but are counted; the gateway still answers OPTIONS and takes a call.
+/// (7) Missing Call-ID and a bad CSeq get 400 with a reason phrase; random bytes, and what is
+/// not recognisably a request with a Via, get nothing but are counted; the gateway still answers OPTIONS and takes a call.
 #[test]
 fn malformed_requests_get_400_and_garbage_is_counted_and_dropped() {
     let mut gateway = Gateway::start("");
@@ -87,6 +87,21 @@ fn malformed_requests_get_400_and_garbage_is_counted_and_dropped() {
         responses.is_empty(),
         "garbage got a response: {responses:?}"
     );
+    // Found by fuzzing: these drew a 400 to their source, ten times their size (a reflector
+    // for spoofed datagrams). Not recognisably requests with a Via: dropped.
+    for (what, datagram) in [
+        (
+            "a start line that is no request line",
+            b"0\r\nV:\xaa".to_vec(),
+        ),
+        (
+            "a Via that is not one",
+            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: garbage\r\nCall-ID: a\r\n\r\n".to_vec(),
+        ),
+    ] {
+        let responses = sip::exchange(&socket, &datagram, target, Duration::from_millis(700));
+        assert!(responses.is_empty(), "{what} got a response: {responses:?}");
+    }
     let after = gateway.wait_metric(PARSE_ERRORS, &[], Duration::from_secs(5), |v| v > before);
     assert!(after > before, "{PARSE_ERRORS} did not increase ({before})");
     assert_still_serving(&mut gateway);
