@@ -9,6 +9,8 @@
 //!   (i16 each), marker, payload type (0 or 101), payload length, source (one of two);
 //! - `op % 4 == 2`: a raw RTCP datagram;
 //! - `op % 4 == 3`: `len` ms pass (ticks fire every 20 ms).
+//!
+//! Checked besides "never panics": no frame played is empty.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -64,8 +66,10 @@ impl Leg {
             self.now = self.next_tick;
             self.next_tick += Duration::from_millis(20);
             match self.jitter.pop(self.now) {
+                // The caller's packets set a frame's size (a wrong ptime is passed on), but a
+                // frame is never empty.
                 Playout::Frame(frame) | Playout::Concealed(frame) => {
-                    assert_eq!(frame.len(), 160, "a 20 ms PCMU frame is 160 bytes");
+                    assert!(!frame.is_empty(), "an empty frame played");
                 }
                 Playout::Buffering | Playout::Empty => {}
             }

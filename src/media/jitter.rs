@@ -610,6 +610,12 @@ impl JitterBuffer {
     }
 
     fn insert(&mut self, now: Instant, index: i64, payload: Bytes) {
+        // A packet without audio (found by fuzzing: it was played as an empty frame, and an
+        // empty frame reached the agent) counts as received, but its slot stays a gap to
+        // conceal.
+        if payload.is_empty() {
+            return;
+        }
         if index < self.floor || (self.buffered > 0 && self.newest - index >= self.max_frames) {
             self.stats.late += 1;
             return;
@@ -874,6 +880,30 @@ mod tests {
             self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
             packet
         }
+    }
+
+    #[test]
+    fn a_packet_without_payload_is_concealed_not_played_empty() {
+        let mut jitter = JitterBuffer::new(config());
+        let mut sender = Sender::new(SSRC, 1, 160);
+        let mut now = t0();
+        let mut played = Vec::new();
+        for i in 0..40 {
+            let mut packet = sender.next();
+            if i % 5 == 3 {
+                packet.payload = Bytes::new();
+            }
+            jitter.push(now, packet);
+            played.push(jitter.pop(now));
+            now += ms(20);
+        }
+        for playout in &played {
+            if let Playout::Frame(frame) | Playout::Concealed(frame) = playout {
+                assert_eq!(frame.len(), 160, "{played:?}");
+            }
+        }
+        assert!(played.iter().any(|p| matches!(p, Playout::Concealed(_))));
+        assert_eq!(jitter.stats().received, 40, "still counted as received");
     }
 
     /// Script runner: `P` next packet arrives · `D` last packet again · `L` next packet lost ·
