@@ -395,6 +395,19 @@ fn parse_core(
             }
         }
     }
+    // RFC 3261 §20.30: each rec-route is a name-addr (`<URI>`); the route set is printed into
+    // the Route headers of voxgate's in-dialog requests, so a broken one is refused here.
+    for field in headers.iter().filter(|f| f.name == "Record-Route") {
+        for route in split_top_level(&field.value, b',') {
+            if find_unquoted(route, b'<').is_none() {
+                return Err(ParseError::InvalidHeader {
+                    name: "Record-Route",
+                    detail: format!("not a name-addr: {route:?}"),
+                });
+            }
+            check_name_addr("Record-Route", route)?;
+        }
+    }
     // RFC 3261 §20.17: SIP-date is always GMT (RFC 4475 §3.1.2.12).
     if let Some(date) = headers.iter().find(|f| f.name == "Date") {
         if !date.value.ends_with("GMT") {
@@ -1062,6 +1075,32 @@ mod tests {
             "To: \"BEL:\\\u{7}\" <sip:bob@example.com>",
         );
         assert!(parse(text.as_bytes(), Transport::Udp, 65_535).is_ok());
+    }
+
+    #[test]
+    fn record_route_entries_must_be_name_addrs() {
+        for record_route in [
+            "sip:p1.example.com;lr",
+            "<sip:p1.example.com;lr>, garbage",
+            "<sip:p1.exa\u{0}mple.com;lr>",
+            "<p1.example.com>",
+        ] {
+            let text = base(
+                "INVITE",
+                "INVITE",
+                &format!("Record-Route: {record_route}\r\n"),
+            );
+            assert_eq!(rejected(&text).error.status(), 400, "{record_route:?}");
+        }
+        let text = base(
+            "INVITE",
+            "INVITE",
+            "Record-Route: <sip:p1.example.com;lr;ftag=a1>, \"edge\" <sip:10.0.0.1;lr>\r\n",
+        );
+        let Ok(Message::Request(request)) = parse(text.as_bytes(), Transport::Udp, 65_535) else {
+            panic!("a valid Record-Route refused");
+        };
+        assert_eq!(request.record_route().len(), 2);
     }
 
     #[test]
