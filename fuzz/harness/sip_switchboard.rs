@@ -211,6 +211,7 @@ impl Rig {
                         text.lines().next().unwrap_or("")
                     );
                 }
+                check_header_bytes(&transmit.bytes);
                 match message::parse(&transmit.bytes, Transport::Udp, 65_535) {
                     // The stateless answer to a request that did not parse copies its broken
                     // headers (RFC 3261 §8.2.6.2), so it need not parse; it must still be one
@@ -340,6 +341,32 @@ impl Rig {
 
     fn newest(&self) -> Option<CallKey> {
         self.calls.last().copied()
+    }
+}
+
+/// The header section of everything voxgate sends: CRLF line ends only, no control characters
+/// but HTAB, except escaped (`\` + octet) as a quoted-pair may be (RFC 3261 §25.1). Stricter
+/// than voxgate's parser on headers it does not check (Route, Server, Reason …).
+fn check_header_bytes(bytes: &[u8]) {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(bytes.len());
+    let head = &bytes[..end];
+    for (i, &b) in head.iter().enumerate() {
+        let escaped = i > 0 && head[i - 1] == b'\\';
+        let ok = match b {
+            b'\r' => head.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            b'\t' => true,
+            0..=0x1f | 0x7f => escaped,
+            _ => true,
+        };
+        assert!(
+            ok,
+            "voxgate sent a control character (0x{b:02x}) at byte {i} of its header section:\n{}",
+            String::from_utf8_lossy(bytes)
+        );
     }
 }
 
