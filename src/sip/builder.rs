@@ -72,9 +72,13 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Keep caller-supplied text on one line (no header injection).
+/// Keep caller-supplied text on one line (no header injection) and free of control characters
+/// other than HTAB (RFC 3261 §25.1: a refused request's broken From or Call-ID is echoed in its
+/// 400, and no peer's parser takes a NUL).
 pub(super) fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
 }
 
 /// The RFC 3261 §21 reason phrase for a status code ("" for unknown codes).

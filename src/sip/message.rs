@@ -1523,6 +1523,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stateless_answer_echoes_no_control_characters() {
+        let text = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1\r\n\
+                    From: <sip:x@y>;tag=\u{0}1\r\nCall-ID: c\u{1b}[2J\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let rejected = parse(text.as_bytes(), Transport::Udp, 65_535).unwrap_err();
+        let answer = response_for_rejected(&rejected.fallback.unwrap(), 400, "Bad Request", &[])
+            .expect("answerable");
+        let head = std::str::from_utf8(&answer).unwrap();
+        assert!(
+            !head.replace("\r\n", "").chars().any(|c| c.is_control()),
+            "{head:?}"
+        );
+        assert!(head.contains("Call-ID: c [2J\r\n"), "{head:?}");
+    }
+
+    #[test]
     fn only_recognisable_requests_with_a_real_via_are_answerable() {
         let answerable = |bytes: &[u8]| {
             let rejected = parse(bytes, Transport::Udp, 65_535).unwrap_err();
