@@ -23,6 +23,7 @@
 //! | `%%n` | the register trunk's registrar was resolved (its registration starts) |
 //! | `%%z` | the PBX's TCP connection closed |
 //! | `%%d` | draining starts (calls hung up after 30 s) |
+//! | `%%L` | after the script, run the clock 4,000 s instead of 40 s |
 //!
 //! In text records (`u`, `x`, `r`, `s`), `$TOTAG` becomes the To tag of voxgate's newest
 //! response, so a script can send in-dialog requests (ACK, BYE, re-INVITE, NOTIFY).
@@ -444,6 +445,7 @@ pub fn run(data: &[u8]) {
         inbound_rejected: false,
         requests: Vec::new(),
     };
+    let mut long = false;
     for (op, payload) in records(data).into_iter().take(64) {
         match op {
             b'U' => rig.datagram("192.0.2.10:5060", payload),
@@ -486,6 +488,7 @@ pub fn run(data: &[u8]) {
                 rig.advance(Duration::from_millis(ms.into()));
             }
             b'm' => rig.fail_next_media = true,
+            b'L' => long = true,
             b'a' | b'f' | b'h' | b'c' | b'C' | b'e' | b'k' => {
                 let Some(call) = rig.newest() else { continue };
                 let now = rig.now;
@@ -534,6 +537,8 @@ pub fn run(data: &[u8]) {
             _ => {}
         }
     }
-    // Let every timer run out: retransmissions, timeouts, session timers, registration refresh.
-    rig.advance(Duration::from_secs(4_000));
+    // Let the transactions' timers run out (64·T1 = 32 s); with `%%L`, also session timers and
+    // registration refreshes. The long tail costs ~50 runs a second, so it is the script's choice.
+    let tail = if long { 4_000 } else { 40 };
+    rig.advance(Duration::from_secs(tail));
 }

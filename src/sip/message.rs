@@ -351,7 +351,9 @@ fn parse_core(
         single("Call-ID")?,
         single("CSeq")?,
     );
-    if call_id.is_empty() || call_id.contains([' ', '\t']) {
+    // RFC 3261 §25.1: callid = word ["@" word]; words hold no white space or control
+    // characters (found by fuzzing: NULs in a Call-ID were echoed in voxgate's responses).
+    if call_id.is_empty() || call_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ParseError::InvalidHeader {
             name: "Call-ID",
             detail: format!("{call_id:?}"),
@@ -1101,6 +1103,15 @@ mod tests {
             panic!("a valid Record-Route refused");
         };
         assert_eq!(request.record_route().len(), 2);
+    }
+
+    #[test]
+    fn a_call_id_with_control_characters_is_refused() {
+        for call_id in ["c\u{0}1", "c\u{1b}1", "c\u{7f}1"] {
+            let text = base("OPTIONS", "OPTIONS", "")
+                .replace("Call-ID: c1", &format!("Call-ID: {call_id}"));
+            assert_eq!(rejected(&text).error.status(), 400, "{call_id:?}");
+        }
     }
 
     #[test]
