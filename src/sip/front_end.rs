@@ -239,6 +239,12 @@ fn unfold<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Vec<HeaderField>, 
     for (index, line) in lines.enumerate() {
         let line_number = index + 2;
         let malformed = FrontEndError::MalformedHeaderLine { line: line_number };
+        // RFC 3261 §25.1: no header holds a control character but HTAB, except as a quoted-pair
+        // in a quoted string; voxgate echoes headers into its responses and dialogs, so a NUL,
+        // a bare CR or a VT here would reach its own messages (found by fuzzing).
+        if super::validate::has_bare_control(line) {
+            return Err(malformed);
+        }
         // RFC 3261 §7.3.1: a line starting with SP/HT continues the previous header; the
         // folding is equivalent to a single SP.
         if line.starts_with([' ', '\t']) {
@@ -388,6 +394,30 @@ mod tests {
             vec![("To", "sip:x@y ; tag = 1"), ("Via", "SIP/2.0/UDP h")]
         );
         assert!(raw.body.is_empty());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_any_header_but_htab_and_quoted_pairs() {
+        for line in [
+            "Subject: a\u{0}b",
+            "User-Agent: x\u{b}y",
+            "X-Custom:\u{c}v",
+            "Subject: a\rb",
+            "Subject: \"a\u{7}\"",
+        ] {
+            let bytes = format!("OPTIONS sip:a@b SIP/2.0\r\n{line}\r\n\r\n");
+            assert!(
+                split(bytes.as_bytes(), Transport::Udp, 65_535).is_err(),
+                "{line:?}"
+            );
+        }
+        for line in ["Subject: a\tb", "To: \"BEL:\\\u{7}\" <sip:b@c>"] {
+            let bytes = format!("OPTIONS sip:a@b SIP/2.0\r\n{line}\r\n\r\n");
+            assert!(
+                split(bytes.as_bytes(), Transport::Udp, 65_535).is_ok(),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

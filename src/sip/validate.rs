@@ -166,12 +166,8 @@ pub(super) fn check_name_addr(
         name,
         detail: format!("{detail}: {value:?}"),
     };
+    // (Control characters were refused for every header by the front end.)
     let value = value.trim();
-    // Control characters only as quoted-pairs inside a quoted string, never CR or LF (RFC 3261
-    // §25.1), or they would reach the headers of voxgate's own requests in the dialog.
-    if has_bare_control(value) {
-        return Err(invalid("control character"));
-    }
     let params = if let Some(open) = find_unquoted(value, b'<') {
         let display = value[..open].trim();
         if let Some(quoted) = display.strip_prefix('"') {
@@ -238,7 +234,7 @@ pub(super) fn check_name_addr(
 
 /// A control character other than HTAB that is not a quoted-pair (`\` + any octet but CR and
 /// LF) inside a quoted string.
-fn has_bare_control(value: &str) -> bool {
+pub(super) fn has_bare_control(value: &str) -> bool {
     let (mut quoted, mut escaped) = (false, false);
     for c in value.chars() {
         if escaped {
