@@ -13,7 +13,6 @@
 //! Checked besides "never panics": no frame played is empty.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use voxgate::media::dtmf::DtmfReceiver;
@@ -23,10 +22,7 @@ use voxgate::media::rtcp::{NtpTime, RtcpSession};
 use voxgate::media::rtp::{parse_rtp, telephone_event, OutboundStream, SymmetricLatch};
 use voxgate::media::{Ssrc, G711};
 
-fn t0() -> Instant {
-    static T0: OnceLock<Instant> = OnceLock::new();
-    *T0.get_or_init(Instant::now)
-}
+use super::t0;
 
 struct Leg {
     now: Instant,

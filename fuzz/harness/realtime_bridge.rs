@@ -15,8 +15,7 @@
 //!   the service's `response.created`, until `response.done` or an error naming that create).
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use voxgate::call::bridge::{Bridge, BridgeConfig};
@@ -27,16 +26,7 @@ use voxgate::media::G711;
 use voxgate::realtime::events::decode_audio;
 use voxgate::realtime::RealtimeSession;
 
-fn t0() -> Instant {
-    static T0: OnceLock<Instant> = OnceLock::new();
-    *T0.get_or_init(Instant::now)
-}
-
-/// `FUZZ_TRACE=1`: print every event each way (for writing seeds and reading crashes).
-fn trace() -> bool {
-    static TRACE: OnceLock<bool> = OnceLock::new();
-    *TRACE.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
-}
+use super::{t0, trace};
 
 fn agent() -> AgentSettings {
     AgentSettings {

@@ -43,6 +43,8 @@ use voxgate::sip::endpoint::{ConnectionId, Flow, Target};
 use voxgate::sip::framing::{Frame, StreamFramer};
 use voxgate::sip::message::{self, Message, Transport};
 
+use super::{t0, trace};
+
 const CONFIG: &str = r#"
 [sip]
 listen = ["192.0.2.1:5060"]
@@ -125,17 +127,6 @@ fn settings() -> &'static Settings {
         let _ = std::fs::remove_dir_all(&dir);
         settings
     })
-}
-
-fn t0() -> Instant {
-    static T0: OnceLock<Instant> = OnceLock::new();
-    *T0.get_or_init(Instant::now)
-}
-
-/// `FUZZ_TRACE=1`: print the start line of everything voxgate sends (for writing seeds).
-fn trace() -> bool {
-    static TRACE: OnceLock<bool> = OnceLock::new();
-    *TRACE.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
 }
 
 fn addr(text: &str) -> SocketAddr {
