@@ -106,13 +106,20 @@ fn caller_audio_reaches_the_service_byte_exact_in_order() {
         session.client_closed(),
         "voxgate closed the session after BYE"
     );
+    assert_caller_audio_arrived(&session, packets);
+    standin.assert_no_violations();
+}
+
+/// One 20 ms frame per append; the caller's `frames` numbered frames, in order, each exactly
+/// once; silence around them, and after the last one the jitter buffer's fade-out
+/// (concealment, at most 60 ms: it cannot know the stream ended). On loopback nothing is lost,
+/// so nothing else may appear mid-stream.
+fn assert_caller_audio_arrived(session: &common::realtime::SessionRecord, frames: usize) {
     assert!(
         session.appends.iter().all(|a| a.bytes == pcap::PAYLOAD_LEN),
         "every append is one 20 ms frame"
     );
-    // The caller's packets, in order, each exactly once; silence around them, and after the
-    // last one the jitter buffer's fade-out (concealment, at most 60 ms: it cannot know the
-    // stream ended). On loopback nothing is lost, so nothing else may appear mid-stream.
+    let packets = frames;
     let mut next = 0usize;
     let mut after_last = 0usize;
     for frame in session.input_audio.chunks(pcap::PAYLOAD_LEN) {
@@ -135,6 +142,31 @@ fn caller_audio_reaches_the_service_byte_exact_in_order() {
         "{after_last} concealed frames after the stream ended"
     );
     assert_eq!(next, packets, "every caller frame arrived at the service");
+}
+
+/// (1) with a caller that ignores `a=ptime:20` and sends 30 ms packets, then one that sends
+/// 10 ms packets: the jitter buffer follows the packet size and the service still gets one 20 ms
+/// frame per append, byte-exact and in order.
+#[test]
+fn caller_audio_in_packets_of_another_size_reaches_the_service_in_20_ms_frames() {
+    if common::sipp::skip_without_root("caller_audio_in_packets_of_another_size") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(Behaviour::new());
+    let gateway = gateway(&standin.url(), "", "");
+    let frames = 150;
+    for (call, packet_len) in [240, 80].into_iter().enumerate() {
+        let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
+            .with_audio_cut(frames, packet_len)
+            .pause_ms(3_600);
+        let sink = RtpSink::bind(sipp.echo_addr());
+        let outcome = sipp.run();
+        drop(sink);
+        outcome.assert_success();
+        let session =
+            standin.wait_for_session(call, WAIT, "the call's session to end", |s| s.is_ended());
+        assert_caller_audio_arrived(&session, frames);
+    }
     standin.assert_no_violations();
 }
 

@@ -10,7 +10,8 @@
 //! - `op % 4 == 2`: a raw RTCP datagram;
 //! - `op % 4 == 3`: `len` ms pass (ticks fire every 20 ms).
 //!
-//! Checked besides "never panics": no frame played is empty.
+//! Checked besides "never panics": every frame played is one ptime (never empty, never the
+//! caller's packet size).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -62,10 +63,9 @@ impl Leg {
             self.now = self.next_tick;
             self.next_tick += Duration::from_millis(20);
             match self.jitter.pop(self.now) {
-                // The caller's packets set a frame's size (a wrong ptime is passed on), but a
-                // frame is never empty.
+                // Whatever the caller's packet sizes, a frame is one ptime (160 samples).
                 Playout::Frame(frame) | Playout::Concealed(frame) => {
-                    assert!(!frame.is_empty(), "an empty frame played");
+                    assert_eq!(frame.len(), 160, "a frame played is not one ptime");
                 }
                 Playout::Buffering | Playout::Empty => {}
             }

@@ -15,8 +15,15 @@
 //! Playout walks an internal frame index: each source's extended sequence number plus an offset
 //! chosen so that a new SSRC (Asterisk's native bridge passes another leg's SSRC, sequence and
 //! timestamps through, and changes them again after a transfer) or an A.1 restart continues right
-//! after the last frame received: no gap, no phantom loss. One packet is one ptime frame; the
-//! caller pushes only audio of the negotiated codec (telephone-event goes elsewhere).
+//! after the last frame received: no gap, no phantom loss. One packet is one slot; the caller
+//! pushes only audio of the negotiated codec (telephone-event goes elsewhere).
+//!
+//! Packets need not last one ptime. Senders that ignore `a=ptime` (10 or 30 ms packets against
+//! a 20 ms answer) or a leg bridged in after a transfer with another packet size are followed:
+//! the slot duration becomes the stream's packet duration once three packets in a row agree (the
+//! first packet sets it at once), and `pop` cuts exactly one ptime of audio from the packets
+//! played in order, carrying the remainder to the next tick. Concealment then stands in for one
+//! packet's duration, so a loss never shifts the audio after it.
 //!
 //! Each `pop` in `Playing`:
 //! - a present frame is played (`Frame`); a missing one whose successors have arrived is
@@ -52,6 +59,11 @@ const SEQ_MOD: i64 = 1 << 16;
 const SEEN_SLOTS: usize = 1_024;
 /// Peak-jitter decay per packet: a time constant of 512 packets (~10 s at 20 ms).
 const PEAK_DECAY: f64 = 1.0 - 1.0 / 512.0;
+/// Packets of another size than the current slot, in a row, before the slots follow them.
+const SIZE_CHANGE_AFTER: u8 = 3;
+/// Packet durations the slots follow, in samples at 8 kHz (5–120 ms); others are played but
+/// leave the slots as they are.
+const FOLLOWED_PACKET_SAMPLES: std::ops::RangeInclusive<usize> = 40..=960;
 /// Consecutive ticks above target before a non-quiet frame is dropped (500 ms at 20 ms).
 const SHRINK_AFTER_TICKS: u32 = 25;
 /// Consecutive ticks above target before a quiet (or missing) frame is dropped.
@@ -71,7 +83,8 @@ pub struct JitterConfig {
     pub min_delay: Duration,
     /// The buffered span never exceeds this; older frames are dropped first.
     pub max_delay: Duration,
-    /// Frame duration: one packet per ptime, one `pop` per ptime.
+    /// Duration of the audio each `pop` returns (the negotiated ptime), and the packet duration
+    /// expected until the stream shows another.
     pub ptime: Duration,
     /// The codec of the payloads, for concealment.
     pub codec: G711,
@@ -365,7 +378,17 @@ impl Concealer {
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    samples_per_frame: usize,
+    /// Samples each `pop` returns (one ptime).
+    out_samples: usize,
+    /// The stream's packet duration: one slot.
+    packet_samples: usize,
+    packet_time: Duration,
+    /// A packet size seen in a row (size, count) that the slots do not follow yet.
+    size_streak: (usize, u8),
+    /// Audio taken from slots but not yet returned, when packets do not last one ptime.
+    carry: Vec<u8>,
+    /// The carried audio includes received (not concealed) audio.
+    carry_received: bool,
     max_frames: i64,
     state: State,
     slots: Vec<Option<Slot>>,
@@ -400,14 +423,19 @@ impl JitterBuffer {
     /// A buffer for one inbound RTP stream (any number of SSRCs in sequence).
     pub fn new(config: JitterConfig) -> Self {
         let ptime_ns = config.ptime.as_nanos().max(1);
-        let samples_per_frame =
+        let out_samples =
             ((ptime_ns * u128::from(config.clock_rate) / 1_000_000_000) as usize).max(1);
         let max_frames = (config.max_delay.as_nanos() / ptime_ns).max(1) as i64;
         let ring = (max_frames as usize + 2).next_power_of_two();
         let target = config.min_delay.max(config.ptime).min(config.max_delay);
         let concealer = Concealer::new(Codec::new(config.codec), config.clock_rate);
         Self {
-            samples_per_frame,
+            out_samples,
+            packet_samples: out_samples,
+            packet_time: config.ptime,
+            size_streak: (0, 0),
+            carry: Vec::new(),
+            carry_received: false,
             max_frames,
             state: State::Idle,
             slots: vec![None; ring],
@@ -458,12 +486,67 @@ impl JitterBuffer {
         self.push_current(now, packet);
     }
 
-    /// Returns what to play for this ptime tick; call exactly once per ptime.
+    /// Returns what to play for this ptime tick (one ptime of audio); call exactly once per
+    /// ptime.
     pub fn pop(&mut self, now: Instant) -> Playout {
+        if self.carry.is_empty() {
+            let playout = self.pop_slot(now);
+            match playout {
+                Playout::Frame(audio) if audio.len() != self.out_samples => {
+                    self.carry_in(&audio, true);
+                }
+                Playout::Concealed(audio) if audio.len() != self.out_samples => {
+                    self.carry_in(&audio, false);
+                }
+                whole => return whole,
+            }
+        }
+        self.pop_reframed(now)
+    }
+
+    fn carry_in(&mut self, audio: &[u8], received: bool) {
+        self.carry.extend_from_slice(audio);
+        self.carry_received = received;
+    }
+
+    /// [`Self::pop`] when packets do not last one ptime: one ptime cut from the carried audio and
+    /// the slots played after it in order (as many as it takes), the rest carried to the next
+    /// tick. When the stream stops mid-ptime, concealment completes the last one.
+    fn pop_reframed(&mut self, now: Instant) -> Playout {
+        let mut received = self.carry_received;
+        while self.carry.len() < self.out_samples {
+            let (audio, real) = match self.pop_slot(now) {
+                Playout::Frame(audio) => (audio, true),
+                Playout::Concealed(audio) => (audio, false),
+                idle @ (Playout::Buffering | Playout::Empty) => {
+                    if self.carry.is_empty() {
+                        return idle;
+                    }
+                    let missing = self.out_samples - self.carry.len();
+                    (self.concealer.conceal(missing), false)
+                }
+            };
+            self.carry_in(&audio, real);
+            received |= real;
+        }
+        let frame = Bytes::copy_from_slice(&self.carry[..self.out_samples]);
+        self.carry.drain(..self.out_samples);
+        if self.carry.is_empty() {
+            self.carry_received = false;
+        }
+        if received {
+            Playout::Frame(frame)
+        } else {
+            Playout::Concealed(frame)
+        }
+    }
+
+    /// One slot's playout: one packet, or concealment for one packet's duration.
+    fn pop_slot(&mut self, now: Instant) -> Playout {
         match self.state {
             State::Idle => Playout::Empty,
             State::Buffering { since } => {
-                if self.span() as u128 * self.config.ptime.as_nanos() >= self.target.as_nanos()
+                if self.span() as u128 * self.packet_time.as_nanos() >= self.target.as_nanos()
                     || now >= since + self.target
                 {
                     self.state = State::Playing;
@@ -489,9 +572,21 @@ impl JitterBuffer {
         self.target
     }
 
-    /// Audio buffered now: from the next frame to play to the newest received, holes included.
+    /// Audio buffered now: from the next frame to play to the newest received, holes included,
+    /// plus any audio cut from a packet and not yet returned.
     pub fn current_delay(&self) -> Duration {
-        self.config.ptime * self.span() as u32
+        let carried = self.carry.len() as u64 * 1_000_000_000 / u64::from(self.clock_rate());
+        self.packet_time * self.span() as u32 + Duration::from_nanos(carried)
+    }
+
+    /// The duration of the packets the slots hold now (the negotiated ptime until the stream
+    /// shows another).
+    pub fn packet_time(&self) -> Duration {
+        self.packet_time
+    }
+
+    fn clock_rate(&self) -> u32 {
+        self.config.clock_rate.max(1)
     }
 
     /// The RFC 3550 A.3 figures for an RTCP reception report block, closing the interval:
@@ -603,10 +698,51 @@ impl JitterBuffer {
             }
             self.update_jitter(now, &packet);
             self.update_loss_stats();
+            self.follow_packet_size(packet.payload.len());
         } else if let Some((previous, _)) = self.previous.as_mut() {
             previous.received += 1;
         }
         self.insert(now, index, packet.payload);
+    }
+
+    /// The slots follow the stream's packet duration: at once for the first packet, else once
+    /// [`SIZE_CHANGE_AFTER`] packets in a row agree on a new one (so one short packet at the end
+    /// of a talkspurt changes nothing).
+    fn follow_packet_size(&mut self, samples: usize) {
+        if samples == self.packet_samples || !FOLLOWED_PACKET_SAMPLES.contains(&samples) {
+            self.size_streak = (0, 0);
+            return;
+        }
+        let first = self.stats.received == 1;
+        let (size, count) = self.size_streak;
+        self.size_streak = if size == samples {
+            (size, count.saturating_add(1))
+        } else {
+            (samples, 1)
+        };
+        if first || self.size_streak.1 >= SIZE_CHANGE_AFTER {
+            self.set_packet_samples(samples);
+        }
+    }
+
+    fn set_packet_samples(&mut self, samples: usize) {
+        self.size_streak = (0, 0);
+        self.packet_samples = samples;
+        let nanos = samples as u64 * 1_000_000_000 / u64::from(self.clock_rate());
+        self.packet_time = Duration::from_nanos(nanos);
+        self.max_frames =
+            (self.config.max_delay.as_nanos() / u128::from(nanos.max(1))).max(1) as i64;
+        let ring = (self.max_frames as usize + 2).next_power_of_two();
+        if ring > self.slots.len() {
+            let mut slots = vec![None; ring];
+            for slot in self.slots.drain(..).flatten() {
+                let at = slot.index.rem_euclid(ring as i64) as usize;
+                slots[at] = Some(slot);
+            }
+            self.slots = slots;
+        }
+        let wanted = self.target.max(self.packet_time);
+        self.target = wanted.max(self.config.min_delay).min(self.config.max_delay);
     }
 
     fn insert(&mut self, now: Instant, index: i64, payload: Bytes) {
@@ -702,8 +838,13 @@ impl JitterBuffer {
         }
     }
 
+    /// The target delay in samples, rounded up.
+    fn target_samples(&self) -> i64 {
+        (self.target.as_nanos() * u128::from(self.clock_rate())).div_ceil(1_000_000_000) as i64
+    }
+
     fn target_frames(&self) -> i64 {
-        let ptime = self.config.ptime.as_nanos().max(1);
+        let ptime = self.packet_time.as_nanos().max(1);
         self.target.as_nanos().div_ceil(ptime) as i64
     }
 
@@ -730,10 +871,16 @@ impl JitterBuffer {
             self.stats.inserted_frames = self.stats.inserted_frames.saturating_sub(1);
             self.advance();
         }
-        let target = self.target_frames();
-        let span = self.span();
-        self.low_ticks = if span < target { self.low_ticks + 1 } else { 0 };
-        self.high_ticks = if span >= target + 2 {
+        // Audio ahead of the listener, in samples: the slots from the cursor on, and what is
+        // carried from a packet cut across ticks (played first).
+        let packet = self.packet_samples as i64;
+        let ahead = self.span() * packet + self.carry.len() as i64;
+        self.low_ticks = if ahead < self.target_samples() {
+            self.low_ticks + 1
+        } else {
+            0
+        };
+        self.high_ticks = if ahead >= (self.target_frames() + 2) * packet {
             self.high_ticks + 1
         } else {
             0
@@ -790,7 +937,7 @@ impl JitterBuffer {
 
     fn conceal(&mut self) -> Playout {
         self.stats.concealed_frames += 1;
-        Playout::Concealed(self.concealer.conceal(self.samples_per_frame))
+        Playout::Concealed(self.concealer.conceal(self.packet_samples))
     }
 
     /// RFC 3550 A.8 interarrival jitter, plus the peak that drives the target delay.
@@ -818,7 +965,7 @@ impl JitterBuffer {
         let rate = f64::from(self.config.clock_rate.max(1));
         self.stats.interarrival_jitter = source.jitter as u32;
         self.stats.interarrival_jitter_duration = Duration::from_secs_f64(source.jitter / rate);
-        let wanted = self.config.ptime
+        let wanted = self.packet_time
             + Duration::from_secs_f64(self.peak_jitter.max(3.0 * source.jitter) / rate);
         self.target = wanted.max(self.config.min_delay).min(self.config.max_delay);
     }
@@ -1525,6 +1672,294 @@ mod tests {
             "silence after 60 ms"
         );
         assert_eq!(run.missing_and_duplicates(), (5, 0));
+    }
+
+    /// A sender of `samples`-sample packets cut from one continuous, never-silent byte stream
+    /// (byte `k` of the call is [`stream_byte`]`(k)`), so reframed audio can be compared exactly.
+    struct SizedSender {
+        ssrc: Ssrc,
+        seq: u16,
+        timestamp: u32,
+        offset: usize,
+        samples: usize,
+    }
+
+    fn stream_byte(k: usize) -> u8 {
+        0x10 + ((k * 7 + k / 160) % 0x60) as u8
+    }
+
+    impl SizedSender {
+        fn new(ssrc: Ssrc, samples: usize) -> Self {
+            Self {
+                ssrc,
+                seq: 7,
+                timestamp: 90_000,
+                offset: 0,
+                samples,
+            }
+        }
+
+        fn next(&mut self) -> MediaPacket {
+            let payload: Vec<u8> = (self.offset..self.offset + self.samples)
+                .map(stream_byte)
+                .collect();
+            let packet = MediaPacket {
+                ssrc: self.ssrc,
+                seq: SeqNo(self.seq),
+                timestamp: RtpTimestamp(self.timestamp),
+                marker: self.offset == 0,
+                payload_type: 0,
+                payload: Bytes::from(payload),
+            };
+            self.seq = self.seq.wrapping_add(1);
+            self.timestamp = self.timestamp.wrapping_add(self.samples as u32);
+            self.offset += self.samples;
+            packet
+        }
+    }
+
+    /// `packets` packets of `packet_ms` sent at their nominal times plus `delay_ms(i)` (none
+    /// lost where `lost(i)`), popped every `ptime_ms` for as long as the stream lasts and 200 ms
+    /// more; the outputs in order.
+    fn sized_stream(
+        cfg: JitterConfig,
+        packet_ms: u64,
+        packets: usize,
+        delay_ms: impl Fn(usize) -> u64,
+        lost: impl Fn(usize) -> bool,
+    ) -> (JitterBuffer, Vec<Playout>) {
+        let ptime_ms = cfg.ptime.as_millis() as u64;
+        let mut jitter = JitterBuffer::new(cfg);
+        let mut sender = SizedSender::new(SSRC, (packet_ms * 8) as usize);
+        let mut arrivals: Vec<(u64, MediaPacket)> = (0..packets)
+            .map(|i| (i as u64 * packet_ms + delay_ms(i), sender.next()))
+            .enumerate()
+            .filter(|(i, _)| !lost(*i))
+            .map(|(_, arrival)| arrival)
+            .collect();
+        arrivals.sort_by_key(|(at, _)| *at);
+        let mut arrivals = arrivals.into_iter().peekable();
+        let end = packets as u64 * packet_ms + 200;
+        let mut out = Vec::new();
+        for tick in 0..end.div_ceil(ptime_ms) {
+            let at = tick * ptime_ms;
+            while let Some((arrived, packet)) = arrivals.next_if(|(t, _)| *t <= at) {
+                jitter.push(t0() + Duration::from_millis(arrived), packet);
+            }
+            out.push(jitter.pop(t0() + Duration::from_millis(at)));
+        }
+        (jitter, out)
+    }
+
+    /// Equal audio, or where it first differs (not two whole streams in the failure message).
+    fn assert_same(played: &[u8], sent: &[u8], what: &str) {
+        if let Some(at) = played.iter().zip(sent).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: differs at byte {at} (packet of 240: {}, frame of 160: {}): {:?} vs {:?}",
+                at / 240,
+                at / 160,
+                &played[at..(at + 8).min(played.len())],
+                &sent[at..(at + 8).min(sent.len())]
+            );
+        }
+        assert_eq!(played.len(), sent.len(), "{what}: length");
+    }
+
+    /// The audio of the outputs from the first played one on (silence while buffering left out).
+    fn audio_from_first_frame(out: &[Playout], out_samples: usize) -> Vec<u8> {
+        let mut audio = Vec::new();
+        for playout in out.iter().skip_while(|p| !matches!(p, Playout::Frame(_))) {
+            match playout {
+                Playout::Frame(a) | Playout::Concealed(a) => {
+                    assert_eq!(a.len(), out_samples, "every pop returns one ptime");
+                    audio.extend_from_slice(a);
+                }
+                Playout::Buffering | Playout::Empty => audio.extend(vec![0xff; out_samples]),
+            }
+        }
+        audio
+    }
+
+    #[test]
+    fn packets_of_another_duration_than_ptime_are_played_exactly_one_ptime_per_tick() {
+        for (ptime_ms, packet_ms) in [(20, 10), (20, 30), (20, 40), (20, 60), (30, 20), (20, 5)] {
+            let what = format!("ptime {ptime_ms} ms, packets of {packet_ms} ms");
+            let packets = (3_000 / packet_ms) as usize;
+            let (jitter, out) =
+                sized_stream(with_ptime(ptime_ms), packet_ms, packets, |_| 0, |_| false);
+            let out_samples = (ptime_ms * 8) as usize;
+            let audio = audio_from_first_frame(&out, out_samples);
+            let sent: Vec<u8> = (0..packets * (packet_ms * 8) as usize)
+                .map(stream_byte)
+                .collect();
+            assert!(audio.len() >= sent.len(), "{what}: everything played");
+            assert_same(&audio[..sent.len()], &sent, &what);
+            let stats = jitter.stats();
+            assert_eq!(
+                (stats.concealed_frames, stats.discarded_frames, stats.late),
+                // After the stream ends: the fade-out, one packet's duration at a time.
+                (stats.concealed_frames.min(60 / packet_ms + 1), 0, 0),
+                "{what}: nothing dropped, concealed only after the end"
+            );
+            assert_eq!(
+                jitter.packet_time(),
+                Duration::from_millis(packet_ms),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn jittered_30_ms_packets_reach_a_20_ms_tick_complete() {
+        // A delay of at least ptime plus the jitter from the start: the buffer has no reason to
+        // grow, so every byte must come out exactly once, in order.
+        let cfg = JitterConfig {
+            min_delay: ms(80),
+            ..config()
+        };
+        let delays = [0, 12, 3, 25, 8, 0, 17, 30, 5, 11];
+        let (jitter, out) = sized_stream(cfg, 30, 200, |i| delays[i % delays.len()], |_| false);
+        let audio = audio_from_first_frame(&out, 160);
+        let sent: Vec<u8> = (0..200 * 240).map(stream_byte).collect();
+        let start = audio
+            .windows(240)
+            .position(|w| w == &sent[..240])
+            .expect("the first packet was played");
+        assert_same(
+            &audio[start..start + sent.len()],
+            &sent,
+            "nothing lost, nothing added",
+        );
+        assert_eq!(jitter.stats().late, 0);
+        assert_eq!(jitter.stats().discarded_frames, 0);
+    }
+
+    #[test]
+    fn a_lost_30_ms_packet_is_concealed_for_30_ms_and_the_audio_after_it_keeps_its_place() {
+        let (jitter, out) = sized_stream(config(), 30, 100, |_| 0, |i| i == 40);
+        let audio = audio_from_first_frame(&out, 160);
+        let sent: Vec<u8> = (0..100 * 240).map(stream_byte).collect();
+        assert_same(&audio[..40 * 240], &sent[..40 * 240], "before the loss");
+        assert_ne!(
+            audio[40 * 240..41 * 240],
+            sent[40 * 240..41 * 240],
+            "concealed"
+        );
+        // The first 5 ms after concealment are cross-faded; from there on, the audio as sent.
+        assert_same(
+            &audio[41 * 240 + 40..100 * 240],
+            &sent[41 * 240 + 40..],
+            "after the loss, in its place",
+        );
+        let stats = jitter.stats();
+        assert_eq!((stats.lost, stats.late, stats.discarded_frames), (1, 0, 0));
+    }
+
+    fn with_ptime(ptime_ms: u64) -> JitterConfig {
+        JitterConfig {
+            ptime: ms(ptime_ms),
+            ..config()
+        }
+    }
+
+    #[test]
+    fn a_new_source_with_another_packet_size_is_followed_after_three_packets() {
+        let mut jitter = JitterBuffer::new(config());
+        let mut first = SizedSender::new(SSRC, 160);
+        let mut second = SizedSender::new(Ssrc(0xabcd), 240);
+        // Audio of its own: the pattern repeats every 15,360 bytes; the first leg sends 8,000.
+        second.offset = 10_000;
+        let mut now = t0();
+        let mut out = Vec::new();
+        // 1 s of 20 ms packets, then the other leg's 30 ms packets for 1.2 s, ticking at 20 ms.
+        for tick in 0..200u32 {
+            if tick < 50 {
+                jitter.push(now, first.next());
+            } else if (tick - 50) % 3 != 2 && tick < 110 {
+                jitter.push(now, second.next());
+            }
+            out.push(jitter.pop(now));
+            now += ms(20);
+        }
+        assert_eq!(jitter.packet_time(), ms(30));
+        let audio = audio_from_first_frame(&out, 160);
+        let expected: Vec<u8> = (10_000..10_000 + 40 * 240).map(stream_byte).collect();
+        let start = audio
+            .windows(240)
+            .position(|w| w == &expected[..240])
+            .expect("the second leg was played");
+        // The first frame after the switch is cross-faded (5 ms); the rest as sent.
+        assert_same(
+            &audio[start + 40..start + expected.len()],
+            &expected[40..],
+            "the second leg",
+        );
+        assert_eq!(jitter.stats().discarded_frames, 0);
+        assert_eq!(jitter.stats().late, 0);
+    }
+
+    #[test]
+    fn one_short_packet_does_not_change_the_slots() {
+        let mut jitter = JitterBuffer::new(config());
+        let mut sender = SizedSender::new(SSRC, 160);
+        for i in 0..20u32 {
+            sender.samples = if i == 10 { 80 } else { 160 };
+            jitter.push(t0() + ms(20) * i, sender.next());
+        }
+        assert_eq!(jitter.packet_time(), ms(20));
+        let mut sender = SizedSender::new(Ssrc(1), 80);
+        let mut jitter = JitterBuffer::new(config());
+        jitter.push(t0(), sender.next());
+        assert_eq!(
+            jitter.packet_time(),
+            ms(10),
+            "the first packet sets it at once"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_packet_sizes_give_one_ptime_per_pop(
+            ptime_ms in prop::sample::select(vec![10u64, 20, 30, 40]),
+            packets in prop::collection::vec(
+                (prop::sample::select(vec![1usize, 40, 80, 160, 240, 320, 480, 1_000]),
+                 0u64..60, 0u8..12),
+                1..120),
+        ) {
+            let cfg = JitterConfig { ptime: Duration::from_millis(ptime_ms), ..config() };
+            let mut jitter = JitterBuffer::new(cfg.clone());
+            let mut sender = SizedSender::new(SSRC, 160);
+            let mut arrivals = Vec::new();
+            let mut at = 0;
+            for (samples, delay, fate) in &packets {
+                sender.samples = *samples;
+                let packet = sender.next();
+                at += *samples as u64 / 8;
+                if *fate == 0 {
+                    continue;
+                }
+                if *fate == 1 {
+                    arrivals.push((at + delay + 7, packet.clone()));
+                }
+                arrivals.push((at + delay, packet));
+            }
+            arrivals.sort_by_key(|(t, _)| *t);
+            let mut arrivals = arrivals.into_iter().peekable();
+            let out_samples = (ptime_ms * 8) as usize;
+            for tick in 0..(at + 400) / ptime_ms {
+                let now = t0() + Duration::from_millis(tick * ptime_ms);
+                while let Some((t, packet)) = arrivals.next_if(|(t, _)| *t <= tick * ptime_ms) {
+                    jitter.push(t0() + Duration::from_millis(t), packet);
+                }
+                if let Playout::Frame(a) | Playout::Concealed(a) = jitter.pop(now) {
+                    prop_assert_eq!(a.len(), out_samples);
+                }
+                prop_assert!(jitter.target_delay() <= cfg.max_delay);
+                prop_assert!(jitter.target_delay() >= cfg.min_delay);
+                let bound = cfg.max_delay + jitter.packet_time() + Duration::from_millis(125 + ptime_ms);
+                prop_assert!(jitter.current_delay() <= bound, "{:?}", jitter.current_delay());
+            }
+        }
     }
 
     proptest! {

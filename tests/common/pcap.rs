@@ -9,8 +9,6 @@ use std::path::Path;
 
 /// RTP payload bytes per packet (20 ms of 8 kHz G.711).
 pub const PAYLOAD_LEN: usize = 160;
-/// Packet spacing in the pcap.
-pub const PTIME_MS: u32 = 20;
 const DIGIT_BASE: u8 = 0x10;
 const DIGITS: usize = 0x60;
 
@@ -61,7 +59,17 @@ pub fn write_pcmu_pcap(path: &Path, packets: usize) {
 /// [`write_pcmu_pcap`] whose packet `i` carries [`payload_for`]`(first + i)`: a second party's
 /// audio, told apart from the first's by index.
 pub fn write_pcmu_pcap_from(path: &Path, first: usize, packets: usize) {
-    let mut out = Vec::with_capacity(24 + packets * 230);
+    write_pcmu_pcap_cut(path, first, packets, PAYLOAD_LEN);
+}
+
+/// The audio of `frames` numbered 20 ms frames ([`payload_for`]`(first + i)` back to back) cut
+/// into packets of `packet_len` bytes (the last one shorter if it does not divide), each
+/// `packet_len / 8` ms after the one before with the timestamp stepping as much: a sender whose
+/// packet size is its own (10 or 30 ms) whatever `a=ptime` says.
+pub fn write_pcmu_pcap_cut(path: &Path, first: usize, frames: usize, packet_len: usize) {
+    let audio: Vec<u8> = (first..first + frames).flat_map(payload_for).collect();
+    let packets: Vec<&[u8]> = audio.chunks(packet_len).collect();
+    let mut out = Vec::with_capacity(24 + audio.len() + packets.len() * 70);
     // Global header: magic, v2.4, thiszone 0, sigfigs 0, snaplen, LINKTYPE_ETHERNET.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
@@ -70,14 +78,14 @@ pub fn write_pcmu_pcap_from(path: &Path, first: usize, packets: usize) {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65_535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    for i in 0..packets {
-        let mut rtp = Vec::with_capacity(12 + PAYLOAD_LEN);
+    for (i, payload) in packets.iter().enumerate() {
+        let mut rtp = Vec::with_capacity(12 + packet_len);
         rtp.push(0x80);
         rtp.push(if i == 0 { 0x80 } else { 0x00 }); // marker on the first packet, PT 0 (PCMU)
         rtp.extend_from_slice(&(1000u16.wrapping_add(i as u16)).to_be_bytes());
-        rtp.extend_from_slice(&((i as u32) * PAYLOAD_LEN as u32).to_be_bytes());
+        rtp.extend_from_slice(&((i * packet_len) as u32).to_be_bytes());
         rtp.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
-        rtp.extend_from_slice(&payload_for(first + i));
+        rtp.extend_from_slice(payload);
         let udp_len = 8 + rtp.len();
         let mut udp = Vec::with_capacity(udp_len);
         udp.extend_from_slice(&10_000u16.to_be_bytes());
@@ -97,7 +105,8 @@ pub fn write_pcmu_pcap_from(path: &Path, first: usize, packets: usize) {
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&0x0800u16.to_be_bytes());
         frame.extend_from_slice(&ip);
-        let micros = i as u64 * u64::from(PTIME_MS) * 1000;
+        // 8 samples per ms at 8 kHz.
+        let micros = (i * packet_len) as u64 * 1000 / 8;
         out.extend_from_slice(&((1_700_000_000 + micros / 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&((micros % 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());

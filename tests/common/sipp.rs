@@ -135,6 +135,15 @@ impl Sipp {
         self
     }
 
+    /// The numbered audio of [`Sipp::with_audio`] (`frames` 20 ms frames) sent in packets of
+    /// `packet_len` bytes instead: a caller that ignores `a=ptime`.
+    pub fn with_audio_cut(mut self, frames: usize, packet_len: usize) -> Sipp {
+        let path = self.dir.path().join("audio.pcap");
+        pcap::write_pcmu_pcap_cut(&path, 0, frames, packet_len);
+        self.audio_packets = Some((frames * pcap::PAYLOAD_LEN).div_ceil(packet_len));
+        self
+    }
+
     /// The same numbered audio as [`Sipp::with_audio`] as raw PCMU (`audio.ulaw`), for the
     /// scenarios that send it with SIPp's `rtp_stream` (one ordinary UDP socket for every call,
     /// no raw sockets).
