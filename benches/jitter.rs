@@ -1,5 +1,6 @@
 //! Criterion bench of the per-packet inbound path: `JitterBuffer::push` + `pop` for one 20 ms
-//! PCMU packet, on a steady stream and with 5 % of packets swapped with their successor.
+//! PCMU packet, on a steady stream and with 5 % of packets swapped with their successor; and
+//! one 20 ms tick of a caller sending 30 ms packets (cut into 20 ms frames).
 // Criterion needs a real clock origin once; the buffer itself only sees virtual time.
 #![allow(clippy::disallowed_methods, missing_docs)]
 
@@ -15,7 +16,7 @@ fn packet(n: u64, payload: &Bytes) -> MediaPacket {
     MediaPacket {
         ssrc: Ssrc(0x5eed),
         seq: SeqNo(n as u16),
-        timestamp: RtpTimestamp((n as u32).wrapping_mul(160)),
+        timestamp: RtpTimestamp((n as u32).wrapping_mul(payload.len() as u32)),
         marker: n == 0,
         payload_type: 0,
         payload: payload.clone(),
@@ -48,5 +49,24 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// One 20 ms tick with 30 ms packets: a packet pushed on two ticks of three, a pop every tick.
+fn bench_reframed(c: &mut Criterion) {
+    let payload = Bytes::from(vec![0x55u8; 240]);
+    c.bench_function("tick_30ms_packets", |b| {
+        let mut jitter = JitterBuffer::new(JitterConfig::default());
+        let start = Instant::now();
+        let (mut tick, mut sent) = (0u64, 0u64);
+        b.iter(|| {
+            let now = start + Duration::from_millis(20 * tick);
+            while sent * 30 <= tick * 20 {
+                jitter.push(now, packet(sent, &payload));
+                sent += 1;
+            }
+            black_box(jitter.pop(now));
+            tick += 1;
+        });
+    });
+}
+
+criterion_group!(benches, bench, bench_reframed);
 criterion_main!(benches);

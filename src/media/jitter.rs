@@ -407,6 +407,10 @@ pub struct JitterBuffer {
     reference: Option<Instant>,
     peak_jitter: f64,
     target: Duration,
+    /// The target in samples (rounded up): audio ahead below it is low.
+    low_below: i64,
+    /// Two packets above the target in whole packets: audio ahead from here on is high.
+    high_from: i64,
     lost_before: u64,
     expected_before: u64,
     concealer: Concealer,
@@ -429,7 +433,7 @@ impl JitterBuffer {
         let ring = (max_frames as usize + 2).next_power_of_two();
         let target = config.min_delay.max(config.ptime).min(config.max_delay);
         let concealer = Concealer::new(Codec::new(config.codec), config.clock_rate);
-        Self {
+        let mut jitter = Self {
             out_samples,
             packet_samples: out_samples,
             packet_time: config.ptime,
@@ -451,6 +455,8 @@ impl JitterBuffer {
             reference: None,
             peak_jitter: 0.0,
             target,
+            low_below: 0,
+            high_from: 0,
             lost_before: 0,
             expected_before: 0,
             concealer,
@@ -460,7 +466,9 @@ impl JitterBuffer {
             last_played: None,
             stats: JitterStats::default(),
             config,
-        }
+        };
+        jitter.set_target(target);
+        jitter
     }
 
     /// Takes one received packet, in any order, at its arrival time `now`.
@@ -542,6 +550,7 @@ impl JitterBuffer {
     }
 
     /// One slot's playout: one packet, or concealment for one packet's duration.
+    #[inline]
     fn pop_slot(&mut self, now: Instant) -> Playout {
         match self.state {
             State::Idle => Playout::Empty,
@@ -741,8 +750,8 @@ impl JitterBuffer {
             }
             self.slots = slots;
         }
-        let wanted = self.target.max(self.packet_time);
-        self.target = wanted.max(self.config.min_delay).min(self.config.max_delay);
+        self.low_below = 0;
+        self.set_target(self.target.max(self.packet_time));
     }
 
     fn insert(&mut self, now: Instant, index: i64, payload: Bytes) {
@@ -838,14 +847,20 @@ impl JitterBuffer {
         }
     }
 
-    /// The target delay in samples, rounded up.
-    fn target_samples(&self) -> i64 {
-        (self.target.as_nanos() * u128::from(self.clock_rate())).div_ceil(1_000_000_000) as i64
-    }
-
-    fn target_frames(&self) -> i64 {
-        let ptime = self.packet_time.as_nanos().max(1);
-        self.target.as_nanos().div_ceil(ptime) as i64
+    /// The target delay, within `min_delay`..=`max_delay`, and the thresholds `play_tick`
+    /// compares the audio ahead with.
+    fn set_target(&mut self, wanted: Duration) {
+        let target = wanted.max(self.config.min_delay).min(self.config.max_delay);
+        if target == self.target && self.low_below > 0 {
+            return;
+        }
+        self.target = target;
+        // Within max_delay: far from overflowing 64 bits.
+        let nanos = u64::try_from(self.target.as_nanos()).unwrap_or(u64::MAX / 8_000);
+        self.low_below = (nanos * u64::from(self.clock_rate())).div_ceil(1_000_000_000) as i64;
+        let packet = u64::try_from(self.packet_time.as_nanos()).unwrap_or(u64::MAX);
+        let packets = nanos.div_ceil(packet.max(1)) as i64;
+        self.high_from = (packets + 2) * self.packet_samples as i64;
     }
 
     fn advance(&mut self) {
@@ -875,12 +890,12 @@ impl JitterBuffer {
         // carried from a packet cut across ticks (played first).
         let packet = self.packet_samples as i64;
         let ahead = self.span() * packet + self.carry.len() as i64;
-        self.low_ticks = if ahead < self.target_samples() {
+        self.low_ticks = if ahead < self.low_below {
             self.low_ticks + 1
         } else {
             0
         };
-        self.high_ticks = if ahead >= (self.target_frames() + 2) * packet {
+        self.high_ticks = if ahead >= self.high_from {
             self.high_ticks + 1
         } else {
             0
@@ -967,7 +982,7 @@ impl JitterBuffer {
         self.stats.interarrival_jitter_duration = Duration::from_secs_f64(source.jitter / rate);
         let wanted = self.packet_time
             + Duration::from_secs_f64(self.peak_jitter.max(3.0 * source.jitter) / rate);
-        self.target = wanted.max(self.config.min_delay).min(self.config.max_delay);
+        self.set_target(wanted);
     }
 
     fn update_loss_stats(&mut self) {
