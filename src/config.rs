@@ -467,6 +467,10 @@ impl Settings {
         if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
             return Ok(());
         }
+        if let Some(path) = &self.realtime.ca_file {
+            self.realtime.ca_certs = realtime::read_ca_file(path)
+                .map_err(|reason| error("realtime.ca_file".into(), reason))?;
+        }
         if let Some(path) = &self.realtime.apology_file {
             let audio = std::fs::read(path).map_err(|e| {
                 error(

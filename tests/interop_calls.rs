@@ -512,22 +512,6 @@ impl Drop for CallerMedia {
     }
 }
 
-/// The RTP address in an SDP body (`c=` and `m=audio`).
-fn sdp_rtp_addr(sdp: &str) -> SocketAddr {
-    let ip = sdp
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("c=IN IP4 "))
-        .unwrap_or_else(|| panic!("no c= in {sdp}"));
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no m=audio in {sdp}"));
-    format!("{}:{}", ip.trim(), port)
-        .parse()
-        .expect("RTP address")
-}
-
 /// Reads RTCP datagrams on `socket` until one from `from` satisfies `want`, up to `timeout`.
 fn next_rtcp(
     socket: &UdpSocket,
@@ -597,7 +581,7 @@ fn rtcp_reports_flow_both_ways_without_disturbing_the_call() {
             target,
         )
         .expect("ACK");
-    let voxgate_rtp = sdp_rtp_addr(ok.body());
+    let voxgate_rtp = sip::sdp_rtp_addr(ok.body());
     let voxgate_rtcp = SocketAddr::new(voxgate_rtp.ip(), voxgate_rtp.port() + 1);
 
     let start = Instant::now();

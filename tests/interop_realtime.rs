@@ -413,12 +413,33 @@ fn end_call_hangs_up_after_the_goodbye() {
 
 /// A one-shot HTTP server for a tool: records the request body, answers `body`.
 fn http_tool(body: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    http_tool_on(body, None)
+}
+
+/// A connection the tool server answers on: TCP, or TLS over TCP.
+trait Connection: Read + Write {}
+impl<T: Read + Write> Connection for T {}
+
+/// [`http_tool`], over TLS with `tls` (`https://`).
+fn http_tool_on(
+    body: &'static str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(Mutex::new(Vec::new()));
     let seen = requests.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten().take(4) {
+            let stream: Box<dyn Connection> = match &tls {
+                None => Box::new(stream),
+                Some(config) => {
+                    let Ok(server) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                        continue;
+                    };
+                    Box::new(rustls::StreamOwned::new(server, stream))
+                }
+            };
             let mut reader = BufReader::new(stream);
             let mut length = 0usize;
             let mut line = String::new();
@@ -443,6 +464,7 @@ fn http_tool(body: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                  Connection: close\r\n\r\n{body}",
                 body.len()
             );
+            let _ = stream.flush();
         }
     });
     (addr, requests)
@@ -581,6 +603,107 @@ fn unreachable_or_silent_service_gets_503_with_a_reason() {
         1.0
     );
     silent.assert_no_violations();
+}
+
+/// The production path, `wss://` (rustls with ring), against the stand-in serving TLS with a
+/// certificate of a private CA (`tests/tls`). Without `realtime.ca_file` the certificate is
+/// refused: 503 with a Reason that says so, no session. With it, the call is answered, the
+/// caller's audio reaches the service over TLS, byte-exact and in order, and an HTTP tool is
+/// called over `https://` with a certificate of the same CA.
+#[test]
+fn wss_service_is_trusted_through_ca_file_and_refused_without_it() {
+    let (tool, requests) = http_tool_on(
+        r#"{"status":"shipped"}"#,
+        Some(common::realtime::test_server_tls()),
+    );
+    let standin = RealtimeStandIn::start_tls(Behaviour::new().step(
+        When::caller_audio_ms(400),
+        [Action::respond(Reply::only_function_call(
+            "lookup_order",
+            serde_json::json!({"order": "42"}),
+        ))],
+    ));
+    assert!(standin.url().starts_with("wss://127.0.0.1:"));
+
+    let untrusted = gateway(&standin.url(), "", "");
+    let responses = invite(&untrusted);
+    let last = responses.last().expect("a final response");
+    assert_eq!(last.status, 503);
+    let reason = last.header("Reason").expect("Reason header");
+    assert!(
+        reason.to_lowercase().contains("certificate"),
+        "the Reason says why: {reason}"
+    );
+    assert_eq!(
+        metric(
+            &untrusted,
+            "voxgate_realtime_session_failures_total",
+            &[("reason", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        standin.session_count(),
+        0,
+        "no session over an untrusted certificate"
+    );
+    drop(untrusted);
+
+    let ca = common::realtime::test_ca_file();
+    let tool_toml = format!(
+        "[[agents.tools]]\nname = \"lookup_order\"\ndescription = \"Order status\"\n\
+         url = \"https://{tool}/orders\"\ntimeout_ms = 3000\n\
+         parameters = {{ type = \"object\", properties = {{ order = {{ type = \"string\" }} }} }}\n"
+    );
+    let ca_toml = format!("ca_file = {:?}", ca.display().to_string());
+    let trusted = gateway(&standin.url(), &tool_toml, &ca_toml);
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind RTP");
+    let offer = sip::pcmu_offer(local.ip(), rtp.local_addr().expect("addr").port());
+    let request = sip::request("INVITE", trusted.sip_addr(), local, &offer);
+    let responses = sip::exchange(&socket, request.text.as_bytes(), trusted.sip_addr(), WAIT);
+    let ok = responses.last().expect("a final response");
+    assert_eq!(ok.status, 200, "answered once the session is up over TLS");
+    let voxgate_rtp = sip::sdp_rtp_addr(ok.body());
+    let frames = 50;
+    for i in 0..frames {
+        let packet = common::rtp::rtp_packet(
+            i as u16,
+            (i * pcap::PAYLOAD_LEN) as u32,
+            0x7e57,
+            &pcap::payload_for(i),
+        );
+        rtp.send_to(&packet, voxgate_rtp).expect("send RTP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let session = standin.wait_for_session(0, WAIT, "the caller's audio", |s| {
+        s.input_audio
+            .chunks(pcap::PAYLOAD_LEN)
+            .any(|frame| pcap::index_of(frame) == Some(frames - 1))
+    });
+    let heard: Vec<usize> = session
+        .input_audio
+        .chunks(pcap::PAYLOAD_LEN)
+        .filter_map(pcap::index_of)
+        .collect();
+    assert_eq!(
+        heard,
+        (0..frames).collect::<Vec<_>>(),
+        "byte-exact, in order"
+    );
+    assert_eq!(session.input_format(), Some("audio/pcmu"));
+    let session = standin.wait_for_session(0, WAIT, "the tool's answer", |s| {
+        !s.function_outputs.is_empty()
+    });
+    let output: serde_json::Value =
+        serde_json::from_str(&session.function_outputs[0].output).expect("JSON output");
+    assert_eq!(output["status"], "shipped", "the tool answered over https");
+    assert_eq!(requests.lock().expect("lock").len(), 1);
+    let bye = sip::hang_up(&socket, &request, ok, trusted.sip_addr(), WAIT);
+    assert_eq!(bye.map(|r| r.status), Some(200));
+    standin.wait_for_session(0, WAIT, "the session to end", |s| s.is_ended());
+    standin.assert_no_violations();
 }
 
 /// (7) The service drops the connection mid-call: voxgate logs why, counts it and sends BYE.

@@ -45,6 +45,41 @@ pub struct RealtimeSettings {
     /// The apology recording, once read.
     #[serde(skip)]
     pub apology: Option<bytes::Bytes>,
+    /// A PEM file of CA certificates trusted for `wss://` and for HTTP tools' `https://`, besides
+    /// the public roots: a private gateway in front of the service, or a TLS-inspecting proxy.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`, once read.
+    #[serde(skip)]
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// Reads the CA certificates of `realtime.ca_file`: every `CERTIFICATE` block of a PEM file
+/// (other blocks are skipped); an error when there is none or one is malformed.
+pub fn read_ca_file(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM file of certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).map_err(|e| {
+            format!(
+                "certificate {} of {} cannot be a trust anchor: {e}",
+                i + 1,
+                path.display()
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Longest apology recording accepted: 30 s of 8 kHz G.711.
@@ -62,6 +97,8 @@ impl Default for RealtimeSettings {
             apology_file: None,
             api_key: None,
             apology: None,
+            ca_file: None,
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -480,6 +517,41 @@ parameters = { type = "object", properties = { order = { type = "string" } } }
         let extra = "[realtime]\napi_key_file = \"/nonexistent/key\"\n";
         let (key, _) = load(ASSISTANT, extra, None).expect_err("unreadable");
         assert_eq!(key, "realtime.api_key_file");
+    }
+
+    #[test]
+    fn ca_file_certificates_are_read_at_start_up_and_bad_files_refused() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/ca.pem");
+        let extra = format!("[realtime]\nca_file = {ca:?}\n");
+        let settings = load(ASSISTANT, &extra, Some("sk-test")).expect("valid");
+        assert_eq!(settings.realtime.ca_certs.len(), 1);
+
+        let dir = tempfile::tempdir().expect("dir");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "just text\n").expect("write");
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for (path, reason_part) in [
+            (dir.path().join("missing.pem"), "cannot read"),
+            (not_pem, "no PEM certificate"),
+            (broken, "not a PEM file"),
+            (garbage, "cannot be a trust anchor"),
+        ] {
+            let extra = format!("[realtime]\nca_file = {:?}\n", path.display().to_string());
+            let (key, reason) = load(ASSISTANT, &extra, Some("sk-test")).expect_err("refused");
+            assert_eq!(key, "realtime.ca_file");
+            assert!(reason.contains(reason_part), "{path:?}: {reason}");
+        }
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub enum CoreInput {
 
 /// Runs the gateway until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    realtime_ws::trust(&settings.realtime.ca_certs);
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(8_192);

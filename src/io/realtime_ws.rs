@@ -1,18 +1,21 @@
 //! The Realtime WebSocket: connect (rustls, TCP_NODELAY, a small read buffer, large messages)
-//! and the shared HTTP client for tools.
+//! and the shared HTTP client for tools. Both trust the public roots (webpki-roots) plus the
+//! certificates of `realtime.ca_file`, set once at start-up with [`trust`].
 //!
 //! DEPENDENCIES.md: Nagle on delays 20 ms appends by 40 ms; the default 128 KiB read buffer is
 //! zero-filled on every read (half a minimal relay's CPU); a 1 MiB message cap closes the socket
 //! on large server events, so allow 32 MiB.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::config::Secret;
 
@@ -43,10 +46,15 @@ pub async fn connect(url: &str, model: &str, key: &Secret) -> Result<RealtimeSoc
         .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let (socket, _response) =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None)
-            .await
-            .map_err(|e| describe(url, e))?;
+    let connector = Connector::Rustls(Arc::clone(&tls().websocket));
+    let (socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector),
+    )
+    .await
+    .map_err(|e| describe(url, e))?;
     Ok(socket)
 }
 
@@ -76,14 +84,74 @@ fn query_escape(value: &str) -> String {
 
 /// The process-wide HTTP client for tools (connection pooling, rustls).
 pub fn http_client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+    &tls().http
+}
+
+/// TLS settings shared by every call: the WebSocket's and the HTTP tools' client.
+struct Tls {
+    websocket: Arc<rustls::ClientConfig>,
+    http: reqwest::Client,
+}
+
+static TLS: OnceLock<Tls> = OnceLock::new();
+
+/// Trusts `extra` CA certificates (`realtime.ca_file`, already validated) besides the public
+/// roots, for every connection from now on. Call once at start-up, before the first call; a
+/// later call changes nothing and says so.
+pub fn trust(extra: &[CertificateDer<'static>]) {
+    if TLS.set(Tls::new(extra)).is_err() {
+        tracing::warn!("TLS trust already set up; realtime.ca_file ignored");
+    }
+}
+
+fn tls() -> &'static Tls {
+    TLS.get_or_init(|| Tls::new(&[]))
+}
+
+impl Tls {
+    fn new(extra: &[CertificateDer<'static>]) -> Tls {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let (added, ignored) = roots.add_parsable_certificates(extra.iter().cloned());
+        if ignored > 0 {
+            tracing::warn!(
+                added,
+                ignored,
+                "some CA certificates of realtime.ca_file were not usable"
+            );
+        } else if added > 0 {
+            tracing::info!(
+                certificates = added,
+                "trusting the CA certificates of realtime.ca_file besides the public roots"
+            );
+        }
+        // The ring provider by name: the process-wide default would depend on which rustls
+        // features the whole dependency tree happens to enable.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let websocket = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3") // ok: a fixed provider, no input involved
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = reqwest::Client::builder()
             .user_agent(format!("voxgate/{}", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
-    })
+            .connect_timeout(Duration::from_secs(5));
+        for cert in extra {
+            match reqwest::Certificate::from_der(cert.as_ref()) {
+                Ok(cert) => http = http.add_root_certificate(cert),
+                Err(error) => tracing::warn!(%error, "a CA certificate unusable for HTTP tools"),
+            }
+        }
+        let http = http.build().unwrap_or_else(|error| {
+            tracing::warn!(%error, "HTTP client for tools built with defaults");
+            reqwest::Client::new()
+        });
+        Tls {
+            websocket: Arc::new(websocket),
+            http,
+        }
+    }
 }
 
 #[cfg(test)]

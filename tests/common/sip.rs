@@ -200,6 +200,22 @@ pub fn pcmu_offer(ip: std::net::IpAddr, port: u16) -> String {
     )
 }
 
+/// The RTP address in an SDP body (`c=` and `m=audio`).
+pub fn sdp_rtp_addr(sdp: &str) -> SocketAddr {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("c=IN IP4 "))
+        .unwrap_or_else(|| panic!("no c= in {sdp}"));
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no m=audio in {sdp}"));
+    format!("{}:{}", ip.trim(), port)
+        .parse()
+        .expect("RTP address")
+}
+
 /// Sends `bytes` to `to` and collects responses until a final one or `timeout`.
 pub fn exchange(
     socket: &UdpSocket,

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -34,9 +35,26 @@ struct Registered {
     at: Instant,
 }
 
-/// Serves one TCP connection until it ends.
-pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+/// A connection the stand-in serves: TCP, or TLS over TCP.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP connection underneath (to reset it).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Serves one connection until it ends.
+pub(super) async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
     let registered: Arc<Mutex<Option<Registered>>> = Arc::default();
     // The session is registered inside the callback, before the HTTP answer is written, so a
     // client never sees its upgrade (or refusal) before the record exists. The callback's error
@@ -125,7 +143,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     drive(ws, engine).await;
 }
 
-async fn drive(mut ws: WebSocketStream<TcpStream>, mut engine: Engine) {
+async fn drive<S: Transport>(mut ws: WebSocketStream<S>, mut engine: Engine) {
     loop {
         while let Some(output) = engine.poll_output() {
             match output {
@@ -146,7 +164,7 @@ async fn drive(mut ws: WebSocketStream<TcpStream>, mut engine: Engine) {
                 }
                 Output::Drop { reset } => {
                     if reset {
-                        let _ = ws.get_ref().set_zero_linger();
+                        let _ = ws.get_ref().tcp().set_zero_linger();
                     }
                     return;
                 }
@@ -192,7 +210,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// After our close frame: read until the client's close frame (or give up after a grace
 /// period), then drop the connection.
-async fn await_close_echo(ws: &mut WebSocketStream<TcpStream>, engine: &mut Engine) {
+async fn await_close_echo<S: Transport>(ws: &mut WebSocketStream<S>, engine: &mut Engine) {
     let echo = async {
         while let Some(message) = ws.next().await {
             match message {

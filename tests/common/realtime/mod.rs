@@ -39,6 +39,7 @@ pub mod schema;
 pub mod script;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ pub use script::{Action, Behaviour, Pace, Reply, Step, When};
 /// own tokio runtime on a background thread. Stopped (all connections dropped) on drop.
 pub struct RealtimeStandIn {
     addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -73,6 +75,20 @@ impl RealtimeStandIn {
     pub fn start_with(
         behaviour_for: impl Fn(usize) -> Behaviour + Send + Sync + 'static,
     ) -> RealtimeStandIn {
+        RealtimeStandIn::start_on(Box::new(behaviour_for), None)
+    }
+
+    /// Starts serving `wss://` with the test certificate of `tests/tls` (`localhost` and
+    /// `127.0.0.1`, signed by `tests/tls/ca.pem`), the same behaviour for every session.
+    pub fn start_tls(behaviour: Behaviour) -> RealtimeStandIn {
+        RealtimeStandIn::start_on(Box::new(move |_| behaviour.clone()), Some(tls_acceptor()))
+    }
+
+    fn start_on(
+        behaviour_for: Box<dyn Fn(usize) -> Behaviour + Send + Sync>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> RealtimeStandIn {
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
         // Compile the schema now, so a missing schema fails here and not inside a session.
         schema::schema();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -83,7 +99,7 @@ impl RealtimeStandIn {
         let shared = Arc::new(Shared {
             state: Mutex::new(StandInState::default()),
             changed: Condvar::new(),
-            behaviour_for: Box::new(behaviour_for),
+            behaviour_for,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let thread_shared = Arc::clone(&shared);
@@ -98,7 +114,7 @@ impl RealtimeStandIn {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
-                        () = accept_loop(listener, thread_shared) => {}
+                        () = accept_loop(listener, thread_shared, tls) => {}
                         _ = stopped => {}
                     }
                 });
@@ -108,15 +124,21 @@ impl RealtimeStandIn {
             .expect("spawn stand-in thread");
         RealtimeStandIn {
             addr,
+            scheme,
             shared,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
-    /// `ws://127.0.0.1:PORT/v1/realtime` (the client appends `?model=…`).
+    /// `ws://127.0.0.1:PORT/v1/realtime`, or `wss://` (the client appends `?model=…`).
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, connection::REALTIME_PATH)
+        format!(
+            "{}://{}{}",
+            self.scheme,
+            self.addr,
+            connection::REALTIME_PATH
+        )
     }
 
     /// The listening address.
@@ -266,11 +288,59 @@ impl Shared {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// The test CA that signed the stand-in's certificate (`realtime.ca_file` for voxgate).
+pub fn test_ca_file() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls/ca.pem")
+}
+
+/// A TLS acceptor with the test certificate of `tests/tls`.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(test_server_tls())
+}
+
+/// A TLS server configuration with the test certificate of `tests/tls` (ring, as voxgate).
+pub fn test_server_tls() -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("tests/tls/server.pem")
+        .collect::<Result<_, _>>()
+        .expect("tests/tls/server.pem holds certificates");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("tests/tls/server.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("the test certificate and key match");
+    Arc::new(config)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection::serve(stream, Arc::clone(&shared)));
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(connection::serve(stream, shared));
+                    }
+                    // A client that does not trust the certificate gives up here: no session.
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                connection::serve(stream, shared).await;
+                            }
+                        });
+                    }
+                }
             }
             // EMFILE and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
