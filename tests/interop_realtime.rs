@@ -86,13 +86,7 @@ fn caller_audio_reaches_the_service_byte_exact_in_order() {
     let standin = RealtimeStandIn::start(Behaviour::new());
     let gateway = gateway(&standin.url(), "", "");
     let packets = 150;
-    let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(packets)
-        .pause_ms(3_600);
-    let sink = RtpSink::bind(sipp.echo_addr());
-    let outcome = sipp.run();
-    drop(sink);
-    outcome.assert_success();
+    talk(Sipp::new("uac_echo.xml", gateway.sip_addr()).with_audio(packets));
     let session = standin.wait_for_session(0, WAIT, "the call's session to end", |s| s.is_ended());
     let handshake = &session.handshake;
     assert_eq!(handshake.model.as_deref(), Some("gpt-realtime"));
@@ -108,6 +102,16 @@ fn caller_audio_reaches_the_service_byte_exact_in_order() {
     );
     assert_caller_audio_arrived(&session, packets);
     standin.assert_no_violations();
+}
+
+/// A SIPp call that plays its audio, stays 3.6 s and hangs up (its echo port bound, so the
+/// agent's RTP has somewhere to go); it must succeed.
+fn talk(sipp: Sipp) {
+    let sipp = sipp.pause_ms(3_600);
+    let sink = RtpSink::bind(sipp.echo_addr());
+    let outcome = sipp.run();
+    drop(sink);
+    outcome.assert_success();
 }
 
 /// One 20 ms frame per append; the caller's `frames` numbered frames, in order, each exactly
@@ -156,13 +160,7 @@ fn caller_audio_in_packets_of_another_size_reaches_the_service_in_20_ms_frames()
     let gateway = gateway(&standin.url(), "", "");
     let frames = 150;
     for (call, packet_len) in [240, 80].into_iter().enumerate() {
-        let sipp = Sipp::new("uac_echo.xml", gateway.sip_addr())
-            .with_audio_cut(frames, packet_len)
-            .pause_ms(3_600);
-        let sink = RtpSink::bind(sipp.echo_addr());
-        let outcome = sipp.run();
-        drop(sink);
-        outcome.assert_success();
+        talk(Sipp::new("uac_echo.xml", gateway.sip_addr()).with_audio_cut(frames, packet_len));
         let session =
             standin.wait_for_session(call, WAIT, "the call's session to end", |s| s.is_ended());
         assert_caller_audio_arrived(&session, frames);
