@@ -69,8 +69,8 @@ pub fn read_ca_file(
             path.display()
         ));
     }
+    let mut roots = rustls::RootCertStore::empty();
     for (i, cert) in certs.iter().enumerate() {
-        let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.clone()).map_err(|e| {
             format!(
                 "certificate {} of {} cannot be a trust anchor: {e}",

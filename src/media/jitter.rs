@@ -467,7 +467,7 @@ impl JitterBuffer {
             stats: JitterStats::default(),
             config,
         };
-        jitter.set_target(target);
+        jitter.update_thresholds();
         jitter
     }
 
@@ -750,8 +750,8 @@ impl JitterBuffer {
             }
             self.slots = slots;
         }
-        self.low_below = 0;
         self.set_target(self.target.max(self.packet_time));
+        self.update_thresholds();
     }
 
     fn insert(&mut self, now: Instant, index: i64, payload: Bytes) {
@@ -851,10 +851,14 @@ impl JitterBuffer {
     /// compares the audio ahead with.
     fn set_target(&mut self, wanted: Duration) {
         let target = wanted.max(self.config.min_delay).min(self.config.max_delay);
-        if target == self.target && self.low_below > 0 {
-            return;
+        if target != self.target {
+            self.target = target;
+            self.update_thresholds();
         }
-        self.target = target;
+    }
+
+    /// `low_below` and `high_from` for the current target and packet size.
+    fn update_thresholds(&mut self) {
         // Within max_delay: far from overflowing 64 bits.
         let nanos = u64::try_from(self.target.as_nanos()).unwrap_or(u64::MAX / 8_000);
         self.low_below = (nanos * u64::from(self.clock_rate())).div_ceil(1_000_000_000) as i64;
