@@ -27,6 +27,9 @@
 //   FLOOR_DOWN=1             the peer also sends each call three 3,600-byte messages every 2 s
 //                            (a reply's deltas); the relay reads them once per 2 s
 //   FLOOR_TIMESTAMPS=1       SO_TIMESTAMPNS on the relay's RTP sockets (as voxgate's)
+// Compiled with -DFLOOR_URING (and -luring, Debian's liburing-dev), FLOOR_URING=1 makes the same
+// three operations per call, but all calls' operations of a tick go to the kernel in one
+// io_uring_enter, instead of three system calls per call.
 // Compiled with -DFLOOR_CODE and scripts/floor_code.py's output, FLOOR_CODE_FNS=N also runs N
 // distinct small functions per call (a code footprint: N·~120 bytes of 500 KB of text).
 #define _GNU_SOURCE
@@ -46,6 +49,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef FLOOR_URING
+#include <liburing.h>
+#endif
 
 #define MAX_CALLS 1000
 #define STATE_LINES 256 // 16 KiB of state per call (LINES argument)
@@ -151,6 +158,56 @@ static void peer(int calls, int listener, double work) {
     }
 }
 
+#ifdef FLOOR_URING
+// One tick of every call through io_uring: per call a recvmsg (MSG_DONTWAIT: an empty socket
+// completes at once with -EAGAIN), the append's send and the RTP sendmsg, all submitted by one
+// io_uring_enter that also waits for their completions. Returns the RTP packets read.
+static long uring_tick(struct io_uring *ring, int calls, const int *rtp, const int *tcp,
+                       char *append, char *packet) {
+    static char in[MAX_CALLS][256], control[MAX_CALLS][64];
+    static struct sockaddr_in from[MAX_CALLS], to;
+    static struct iovec in_vectors[MAX_CALLS], out_vector;
+    static struct msghdr in_messages[MAX_CALLS], out_message;
+    to = loopback(BASE_PORT + 2000);
+    out_vector.iov_base = packet;
+    out_vector.iov_len = 172;
+    out_message.msg_name = &to;
+    out_message.msg_namelen = sizeof to;
+    out_message.msg_iov = &out_vector;
+    out_message.msg_iovlen = 1;
+    for (int i = 0; i < calls; i++) {
+        in_vectors[i].iov_base = in[i];
+        in_vectors[i].iov_len = sizeof in[i];
+        memset(&in_messages[i], 0, sizeof in_messages[i]);
+        in_messages[i].msg_name = &from[i];
+        in_messages[i].msg_namelen = sizeof from[i];
+        in_messages[i].msg_iov = &in_vectors[i];
+        in_messages[i].msg_iovlen = 1;
+        in_messages[i].msg_control = control[i];
+        in_messages[i].msg_controllen = sizeof control[i];
+        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+        io_uring_prep_recvmsg(sqe, rtp[i], &in_messages[i], MSG_DONTWAIT);
+        io_uring_sqe_set_data64(sqe, 1);
+        sqe = io_uring_get_sqe(ring);
+        io_uring_prep_send(sqe, tcp[i], append, 280, 0);
+        io_uring_sqe_set_data64(sqe, 2);
+        sqe = io_uring_get_sqe(ring);
+        io_uring_prep_sendmsg(sqe, rtp[i], &out_message, 0);
+        io_uring_sqe_set_data64(sqe, 3);
+    }
+    io_uring_submit_and_wait(ring, 3 * calls);
+    long received = 0;
+    unsigned head, seen = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(ring, head, cqe) {
+        if (io_uring_cqe_get_data64(cqe) == 1 && cqe->res > 0) received++;
+        seen++;
+    }
+    io_uring_cq_advance(ring, seen);
+    return received;
+}
+#endif
+
 int main(int argc, char **argv) {
     int calls = argc > 1 ? atoi(argv[1]) : 200;
     int seconds = argc > 2 ? atoi(argv[2]) : 10;
@@ -218,6 +275,15 @@ int main(int argc, char **argv) {
     const char *layout = getenv("FLOOR_LAYOUT");
     int contiguous = layout != NULL && strcmp(layout, "contiguous") == 0;
     int timer = periodic_timer();
+#ifdef FLOOR_URING
+    int uring = getenv("FLOOR_URING") != NULL;
+    struct io_uring ring;
+    if (uring && io_uring_queue_init(4096, &ring, 0) != 0) {
+        perror("io_uring_queue_init");
+        kill(child, SIGKILL);
+        return 1;
+    }
+#endif
     char append[280], packet[172];
     memset(append, 'A', sizeof append);
     memset(packet, 0xff, sizeof packet);
@@ -234,6 +300,18 @@ int main(int argc, char **argv) {
             spun = 0;
         }
         ticks += tick >= 0;
+#ifdef FLOOR_URING
+        if (uring) {
+            received += uring_tick(&ring, calls, rtp, tcp, append, packet);
+            if (down && tick % 100 == 1)
+                for (int i = 0; i < calls; i++) {
+                    static char down[16384];
+                    while (recv(tcp[i], down, sizeof down, MSG_DONTWAIT) > 0) {
+                    }
+                }
+            continue;
+        }
+#endif
         for (int i = 0; i < calls; i++) {
             if (gap > 0) { // stands for a call's own work between its system calls
                 double from = now_seconds(), until = from + gap, at;
