@@ -31,6 +31,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod digest;
+mod dns;
 mod realtime;
 pub mod transfer;
 mod trunk;
@@ -44,6 +45,7 @@ pub use digest::{
     TrunkUser, DEFAULT_AUTH_ALGORITHMS, DEFAULT_AUTH_REALM, DEFAULT_NONCE_LIFETIME_SECS,
     NONCE_LIFETIME_RANGE_SECS,
 };
+pub use dns::{DnsSettings, DEFAULT_DNS_TIMEOUT_MS, DNS_TIMEOUT_RANGE_MS};
 pub use realtime::{
     NoiseReduction, RealtimeSettings, ToolSettings, TurnDetection, DEFAULT_REALTIME_URL,
     RESERVED_TOOL_NAMES,
@@ -79,6 +81,9 @@ pub struct Settings {
     /// Hand-offs to people (REFER / bridge).
     #[serde(default)]
     pub transfer: transfer::TransferSettings,
+    /// Name servers for locating registrars (RFC 3263).
+    #[serde(default)]
+    pub dns: DnsSettings,
 }
 
 /// `[sip]`
@@ -608,6 +613,7 @@ impl Settings {
         self.rtp.validate()?;
         self.calls.validate(&self.rtp)?;
         self.validate_metrics()?;
+        self.dns.validate()?;
         self.transfer.validate()?;
         let trunks = unique_names("trunks", self.trunks.iter().map(|t| t.name.as_str()))?;
         let mut realms = Vec::new();
@@ -1954,6 +1960,51 @@ mod tests {
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn dns_servers_take_addresses_with_or_without_a_port_from_the_file_or_the_environment() {
+        let settings = load_text(&file("", ""), &[]).expect("no [dns]");
+        assert!(settings.dns.servers.is_empty(), "the system's by default");
+        assert_eq!(settings.dns.timeout(), Duration::from_secs(2));
+        let settings = load_text(
+            &file(
+                "",
+                "[dns]\nservers = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\ntimeout_ms = 500",
+            ),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.dns.servers,
+            [addr("192.0.2.53:53"), addr("[2001:db8::53]:5353")]
+        );
+        assert_eq!(settings.dns.timeout(), Duration::from_millis(500));
+        let env = [("VOXGATE__DNS__SERVERS", "127.0.0.1:5353, 2001:db8::1")];
+        let settings = load_text(&file("", ""), &env).expect("overridden");
+        assert_eq!(
+            settings.dns.servers,
+            [addr("127.0.0.1:5353"), addr("[2001:db8::1]:53")]
+        );
+    }
+
+    #[test]
+    fn bad_dns_settings_are_refused_with_their_key() {
+        let (key, reason) = rejected(&file("", "[dns]\nservers = [\"ns1.example.com\"]"), &[]);
+        assert!(key.contains("dns.servers"), "key {key}: {reason}");
+        assert!(reason.contains("not an IP address"), "{reason}");
+        assert_rejected(
+            &file("", "[dns]\ntimeout_ms = 50"),
+            &[],
+            "dns.timeout_ms",
+            "outside 100..=30000 ms",
+        );
+        assert_rejected(
+            &file("", "[dns]\nservers = \"127.0.0.1:0\""),
+            &[],
+            "dns.servers",
+            "port 0",
+        );
     }
 
     #[test]

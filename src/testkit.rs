@@ -105,6 +105,7 @@ pub fn settings() -> Settings {
         }],
         realtime: Default::default(),
         transfer: Default::default(),
+        dns: Default::default(),
     }
 }
 
@@ -269,6 +270,24 @@ impl Harness {
             ..self.flow
         };
         self.switchboard.handle_next_hop(self.now, trunk, flow);
+        self.pump();
+    }
+
+    /// Reports `trunk`'s registrar located (RFC 3263) at `servers`, in the order to try them
+    /// (what `io/` does at start-up, and again when DNS changes).
+    pub fn next_hops(&mut self, trunk: &str, servers: &[SocketAddr], transport: Transport) {
+        let targets = servers
+            .iter()
+            .map(|remote| {
+                let flow = Flow {
+                    transport,
+                    remote: *remote,
+                    ..self.flow
+                };
+                (flow, format!("server {remote}"))
+            })
+            .collect();
+        self.switchboard.handle_next_hops(self.now, trunk, targets);
         self.pump();
     }
 

@@ -2,6 +2,8 @@
 //! with Kamailio (digest auth, bindings in memory) and with SIPp registrar scenarios
 //! (`tests/sipp/registrar_*.xml`) for what Kamailio cannot easily show: 423 with Min-Expires,
 //! 403 then recovery, no answer (Timer F then backoff), and a changed `received` address.
+//! The registrar may also be a domain whose servers DNS lists (RFC 3263, SRV records from a
+//! local stub, `common::dns`): voxgate fails over from one server to the next.
 //!
 //! In every test the static trunk allows no loopback source, so a call voxgate answers came
 //! over the registration (to the registered Contact, or from the registrar).
@@ -10,9 +12,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::dns::{DnsStub, Record};
 use common::kamailio::{Kamailio, KamailioConfig};
 use common::sip;
 use common::sipp::{SippOutcome, SippRun};
@@ -427,4 +430,151 @@ fn a_changed_received_address_re_registers_with_the_rewritten_contact() {
         "log:\n{}",
         gateway.log()
     );
+}
+
+/// voxgate with the register-mode trunk `carrier` registering with `registrar` (a URI), and
+/// `[dns] servers` naming `dns`.
+fn gateway_with_dns(registrar: &str, dns: &DnsStub) -> Gateway {
+    Gateway::start_with(GatewayConfig {
+        allow_from: vec!["192.0.2.0/24".into()],
+        env: vec![(PASSWORD_ENV.into(), PASSWORD.into())],
+        extra: format!(
+            "[[trunks]]\nname = \"carrier\"\nmode = \"register\"\n\
+             registrar = \"{registrar}\"\nusername = \"voxgate\"\n\
+             password_env = \"{PASSWORD_ENV}\"\n\n[dns]\nservers = [\"{}\"]\n",
+            dns.addr()
+        ),
+        ..GatewayConfig::default()
+    })
+}
+
+/// A registrar name with a port is only resolved to addresses (RFC 3263 §4.2: no SRV), by the
+/// configured name servers.
+#[test]
+fn a_registrar_name_with_a_port_is_resolved_without_srv_by_the_configured_name_servers() {
+    let kamailio = kamailio(3_600);
+    let dns = DnsStub::start(vec![Record::a("pbx.test", Ipv4Addr::LOCALHOST)]);
+    let gateway = gateway_with_dns(&format!("sip:pbx.test:{}", kamailio.addr().port()), &dns);
+    let bindings = kamailio.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
+    assert!(
+        holds_binding(&bindings, &gateway),
+        "no binding in Kamailio: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
+        dns.queries(),
+        gateway.log()
+    );
+    let queries = dns.queries();
+    assert!(
+        queries
+            .iter()
+            .all(|(name, kind)| name == "pbx.test." && kind != "SRV"),
+        "address lookups only: {queries:?}"
+    );
+}
+
+/// The registrar is a domain: voxgate asks the DNS stub for `_sip._udp.pbx.test`, gets two
+/// servers (RFC 3263), tries the preferred one, which answers 503, and fails over at once to
+/// the next, Kamailio, which authenticates and binds it; calls then come through Kamailio.
+#[test]
+fn locates_the_registrar_by_srv_and_fails_over_from_a_503_to_the_next_server() {
+    let kamailio = kamailio(3_600);
+    let (unavailable, unavailable_addr) = registrar("registrar_unavailable.xml");
+    let dns = DnsStub::start(vec![
+        Record::srv(
+            "_sip._udp.pbx.test",
+            10,
+            0,
+            unavailable_addr.port(),
+            "a.pbx.test",
+        ),
+        Record::srv(
+            "_sip._udp.pbx.test",
+            20,
+            0,
+            kamailio.addr().port(),
+            "b.pbx.test",
+        ),
+        Record::a("a.pbx.test", Ipv4Addr::LOCALHOST),
+        Record::a("b.pbx.test", Ipv4Addr::LOCALHOST),
+    ]);
+    let gateway = gateway_with_dns("sip:pbx.test", &dns);
+
+    let bindings = kamailio.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
+    assert!(
+        holds_binding(&bindings, &gateway),
+        "no binding in Kamailio: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
+        dns.queries(),
+        gateway.log()
+    );
+    assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    assert_metric(&gateway, ATTEMPTS, &[TRUNK, ("result", "error_5xx")], |v| {
+        v == 1.0
+    });
+    assert!(
+        dns.queries()
+            .contains(&("_sip._udp.pbx.test.".to_owned(), "SRV".to_owned())),
+        "queries: {:?}",
+        dns.queries()
+    );
+    let outcome = unavailable.wait();
+    outcome.assert_success();
+    assert_eq!(
+        outcome
+            .received()
+            .iter()
+            .filter(|m| m.cseq_method().as_deref() == Some("REGISTER"))
+            .count(),
+        1,
+        "the 503 server got one REGISTER: {}",
+        outcome.report()
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("503 Service Unavailable; trying the next server")
+            && log.contains("trying the registrar's next server: b.pbx.test (SRV priority 20)"),
+        "log:\n{log}"
+    );
+
+    call_the_aor_through(&kamailio);
+    assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 1.0);
+}
+
+/// DNS changes under a running registration: the SRV record (TTL 0, so voxgate asks again
+/// after 10 s) moves from one Kamailio to another, and voxgate registers with the new one.
+#[test]
+fn when_dns_moves_the_registrar_voxgate_registers_with_the_new_server() {
+    let first = kamailio(3_600);
+    let second = kamailio(3_600);
+    let srv = |kamailio: &Kamailio, target: &str| {
+        vec![
+            Record::srv("_sip._udp.pbx.test", 10, 0, kamailio.addr().port(), target).with_ttl(0),
+            Record::a(target, Ipv4Addr::LOCALHOST).with_ttl(0),
+        ]
+    };
+    let dns = DnsStub::start(srv(&first, "a.pbx.test"));
+    let gateway = gateway_with_dns("sip:pbx.test", &dns);
+    let bindings = first.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
+    assert!(
+        holds_binding(&bindings, &gateway),
+        "no binding at the first server: {bindings:?}\nlog:\n{}",
+        gateway.log()
+    );
+
+    dns.set_records(srv(&second, "b.pbx.test"));
+    let bindings = second.wait_bindings(Duration::from_secs(30), |b| holds_binding(b, &gateway));
+    assert!(
+        holds_binding(&bindings, &gateway),
+        "no binding at the new server: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
+        dns.queries(),
+        gateway.log()
+    );
+    assert!(
+        gateway
+            .log()
+            .contains("the registrar's servers changed in DNS"),
+        "log:\n{}",
+        gateway.log()
+    );
+    assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    call_the_aor_through(&second);
+    assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 1.0);
 }

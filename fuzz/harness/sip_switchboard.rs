@@ -510,8 +510,28 @@ pub fn run(data: &[u8]) {
                 rig.pump();
             }
             b'n' => {
-                let flow = rig.flow("203.0.113.5:5060", Transport::Udp);
-                rig.switchboard.handle_next_hop(rig.now, "carrier", flow);
+                // The registrar located (RFC 3263): up to four servers in the order the payload
+                // picks; again later, a change in DNS.
+                const SERVERS: [&str; 4] = [
+                    "203.0.113.5:5060",
+                    "203.0.113.6:5070",
+                    "203.0.113.7:5060",
+                    "[2001:db8::5]:5060",
+                ];
+                let mut targets = Vec::new();
+                for byte in payload.iter().take(4) {
+                    let server = SERVERS[usize::from(*byte) % SERVERS.len()];
+                    if !targets.iter().any(|(_, origin)| origin == server) {
+                        targets.push((rig.flow(server, Transport::Udp), server.to_owned()));
+                    }
+                }
+                if targets.is_empty() {
+                    let flow = rig.flow(SERVERS[0], Transport::Udp);
+                    rig.switchboard.handle_next_hop(rig.now, "carrier", flow);
+                } else {
+                    rig.switchboard
+                        .handle_next_hops(rig.now, "carrier", targets);
+                }
                 rig.pump();
             }
             b'z' => {

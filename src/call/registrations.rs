@@ -4,8 +4,12 @@
 //! these requests go through; sans-IO like both.
 //!
 //! ```text
-//!  new(settings) ── next_hops() ──▶ io/ resolves each registrar (or outbound proxy) host
-//!  handle_next_hop(trunk, flow) ──▶ Registration::new ── REGISTER ──▶ Endpoint::send_request_to_flow
+//!  new(settings) ── next_hops() ──▶ io/ locates each registrar's (or outbound proxy's) servers
+//!                                    (RFC 3263: SRV, else A/AAAA; `sip::locate`)
+//!  handle_next_hops(trunk, targets) ──▶ Registration::new ── REGISTER ──▶ Endpoint::send_request_to_flow
+//!      to the current target; a timeout, transport error or 503 ──▶ Event::FailOver ──▶ the next
+//!      target at once; every target failed ──▶ backoff, then the first target again.
+//!      Called again when DNS changes: the list is replaced, the current server kept if listed
 //!  Endpoint events: Response / RequestTimedOut on a REGISTER or OPTIONS transaction
 //!      ──▶ handle_response / handle_request_timeout ──▶ that trunk's Registration / keepalive
 //!  handle_timeout: refresh, retry, binding expiry, keepalive due, unregistration deadline
@@ -40,15 +44,15 @@ use crate::sip::registration::{
 /// round trip, two with a challenge) before voxgate exits anyway.
 pub const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A host `io/` must resolve before a trunk can register.
+/// A host `io/` must locate before a trunk can register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
-    /// The trunk's name (give it back to [`Registrations::handle_next_hop`]).
+    /// The trunk's name (give it back to [`Registrations::handle_next_hops`]).
     pub trunk: String,
     /// The outbound proxy's host, else the registrar's (a name or an IP literal).
     pub host: String,
-    /// Its port.
-    pub port: u16,
+    /// Its port, when the URI gives one (else SRV, then 5060: [`crate::sip::locate::plan`]).
+    pub port: Option<u16>,
     /// The transport REGISTERs use.
     pub transport: Transport,
 }
@@ -91,8 +95,13 @@ pub struct Registrations {
 struct TrunkRegistration {
     name: String,
     settings: RegisterSettings,
-    /// How REGISTERs reach the next hop, once resolved.
+    /// How REGISTERs reach the next hop, once resolved: the current one of `targets`.
     flow: Option<Flow>,
+    /// The servers to fail over along (RFC 3263), each with how it was found, for logs.
+    targets: Vec<(Flow, String)>,
+    /// The index of `flow` in `targets` (the machine counts the fail-overs left in a round:
+    /// [`Registration::set_alternatives`]).
+    current: usize,
     machine: Option<Registration<DigestAuthenticator>>,
     keepalive: Option<Keepalive>,
     /// The Contact address voxgate advertised when it started (before any rewrite).
@@ -118,7 +127,7 @@ struct Keepalive {
 }
 
 impl Registrations {
-    /// One entry per register-mode trunk; nothing is sent before [`Registrations::handle_next_hop`].
+    /// One entry per register-mode trunk; nothing is sent before [`Registrations::handle_next_hops`].
     pub fn new(settings: &Settings) -> Registrations {
         let mut trunks = Vec::new();
         for trunk in settings.trunks.iter().filter(|trunk| trunk.is_register()) {
@@ -140,6 +149,8 @@ impl Registrations {
                 name: trunk.name.clone(),
                 settings: register,
                 flow: None,
+                targets: Vec::new(),
+                current: 0,
                 machine: None,
                 keepalive: None,
                 advertised: None,
@@ -167,15 +178,20 @@ impl Registrations {
             .collect()
     }
 
-    /// `io/` resolved `trunk`'s next hop: `flow` names its address and the local address facing
-    /// it. Starts registering (first REGISTER out now) and schedules the keepalive. Ignored for
-    /// an unknown trunk, one already started, or after shutdown began.
-    pub fn handle_next_hop(
+    /// `io/` located `trunk`'s servers: `targets`, in the order to try them, each a flow (its
+    /// address and the local address facing it) and how it was found (for logs). The first
+    /// time, starts registering with the first (first REGISTER out now) and schedules the
+    /// keepalive. Later (DNS changed), replaces the list: the current server stays in use if it
+    /// is still listed, else the next REGISTER goes to the new first one, and goes out now.
+    /// Targets whose Contact address would differ from the first's (another family or
+    /// interface) are left out: the Contact is fixed when registering starts. Ignored for an
+    /// unknown trunk, an empty list, or after shutdown began.
+    pub fn handle_next_hops(
         &mut self,
         now: Instant,
         endpoint: &mut Endpoint,
         trunk: &str,
-        flow: Flow,
+        mut targets: Vec<(Flow, String)>,
     ) {
         if self.unregister_deadline.is_some() {
             return;
@@ -183,12 +199,50 @@ impl Registrations {
         let Some(index) = self.trunks.iter().position(|t| t.name == trunk) else {
             return;
         };
+        let Some((first, _)) = targets.first() else {
+            return;
+        };
         let entry = &mut self.trunks[index];
-        if entry.machine.is_some() {
+        let contact_address = entry
+            .advertised
+            .clone()
+            .unwrap_or_else(|| endpoint.advertised(first));
+        targets.retain(|(flow, origin)| {
+            let same = endpoint.advertised(flow) == contact_address;
+            if !same {
+                tracing::debug!(
+                    trunk = %entry.name,
+                    target = %flow.remote,
+                    %origin,
+                    "server left out: voxgate's address toward it differs from the Contact"
+                );
+            }
+            same
+        });
+        if targets.is_empty() {
+            tracing::warn!(
+                trunk = %entry.name,
+                registrar = %entry.settings.registrar,
+                "DNS lists no server reachable from voxgate's registered address: keeping the \
+                 previous ones"
+            );
             return;
         }
+        for (flow, _) in &targets {
+            let ip = canonical(flow.remote.ip());
+            if !entry.sources.contains(&ip) {
+                entry.sources.push(ip);
+            }
+        }
+        if entry.machine.is_some() {
+            entry.replace_targets(now, targets);
+            self.pump(now, endpoint);
+            return;
+        }
+        let flow = targets[0].0;
+        entry.targets = targets;
+        entry.current = 0;
         let settings = &entry.settings;
-        let contact_address = endpoint.advertised(&flow);
         let config = RegistrationConfig {
             trunk: entry.name.clone(),
             registrar: settings.registrar.clone(),
@@ -211,14 +265,13 @@ impl Registrations {
             trunk = %entry.name,
             registrar = %settings.registrar,
             next_hop = %flow.remote,
+            servers = entry.targets.len(),
             aor = %settings.aor,
             "registering"
         );
-        entry.machine = Some(Registration::new(
-            now,
-            config,
-            DigestAuthenticator::new(credentials),
-        ));
+        let mut machine = Registration::new(now, config, DigestAuthenticator::new(credentials));
+        machine.set_alternatives(entry.targets.len() - 1);
+        entry.machine = Some(machine);
         entry.keepalive = settings.keepalive.map(|interval| Keepalive {
             interval,
             next_at: Some(now + interval),
@@ -229,12 +282,20 @@ impl Registrations {
             cseq: 0,
         });
         entry.advertised = Some(contact_address);
-        let ip = canonical(flow.remote.ip());
-        if !entry.sources.contains(&ip) {
-            entry.sources.push(ip);
-        }
         entry.flow = Some(flow);
         self.pump(now, endpoint);
+    }
+
+    /// [`Registrations::handle_next_hops`] with one server (an IP literal, or tests).
+    pub fn handle_next_hop(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        trunk: &str,
+        flow: Flow,
+    ) {
+        let origin = flow.remote.to_string();
+        self.handle_next_hops(now, endpoint, trunk, vec![(flow, origin)]);
     }
 
     /// A response on client transaction `tx`; false when the transaction is not ours.
@@ -474,6 +535,17 @@ impl Registrations {
     /// Sends every queued REGISTER and logs every event.
     fn pump(&mut self, now: Instant, endpoint: &mut Endpoint) {
         for (index, trunk) in self.trunks.iter_mut().enumerate() {
+            let Some(machine) = &mut trunk.machine else {
+                continue;
+            };
+            let mut events = Vec::new();
+            while let Some(event) = machine.poll_event() {
+                log_event(&trunk.name, &trunk.settings.registrar, &event);
+                events.push(event);
+            }
+            for event in &events {
+                trunk.follow(event);
+            }
             let (Some(flow), Some(machine)) = (trunk.flow, &mut trunk.machine) else {
                 continue;
             };
@@ -482,14 +554,88 @@ impl Registrations {
                 self.transactions
                     .insert(tx, (index, Purpose::Register { cseq: request.cseq }));
             }
-            while let Some(event) = machine.poll_event() {
-                log_event(&trunk.name, &trunk.settings.registrar, &event);
-            }
         }
     }
 }
 
 impl TrunkRegistration {
+    /// Moves along the targets as the registration's `event` says: the next one on a
+    /// fail-over; the first again when a round of fail-overs ended in a backoff (the most
+    /// preferred server may be back by the retry); a success ends the round where it is.
+    fn follow(&mut self, event: &Event) {
+        let Some(machine) = &mut self.machine else {
+            return;
+        };
+        let count = self.targets.len().max(1);
+        match event {
+            Event::FailOver => {
+                let failed = self.flow.map(|flow| flow.remote);
+                self.current = (self.current + 1) % count;
+                if let Some((flow, origin)) = self.targets.get(self.current) {
+                    tracing::warn!(
+                        trunk = %self.name,
+                        registrar = %self.settings.registrar,
+                        failed = ?failed,
+                        next = %flow.remote,
+                        "trying the registrar's next server: {origin}"
+                    );
+                    self.flow = Some(*flow);
+                }
+            }
+            Event::Attempt(attempt) if attempt.result == AttemptResult::Ok => {
+                machine.set_alternatives(count - 1);
+            }
+            Event::Attempt(attempt) if attempt.retry_in.is_some_and(|d| !d.is_zero()) => {
+                if attempt.result.fails_over(attempt.status) && count > 1 {
+                    self.current = 0;
+                    self.flow = self.targets.first().map(|(flow, _)| *flow);
+                }
+                machine.set_alternatives(count - 1);
+            }
+            _ => {}
+        }
+    }
+
+    /// DNS changed: `targets` replaces the list. The same servers in another order change
+    /// nothing (SRV's weighted order differs from one answer to the next). Otherwise the
+    /// current server stays if still listed; else the next REGISTER goes to the new first one,
+    /// now.
+    fn replace_targets(&mut self, now: Instant, targets: Vec<(Flow, String)>) {
+        let addresses = |targets: &[(Flow, String)]| {
+            let mut addresses: Vec<SocketAddr> =
+                targets.iter().map(|(flow, _)| flow.remote).collect();
+            addresses.sort_unstable();
+            addresses
+        };
+        if addresses(&targets) == addresses(&self.targets) {
+            return;
+        }
+        tracing::info!(
+            trunk = %self.name,
+            registrar = %self.settings.registrar,
+            servers = ?targets.iter().map(|(flow, _)| flow.remote).collect::<Vec<_>>(),
+            "the registrar's servers changed in DNS"
+        );
+        let current = self.flow.map(|flow| flow.remote);
+        match targets
+            .iter()
+            .position(|(flow, _)| Some(flow.remote) == current)
+        {
+            Some(position) => self.current = position,
+            None => {
+                self.current = 0;
+                self.flow = Some(targets[0].0);
+                if let Some(machine) = &mut self.machine {
+                    machine.handle_binding_lost(now);
+                }
+            }
+        }
+        if let Some(machine) = &mut self.machine {
+            machine.set_alternatives(targets.len() - 1);
+        }
+        self.targets = targets;
+    }
+
     fn is_finished(&self) -> bool {
         self.machine.as_ref().is_none_or(Registration::is_finished)
     }
@@ -580,6 +726,7 @@ fn log_event(trunk: &str, registrar: &str, event: &Event) {
             %new,
             "the registrar sees another address than the Contact: re-registering with it"
         ),
+        Event::FailOver => {}
         Event::Finished => tracing::debug!(trunk, registrar, "registration finished"),
     }
 }

@@ -178,6 +178,7 @@ mod tests {
             agents: vec![agent("sales"), agent("support"), agent("echo")],
             realtime: Default::default(),
             transfer: Default::default(),
+            dns: Default::default(),
             routes: vec![
                 route(Some("100"), RouteField::RequestUri, None, "sales"),
                 route(Some("2*"), RouteField::To, None, "support"),

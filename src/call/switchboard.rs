@@ -144,16 +144,24 @@ impl Switchboard {
         self.inbound_auth.as_ref().map(InboundAuth::stats)
     }
 
-    /// The hosts `io/` must resolve for the register-mode trunks (then call
-    /// [`Switchboard::handle_next_hop`]).
+    /// The hosts `io/` must locate for the register-mode trunks (then call
+    /// [`Switchboard::handle_next_hops`]).
     pub fn next_hops(&self) -> Vec<NextHop> {
         self.registrations.next_hops()
     }
 
-    /// `io/` resolved a register-mode trunk's next hop: `flow` reaches it. Starts registering.
+    /// `io/` resolved a register-mode trunk's next hop to one server: `flow` reaches it.
+    /// Starts registering.
     pub fn handle_next_hop(&mut self, now: Instant, trunk: &str, flow: Flow) {
         self.registrations
             .handle_next_hop(now, &mut self.endpoint, trunk, flow);
+    }
+
+    /// `io/` located a register-mode trunk's servers (RFC 3263), in the order to try them, each
+    /// with how it was found; again when DNS changed. See [`Registrations::handle_next_hops`].
+    pub fn handle_next_hops(&mut self, now: Instant, trunk: &str, targets: Vec<(Flow, String)>) {
+        self.registrations
+            .handle_next_hops(now, &mut self.endpoint, trunk, targets);
     }
 
     /// A TCP connection to `peer` closed (registrations over it refresh).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Problem, Secret, TrunkSettings};
-use crate::sip::endpoint::uri_host_port;
+use crate::sip::endpoint::{uri_explicit_port, uri_host_port};
 
 /// The expiry asked for when `expires` is not set, seconds (what PBX phones ask for).
 pub const DEFAULT_EXPIRES_SECS: u32 = 3_600;
@@ -115,8 +115,9 @@ pub struct RegisterSettings {
     pub keepalive: Option<Duration>,
     /// The address-of-record, `sip:username@domain`.
     pub aor: String,
-    /// Where REGISTERs go first: the outbound proxy's host and port, else the registrar's.
-    pub next_hop: (String, u16),
+    /// Where REGISTERs go first: the outbound proxy's host, else the registrar's, and the port
+    /// its URI gives (none: the servers are located with SRV, RFC 3263).
+    pub next_hop: (String, Option<u16>),
 }
 
 impl TrunkSettings {
@@ -147,11 +148,10 @@ impl TrunkSettings {
         let registrar = self.registrar.as_deref()?.trim().to_owned();
         let username = self.username.clone()?;
         let password = self.password.clone()?;
-        let (registrar_host, registrar_port) = uri_host_port(&registrar)?;
-        let next_hop = match &self.outbound_proxy {
-            Some(proxy) => uri_host_port(proxy)?,
-            None => (registrar_host.clone(), registrar_port),
-        };
+        let (registrar_host, _) = uri_host_port(&registrar)?;
+        let next_hop_uri = self.outbound_proxy.as_deref().unwrap_or(&registrar);
+        let (next_hop_host, _) = uri_host_port(next_hop_uri)?;
+        let next_hop = (next_hop_host, uri_explicit_port(next_hop_uri));
         let domain = self
             .domain
             .clone()
@@ -573,7 +573,10 @@ password_env = "PBX_PASSWORD"
         assert_eq!(registration.transport, TrunkTransport::Udp);
         assert_eq!(registration.expires, Duration::from_secs(3_600));
         assert_eq!(registration.keepalive, None);
-        assert_eq!(registration.next_hop, ("pbx.example.com".to_owned(), 5080));
+        assert_eq!(
+            registration.next_hop,
+            ("pbx.example.com".to_owned(), Some(5080))
+        );
         assert_eq!(registration.password.expose(), "s3cret pw");
         assert!(
             !format!("{settings:?}").contains("s3cret"),
@@ -616,7 +619,10 @@ domain = "example.net"
         assert_eq!(registration.expires, Duration::from_secs(600));
         assert_eq!(registration.contact_user, "bot");
         assert_eq!(registration.keepalive, Some(Duration::from_secs(30)));
-        assert_eq!(registration.next_hop, ("2001:db8::1".to_owned(), 5070));
+        assert_eq!(
+            registration.next_hop,
+            ("2001:db8::1".to_owned(), Some(5070))
+        );
         assert_eq!(
             registration.outbound_proxy.as_deref(),
             Some("sip:[2001:db8::1]:5070;lr")
@@ -631,7 +637,7 @@ domain = "example.net"
             .registration()
             .expect("register settings");
         assert_eq!(registration.aor, "sip:voxgate@[2001:db8::5]");
-        assert_eq!(registration.next_hop, ("2001:db8::5".to_owned(), 5060));
+        assert_eq!(registration.next_hop, ("2001:db8::5".to_owned(), None));
     }
 
     #[test]
@@ -807,7 +813,7 @@ domain = "example.net"
         assert_eq!(registration.keepalive, Some(Duration::from_secs(30)));
         assert_eq!(
             registration.next_hop,
-            ("proxy.example.com".to_owned(), 5060)
+            ("proxy.example.com".to_owned(), None)
         );
     }
 

@@ -10,6 +10,7 @@
 
 pub mod agent_media;
 pub mod call_task;
+pub mod locate;
 pub mod media_runtime;
 pub mod metrics_http;
 pub mod realtime_ws;
@@ -99,12 +100,13 @@ pub enum CoreInput {
         /// RTP arrived within the last second.
         flowing: bool,
     },
-    /// A register-mode trunk's registrar (or outbound proxy) host resolved.
+    /// A register-mode trunk's registrar (or outbound proxy) servers located (RFC 3263), first
+    /// or again after a change in DNS.
     NextHopResolved {
         /// The trunk.
         trunk: String,
-        /// The address REGISTERs go to.
-        remote: std::net::SocketAddr,
+        /// The servers REGISTERs go to, in the order to try them.
+        targets: Vec<crate::sip::locate::Target>,
         /// The trunk's transport.
         transport: crate::sip::message::Transport,
     },
@@ -166,13 +168,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for hop in &next_hops {
         metrics.registration.prime(&hop.trunk);
     }
-    for hop in next_hops {
-        tokio::spawn(resolve_next_hop(
-            hop,
-            families,
-            core_tx.clone(),
-            shutdown.clone(),
-        ));
+    if !next_hops.is_empty() {
+        let locator = locate::Locator::new(&settings.dns, families);
+        for hop in next_hops {
+            tokio::spawn(resolve_next_hop(
+                hop,
+                locator.clone(),
+                core_tx.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
     let media_runtimes = MediaRuntimes::start(settings.rtp.media_threads, settings.rtp.tick_phases)
         .context("starting the media threads")?;
@@ -283,24 +288,30 @@ impl Core {
             }
             CoreInput::NextHopResolved {
                 trunk,
-                remote,
+                targets,
                 transport,
-            } => match self.transports.local_toward(remote) {
-                Some(local) => {
-                    let flow = Flow {
-                        transport,
-                        remote,
-                        local,
-                        connection: None,
-                    };
-                    self.switchboard.handle_next_hop(now, &trunk, flow);
+            } => {
+                let mut flows = Vec::with_capacity(targets.len());
+                for target in targets {
+                    match self.transports.local_toward(target.address) {
+                        Some(local) => flows.push((
+                            Flow {
+                                transport,
+                                remote: target.address,
+                                local,
+                                connection: None,
+                            },
+                            target.origin,
+                        )),
+                        None => tracing::error!(
+                            %trunk,
+                            remote = %target.address,
+                            "cannot register there: voxgate listens on no address of its family"
+                        ),
+                    }
                 }
-                None => tracing::error!(
-                    %trunk,
-                    %remote,
-                    "cannot register: voxgate listens on no address of the registrar's family"
-                ),
-            },
+                self.switchboard.handle_next_hops(now, &trunk, flows);
+            }
             CoreInput::MediaEnded { call, why, result } => {
                 self.switchboard.handle_media_ended(now, call, &why, result)
             }
@@ -479,59 +490,84 @@ impl Core {
     }
 }
 
-/// Resolves a register-mode trunk's registrar (or outbound proxy) host, preferring an address
-/// of a family voxgate listens on, and hands it to the core; retries every 5 s doubling to
-/// 60 s while the name does not resolve (the registration waits, calls are unaffected).
+/// Locates a register-mode trunk's registrar (or outbound proxy) servers (RFC 3263) and hands
+/// them to the core; retries every 5 s doubling to 60 s while DNS has no answer (the
+/// registration waits, calls are unaffected). Then asks again when the answer's TTL runs out
+/// (10 s to 1 h: [`locate::MIN_REFRESH`], [`locate::MAX_REFRESH`]), and hands over the new list
+/// when it changed; a failed refresh keeps the list the core has.
 async fn resolve_next_hop(
     hop: NextHop,
-    (ipv4, ipv6): (bool, bool),
+    locator: locate::Locator,
     core_tx: mpsc::Sender<CoreInput>,
     shutdown: CancellationToken,
 ) {
-    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
     let mut delay = Duration::from_secs(5);
+    let mut known: Option<Vec<SocketAddr>> = None;
     loop {
-        let lookup = tokio::time::timeout(
-            LOOKUP_TIMEOUT,
-            tokio::net::lookup_host((hop.host.as_str(), hop.port)),
-        );
+        let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, locator.locate(&hop));
         let result = tokio::select! {
             result = lookup => result,
             _ = shutdown.cancelled() => return,
         };
-        let failure = match result {
-            Ok(Ok(addresses)) => {
-                let addresses: Vec<SocketAddr> = addresses.collect();
-                let usable = addresses
-                    .iter()
-                    .find(|address| (address.is_ipv4() && ipv4) || (address.is_ipv6() && ipv6));
-                match usable {
-                    Some(remote) => {
-                        let input = CoreInput::NextHopResolved {
-                            trunk: hop.trunk.clone(),
-                            remote: *remote,
-                            transport: hop.transport,
-                        };
-                        let _ = core_tx.send(input).await;
+        let result = result
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())));
+        let wait = match result {
+            Ok(located) => {
+                // As a set: SRV's weighted order may differ from one answer to the next.
+                let mut addresses: Vec<SocketAddr> =
+                    located.targets.iter().map(|t| t.address).collect();
+                addresses.sort_unstable();
+                if known.as_ref() != Some(&addresses) {
+                    tracing::info!(
+                        trunk = %hop.trunk,
+                        host = %hop.host,
+                        servers = ?located
+                            .targets
+                            .iter()
+                            .map(|t| format!("{} ({})", t.address, t.origin))
+                            .collect::<Vec<_>>(),
+                        "registrar located"
+                    );
+                    let input = CoreInput::NextHopResolved {
+                        trunk: hop.trunk.clone(),
+                        targets: located.targets,
+                        transport: hop.transport,
+                    };
+                    if core_tx.send(input).await.is_err() {
                         return;
                     }
-                    None if addresses.is_empty() => "no address".to_owned(),
-                    None => format!("no address of a family voxgate listens on ({addresses:?})"),
+                    known = Some(addresses);
+                }
+                delay = Duration::from_secs(5);
+                match located.refresh_in {
+                    Some(refresh) => refresh,
+                    None => return,
                 }
             }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()),
+            Err(failure) if known.is_some() => {
+                tracing::warn!(
+                    trunk = %hop.trunk,
+                    host = %hop.host,
+                    "cannot refresh the registrar's servers ({failure}): keeping the ones known"
+                );
+                locate::MIN_REFRESH
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    trunk = %hop.trunk,
+                    host = %hop.host,
+                    retry_in_secs = delay.as_secs(),
+                    "cannot resolve the registrar: {failure}"
+                );
+                let wait = delay;
+                delay = (delay * 2).min(Duration::from_secs(60));
+                wait
+            }
         };
-        tracing::warn!(
-            trunk = %hop.trunk,
-            host = %hop.host,
-            retry_in_secs = delay.as_secs(),
-            "cannot resolve the registrar: {failure}"
-        );
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }

@@ -871,6 +871,17 @@ fn request_target(request: &OutgoingRequest, flow: &Flow) -> Target {
 
 /// The host and port of a SIP URI (in a name-addr or bare), IPv6 brackets removed.
 pub fn uri_host_port(value: &str) -> Option<(String, u16)> {
+    let (host, port) = uri_host_and_port(value)?;
+    Some((host, port.unwrap_or(5060)))
+}
+
+/// The port a SIP URI names explicitly, if any (RFC 3263 §4.2: without one, servers are
+/// located with SRV).
+pub fn uri_explicit_port(value: &str) -> Option<u16> {
+    uri_host_and_port(value)?.1
+}
+
+fn uri_host_and_port(value: &str) -> Option<(String, Option<u16>)> {
     let uri = match (value.find('<'), value.find('>')) {
         (Some(start), Some(end)) if start < end => &value[start + 1..end],
         _ => value.trim(),
@@ -885,15 +896,12 @@ pub fn uri_host_port(value: &str) -> Option<(String, u16)> {
         .unwrap_or(rest);
     if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(5060);
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
         return Some((host.to_owned(), port));
     }
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().ok()?),
-        None => (hostport, 5060),
+        Some((host, port)) => (host, Some(port.parse().ok()?)),
+        None => (hostport, None),
     };
     if host.is_empty() {
         return None;

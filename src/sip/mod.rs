@@ -6,6 +6,7 @@ pub mod dialog;
 pub mod endpoint;
 pub mod framing;
 pub mod front_end;
+pub mod locate;
 pub mod message;
 pub mod refer;
 pub mod registration;

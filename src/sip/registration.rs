@@ -164,6 +164,16 @@ impl AttemptResult {
         }
     }
 
+    /// Whether a failure with this result (and status) is the server's, so that the next
+    /// server of the registrar's, if any, is tried at once (RFC 3263 §4.3: a timeout, a
+    /// transport error or a 503).
+    pub fn fails_over(self, status: Option<u16>) -> bool {
+        matches!(
+            self,
+            AttemptResult::TimedOut | AttemptResult::TransportError
+        ) || status == Some(503)
+    }
+
     fn of_failure(status: u16) -> AttemptResult {
         match status {
             403 => AttemptResult::Refused,
@@ -218,6 +228,10 @@ pub enum Event {
         /// The Contact URI from now on.
         new: String,
     },
+    /// The REGISTER failed in a way that says "this server" (no answer, a transport error, or
+    /// 503: RFC 3263 §4.3) and [`Registration::set_alternatives`] allowed another: the next
+    /// REGISTER goes out at once, and must go to the next server.
+    FailOver,
     /// The unregistration ended (any final response or timeout); nothing more will happen.
     Finished,
 }
@@ -303,6 +317,8 @@ pub struct Registration<A> {
     /// The latest challenge of each kind (401, 407), answered ahead on the next REGISTER.
     challenges: [Option<String>; 2],
     failures: u32,
+    /// Further servers this attempt may fail over to ([`Registration::set_alternatives`]).
+    alternatives: usize,
     last_sent: Option<Instant>,
     /// Whether the last 2xx listed our Contact.
     contact_listed: bool,
@@ -337,6 +353,7 @@ impl<A: Authenticator> Registration<A> {
             binding: None,
             challenges: [None, None],
             failures: 0,
+            alternatives: 0,
             last_sent: None,
             contact_listed: true,
             rewrote_last: false,
@@ -503,6 +520,15 @@ impl<A: Authenticator> Registration<A> {
             let text = format!("{} failed: transport error", self.verb());
             self.fail(now, AttemptResult::TransportError, None, text, None);
         }
+    }
+
+    /// How many more servers a failing REGISTER may fail over to before backing off: the
+    /// owner's count of the RFC 3263 targets not yet tried in this round (0, the default, when
+    /// the registrar has one address). A failure that fails over ([`AttemptResult::fails_over`])
+    /// while this is above zero uses one, emits [`Event::FailOver`] and retries at once,
+    /// without counting toward the backoff.
+    pub fn set_alternatives(&mut self, alternatives: usize) {
+        self.alternatives = alternatives;
     }
 
     /// Something says the registrar no longer holds the binding (a keepalive failed then
@@ -784,6 +810,18 @@ impl<A: Authenticator> Registration<A> {
         if self.is_unregistering() {
             self.record(result, status, None, text);
             self.finish();
+            return;
+        }
+        if self.alternatives > 0 && result.fails_over(status) {
+            self.alternatives -= 1;
+            self.record(
+                result,
+                status,
+                Some(Duration::ZERO),
+                format!("{text}; trying the next server"),
+            );
+            self.events.push_back(Event::FailOver);
+            self.state = State::Backoff { retry_at: now };
             return;
         }
         self.failures = self.failures.saturating_add(1);

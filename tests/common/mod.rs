@@ -11,6 +11,8 @@
 //! - [`sip`]: raw SIP requests and response parsing. [`metrics`]: Prometheus text.
 //! - [`kamailio`]: Kamailio as a digest-authenticating registrar and proxy, bindings read with
 //!   `kamcmd ul.dump`.
+//! - [`dns`]: an authoritative DNS stub on loopback (UDP and TCP): A, AAAA and SRV
+//!   records a test sets and may replace mid-test, NXDOMAIN and NODATA, every query logged.
 //! - [`realtime`]: a local OpenAI Realtime (GA) stand-in: scripted model, protocol checks,
 //!   recorded sessions.
 //!
@@ -18,6 +20,7 @@
 //! assertion never leaves voxgate or SIPp running.
 #![allow(dead_code, unused_imports)]
 
+pub mod dns;
 pub mod gateway;
 pub mod kamailio;
 pub mod metrics;

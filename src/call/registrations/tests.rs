@@ -350,7 +350,7 @@ fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
     let hops = harness.switchboard.next_hops();
     assert_eq!(
         (hops[0].host.as_str(), hops[0].port, hops[0].transport),
-        ("198.51.100.20", 5060, Transport::Tcp)
+        ("198.51.100.20", Some(5060), Transport::Tcp)
     );
     harness.next_hop("carrier", registrar(), Transport::Tcp);
     let first = next_register(&mut harness, secs(1)).expect("REGISTER");
@@ -369,4 +369,170 @@ fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
         next_register(&mut harness, secs(1)).is_some(),
         "refreshed at once"
     );
+}
+
+/// Three servers of one registrar, as SRV would list them (RFC 3263).
+fn servers() -> [SocketAddr; 3] {
+    [
+        "198.51.100.21:5060".parse().expect("literal address"),
+        "198.51.100.22:5070".parse().expect("literal address"),
+        "198.51.100.23:5060".parse().expect("literal address"),
+    ]
+}
+
+/// The next REGISTER with a CSeq above `after` (retransmissions skipped) within `limit`: when
+/// it went, where, and the request.
+fn next_new_register(
+    harness: &mut Harness,
+    after: u32,
+    limit: Duration,
+) -> Option<(std::time::Instant, SocketAddr, Request)> {
+    harness
+        .run_until(limit, |sent| {
+            let request = sent
+                .request()
+                .filter(|r| r.method().to_string() == "REGISTER" && r.cseq().seq > after)?;
+            match sent.target {
+                Target::Addr(address) => Some((address, request.clone())),
+                _ => None,
+            }
+        })
+        .map(|(at, (address, request))| (at, address, request))
+}
+
+#[test]
+fn a_silent_server_then_a_503_fail_over_at_once_and_the_registration_stays_where_it_succeeded() {
+    let [a, b, c] = servers();
+    let mut harness = Harness::new(&settings(None));
+    let start = harness.now;
+    harness.next_hops("carrier", &[a, b, c], Transport::Udp);
+    let (_, to, first) = next_new_register(&mut harness, 0, secs(1)).expect("REGISTER");
+    assert_eq!(to, a, "the first server first");
+
+    // a never answers: Timer F (64·T1 = 32 s), then b at once, same Call-ID, next CSeq.
+    let (at, to, second) =
+        next_new_register(&mut harness, first.cseq().seq, secs(40)).expect("fail-over");
+    assert_eq!(to, b);
+    assert_eq!(at - start, secs(32), "at Timer F, not after a backoff");
+    assert_eq!(
+        second.call_id(),
+        first.call_id(),
+        "one registration, one Call-ID"
+    );
+
+    // b is overloaded: 503 (even with Retry-After) moves on to c at once.
+    harness.send_from(
+        b,
+        &registrar_response(&second, 503, &[("Retry-After", "120".into())]),
+    );
+    let (at2, to, third) =
+        next_new_register(&mut harness, second.cseq().seq, secs(1)).expect("fail-over");
+    assert_eq!((to, at2), (c, at));
+    harness.send_from(
+        c,
+        &registrar_response(&third, 401, &[("WWW-Authenticate", CHALLENGE.into())]),
+    );
+    let (_, to, answered) =
+        next_new_register(&mut harness, third.cseq().seq, secs(1)).expect("credentials");
+    assert_eq!(to, c, "the challenge is answered where it came from");
+    harness.send_from(c, &ok(&answered, 600));
+    let status = harness
+        .switchboard
+        .registrations()
+        .next()
+        .expect("a status");
+    assert!(status.up);
+    let stats = status.stats.expect("attempts");
+    assert_eq!(
+        (
+            stats.attempts(AttemptResult::TimedOut),
+            stats.attempts(AttemptResult::ServerError),
+            stats.attempts(AttemptResult::Ok)
+        ),
+        (1, 1, 1)
+    );
+
+    // The refresh (600 − 60 s later) goes to c, where the binding is.
+    let (_, to, _) =
+        next_new_register(&mut harness, answered.cseq().seq, secs(600)).expect("refresh");
+    assert_eq!(to, c);
+    // A call from any of the registrar's servers comes over the registration.
+    let mut caller = Caller::new("reception");
+    harness.send_from(b, &caller.invite(&[], Some(&offer(1, "sendrecv"))));
+    assert_eq!(harness.final_response("INVITE").status(), 200);
+    let trunk = harness
+        .take_outputs()
+        .into_iter()
+        .find_map(|output| match output {
+            Output::AllocateMedia { trunk, .. } => Some(trunk),
+            _ => None,
+        });
+    assert_eq!(trunk.as_deref(), Some("carrier"));
+}
+
+#[test]
+fn when_every_server_failed_it_backs_off_then_starts_again_from_the_first() {
+    let [a, b, _] = servers();
+    let mut harness = Harness::new(&settings(None));
+    harness.next_hops("carrier", &[a, b], Transport::Udp);
+    let (_, to, first) = next_new_register(&mut harness, 0, secs(1)).expect("REGISTER");
+    assert_eq!(to, a);
+    harness.send_from(a, &registrar_response(&first, 503, &[]));
+    let (failed_at, to, second) =
+        next_new_register(&mut harness, first.cseq().seq, secs(1)).expect("fail-over");
+    assert_eq!(to, b);
+    harness.send_from(b, &registrar_response(&second, 503, &[]));
+    // Both refused: the first backoff (5 s ± 20 %), then the most preferred server again.
+    let (at, to, _) = next_new_register(&mut harness, second.cseq().seq, secs(10)).expect("retry");
+    assert_eq!(to, a);
+    let waited = at - failed_at;
+    assert!(
+        (secs(4)..=secs(6)).contains(&waited),
+        "backed off {waited:?}"
+    );
+}
+
+#[test]
+fn a_refusal_is_the_registrars_answer_and_does_not_fail_over() {
+    let [a, b, _] = servers();
+    let mut harness = Harness::new(&settings(None));
+    harness.next_hops("carrier", &[a, b], Transport::Udp);
+    let (_, _, first) = next_new_register(&mut harness, 0, secs(1)).expect("REGISTER");
+    harness.send_from(a, &registrar_response(&first, 403, &[]));
+    assert!(
+        next_new_register(&mut harness, first.cseq().seq, secs(3)).is_none(),
+        "a 403 backs off"
+    );
+    let (_, to, _) = next_new_register(&mut harness, first.cseq().seq, secs(10)).expect("retry");
+    assert_eq!(to, a, "the same server, after the backoff");
+}
+
+#[test]
+fn a_dns_change_that_drops_the_current_server_re_registers_with_the_new_first_one() {
+    let [a, b, c] = servers();
+    let mut harness = Harness::new(&settings(None));
+    harness.next_hops("carrier", &[a, b], Transport::Udp);
+    let (_, _, first) = next_new_register(&mut harness, 0, secs(1)).expect("REGISTER");
+    harness.send_from(a, &ok(&first, 3_600));
+    harness.advance(secs(30));
+
+    // The same servers in another order, or a new one added: nothing to do now.
+    harness.next_hops("carrier", &[b, a, c], Transport::Udp);
+    assert!(
+        next_new_register(&mut harness, first.cseq().seq, secs(60)).is_none(),
+        "the current server is still listed"
+    );
+    // a is gone from DNS: register with the new first server now.
+    harness.next_hops("carrier", &[c, b], Transport::Udp);
+    let (_, to, moved) =
+        next_new_register(&mut harness, first.cseq().seq, secs(1)).expect("re-register");
+    assert_eq!(to, c);
+    harness.send_from(c, &ok(&moved, 3_600));
+    // c silent at the refresh: fails over to b, the next in the new list.
+    let (_, to, refresh) =
+        next_new_register(&mut harness, moved.cseq().seq, secs(3_600)).expect("refresh");
+    assert_eq!(to, c);
+    let (_, to, _) =
+        next_new_register(&mut harness, refresh.cseq().seq, secs(40)).expect("fail-over");
+    assert_eq!(to, b);
 }
