@@ -1206,21 +1206,23 @@ impl Default for CallSettings {
     }
 }
 
-fn socket_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+/// A list of strings, or one comma-separated string (what an environment override gives),
+/// each item trimmed.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
         One(String),
         Many(Vec<String>),
     }
-    let items = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .collect::<Vec<_>>(),
-        OneOrMany::Many(v) => v,
-    };
-    items
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+        OneOrMany::Many(v) => v.iter().map(|p| p.trim().to_owned()).collect(),
+    })
+}
+
+fn socket_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    string_list(d)?
         .iter()
         .filter(|s| !s.is_empty())
         .map(|s| {

@@ -448,6 +448,19 @@ fn gateway_with_dns(registrar: &str, dns: &DnsStub) -> Gateway {
     })
 }
 
+/// Waits (at most `timeout`) until `kamailio` holds voxgate's binding; asserts it does.
+#[track_caller]
+fn assert_bound_at(kamailio: &Kamailio, gateway: &Gateway, dns: &DnsStub, timeout: Duration) {
+    let bindings = kamailio.wait_bindings(timeout, |b| holds_binding(b, gateway));
+    assert!(
+        holds_binding(&bindings, gateway),
+        "no binding in Kamailio at {}: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
+        kamailio.addr(),
+        dns.queries(),
+        gateway.log()
+    );
+}
+
 /// A registrar name with a port is only resolved to addresses (RFC 3263 §4.2: no SRV), by the
 /// configured name servers.
 #[test]
@@ -455,13 +468,7 @@ fn a_registrar_name_with_a_port_is_resolved_without_srv_by_the_configured_name_s
     let kamailio = kamailio(3_600);
     let dns = DnsStub::start(vec![Record::a("pbx.test", Ipv4Addr::LOCALHOST)]);
     let gateway = gateway_with_dns(&format!("sip:pbx.test:{}", kamailio.addr().port()), &dns);
-    let bindings = kamailio.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
-    assert!(
-        holds_binding(&bindings, &gateway),
-        "no binding in Kamailio: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
-        dns.queries(),
-        gateway.log()
-    );
+    assert_bound_at(&kamailio, &gateway, &dns, Duration::from_secs(10));
     let queries = dns.queries();
     assert!(
         queries
@@ -498,13 +505,7 @@ fn locates_the_registrar_by_srv_and_fails_over_from_a_503_to_the_next_server() {
     ]);
     let gateway = gateway_with_dns("sip:pbx.test", &dns);
 
-    let bindings = kamailio.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
-    assert!(
-        holds_binding(&bindings, &gateway),
-        "no binding in Kamailio: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
-        dns.queries(),
-        gateway.log()
-    );
+    assert_bound_at(&kamailio, &gateway, &dns, Duration::from_secs(10));
     assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
     assert_metric(&gateway, ATTEMPTS, &[TRUNK, ("result", "error_5xx")], |v| {
         v == 1.0
@@ -552,21 +553,10 @@ fn when_dns_moves_the_registrar_voxgate_registers_with_the_new_server() {
     };
     let dns = DnsStub::start(srv(&first, "a.pbx.test"));
     let gateway = gateway_with_dns("sip:pbx.test", &dns);
-    let bindings = first.wait_bindings(Duration::from_secs(10), |b| holds_binding(b, &gateway));
-    assert!(
-        holds_binding(&bindings, &gateway),
-        "no binding at the first server: {bindings:?}\nlog:\n{}",
-        gateway.log()
-    );
+    assert_bound_at(&first, &gateway, &dns, Duration::from_secs(10));
 
     dns.set_records(srv(&second, "b.pbx.test"));
-    let bindings = second.wait_bindings(Duration::from_secs(30), |b| holds_binding(b, &gateway));
-    assert!(
-        holds_binding(&bindings, &gateway),
-        "no binding at the new server: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
-        dns.queries(),
-        gateway.log()
-    );
+    assert_bound_at(&second, &gateway, &dns, Duration::from_secs(30));
     assert!(
         gateway
             .log()

@@ -67,19 +67,8 @@ impl DnsSettings {
 
 /// A list (or a comma-separated string, for `VOXGATE__DNS__SERVERS`) of `ip` or `ip:port`.
 fn name_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    let items = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
-        OneOrMany::Many(v) => v,
-    };
-    items
+    super::string_list(d)?
         .iter()
-        .map(|s| s.trim())
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<SocketAddr>()

@@ -95,10 +95,7 @@ impl Locator {
 
     /// The targets of `hop`, or why there are none (ready to log).
     pub async fn locate(&self, hop: &NextHop) -> Result<Located, String> {
-        let transport = match hop.transport {
-            crate::sip::message::Transport::Tcp => crate::sip::message::Transport::Tcp,
-            _ => crate::sip::message::Transport::Udp,
-        };
+        let transport = hop.transport;
         match locate::plan(&hop.host, hop.port, transport) {
             Lookup::Literal(address) => {
                 if !self.usable(address.ip()) {

@@ -42,6 +42,15 @@ fn settings(keepalive_secs: Option<u32>) -> Settings {
     settings
 }
 
+/// The register-mode trunk's status.
+fn carrier_status(harness: &Harness) -> crate::call::registrations::RegistrationStatus<'_> {
+    harness
+        .switchboard
+        .registrations()
+        .next()
+        .expect("a status")
+}
+
 /// The next REGISTER voxgate sends within `limit`.
 fn next_register(harness: &mut Harness, limit: Duration) -> Option<Request> {
     harness
@@ -124,11 +133,7 @@ fn registers_once_the_next_hop_is_known_and_answers_the_challenge() {
         harness.take_requests().is_empty(),
         "nothing goes out before io/ resolved the registrar"
     );
-    let status = harness
-        .switchboard
-        .registrations()
-        .next()
-        .expect("a status");
+    let status = carrier_status(&harness);
     assert_eq!(
         (status.trunk, status.up, status.stats.is_none()),
         ("carrier", false, true)
@@ -163,11 +168,7 @@ fn registers_once_the_next_hop_is_known_and_answers_the_challenge() {
         ("bot", "sip:198.51.100.20:5060")
     );
     harness.send_from(registrar(), &ok(&answered, 300));
-    let status = harness
-        .switchboard
-        .registrations()
-        .next()
-        .expect("a status");
+    let status = carrier_status(&harness);
     assert!(status.up);
     assert_eq!(status.expires, Some(secs(300)));
     let stats = status.stats.expect("stats");
@@ -436,11 +437,7 @@ fn a_silent_server_then_a_503_fail_over_at_once_and_the_registration_stays_where
         next_new_register(&mut harness, third.cseq().seq, secs(1)).expect("credentials");
     assert_eq!(to, c, "the challenge is answered where it came from");
     harness.send_from(c, &ok(&answered, 600));
-    let status = harness
-        .switchboard
-        .registrations()
-        .next()
-        .expect("a status");
+    let status = carrier_status(&harness);
     assert!(status.up);
     let stats = status.stats.expect("attempts");
     assert_eq!(
