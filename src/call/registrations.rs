@@ -95,12 +95,11 @@ pub struct Registrations {
 struct TrunkRegistration {
     name: String,
     settings: RegisterSettings,
-    /// How REGISTERs reach the next hop, once resolved: the current one of `targets`.
-    flow: Option<Flow>,
-    /// The servers to fail over along (RFC 3263), each with how it was found, for logs.
+    /// The servers to fail over along (RFC 3263), each a flow (how REGISTERs reach it) and
+    /// how it was found, for logs; empty until `io/` located them.
     targets: Vec<(Flow, String)>,
-    /// The index of `flow` in `targets` (the machine counts the fail-overs left in a round:
-    /// [`Registration::set_alternatives`]).
+    /// The index in `targets` of the server in use ([`TrunkRegistration::flow`]; the machine
+    /// counts the fail-overs left in a round: [`Registration::set_alternatives`]).
     current: usize,
     machine: Option<Registration<DigestAuthenticator>>,
     keepalive: Option<Keepalive>,
@@ -148,7 +147,6 @@ impl Registrations {
             trunks.push(TrunkRegistration {
                 name: trunk.name.clone(),
                 settings: register,
-                flow: None,
                 targets: Vec::new(),
                 current: 0,
                 machine: None,
@@ -269,9 +267,11 @@ impl Registrations {
             aor = %settings.aor,
             "registering"
         );
-        let mut machine = Registration::new(now, config, DigestAuthenticator::new(credentials));
-        machine.set_alternatives(entry.targets.len() - 1);
-        entry.machine = Some(machine);
+        entry.machine = Some(Registration::new(
+            now,
+            config,
+            DigestAuthenticator::new(credentials),
+        ));
         entry.keepalive = settings.keepalive.map(|interval| Keepalive {
             interval,
             next_at: Some(now + interval),
@@ -282,7 +282,7 @@ impl Registrations {
             cseq: 0,
         });
         entry.advertised = Some(contact_address);
-        entry.flow = Some(flow);
+        entry.new_round();
         self.pump(now, endpoint);
     }
 
@@ -363,7 +363,7 @@ impl Registrations {
     ) {
         for trunk in &mut self.trunks {
             let over_it = trunk
-                .flow
+                .flow()
                 .is_some_and(|flow| flow.transport == Transport::Tcp && flow.remote == peer);
             if let (true, Some(machine)) = (over_it, &mut trunk.machine) {
                 tracing::info!(
@@ -504,7 +504,7 @@ impl Registrations {
 
     fn send_keepalive(&mut self, now: Instant, endpoint: &mut Endpoint, index: usize) {
         let trunk = &mut self.trunks[index];
-        let (Some(flow), Some(keepalive)) = (trunk.flow, &mut trunk.keepalive) else {
+        let (Some(flow), Some(keepalive)) = (trunk.flow(), &mut trunk.keepalive) else {
             return;
         };
         keepalive.next_at = None;
@@ -546,7 +546,7 @@ impl Registrations {
             for event in &events {
                 trunk.follow(event);
             }
-            let (Some(flow), Some(machine)) = (trunk.flow, &mut trunk.machine) else {
+            let (Some(flow), Some(machine)) = (trunk.flow(), &mut trunk.machine) else {
                 continue;
             };
             while let Some(request) = machine.poll_request() {
@@ -563,13 +563,10 @@ impl TrunkRegistration {
     /// fail-over; the first again when a round of fail-overs ended in a backoff (the most
     /// preferred server may be back by the retry); a success ends the round where it is.
     fn follow(&mut self, event: &Event) {
-        let Some(machine) = &mut self.machine else {
-            return;
-        };
         let count = self.targets.len().max(1);
         match event {
             Event::FailOver => {
-                let failed = self.flow.map(|flow| flow.remote);
+                let failed = self.flow().map(|flow| flow.remote);
                 self.current = (self.current + 1) % count;
                 if let Some((flow, origin)) = self.targets.get(self.current) {
                     tracing::warn!(
@@ -579,20 +576,31 @@ impl TrunkRegistration {
                         next = %flow.remote,
                         "trying the registrar's next server: {origin}"
                     );
-                    self.flow = Some(*flow);
                 }
             }
             Event::Attempt(attempt) if attempt.result == AttemptResult::Ok => {
-                machine.set_alternatives(count - 1);
+                self.new_round();
             }
             Event::Attempt(attempt) if attempt.retry_in.is_some_and(|d| !d.is_zero()) => {
-                if attempt.result.fails_over(attempt.status) && count > 1 {
+                if attempt.result.fails_over(attempt.status) {
                     self.current = 0;
-                    self.flow = self.targets.first().map(|(flow, _)| *flow);
                 }
-                machine.set_alternatives(count - 1);
+                self.new_round();
             }
             _ => {}
+        }
+    }
+
+    /// The server in use: how REGISTERs and keepalives reach it.
+    fn flow(&self) -> Option<Flow> {
+        self.targets.get(self.current).map(|(flow, _)| *flow)
+    }
+
+    /// Every other server may be failed over to again.
+    fn new_round(&mut self) {
+        let alternatives = self.targets.len().saturating_sub(1);
+        if let Some(machine) = &mut self.machine {
+            machine.set_alternatives(alternatives);
         }
     }
 
@@ -616,24 +624,18 @@ impl TrunkRegistration {
             servers = ?targets.iter().map(|(flow, _)| flow.remote).collect::<Vec<_>>(),
             "the registrar's servers changed in DNS"
         );
-        let current = self.flow.map(|flow| flow.remote);
-        match targets
+        let current = self.flow().map(|flow| flow.remote);
+        let kept = targets
             .iter()
-            .position(|(flow, _)| Some(flow.remote) == current)
-        {
-            Some(position) => self.current = position,
-            None => {
-                self.current = 0;
-                self.flow = Some(targets[0].0);
-                if let Some(machine) = &mut self.machine {
-                    machine.handle_binding_lost(now);
-                }
+            .position(|(flow, _)| Some(flow.remote) == current);
+        self.targets = targets;
+        self.current = kept.unwrap_or(0);
+        if kept.is_none() {
+            if let Some(machine) = &mut self.machine {
+                machine.handle_binding_lost(now);
             }
         }
-        if let Some(machine) = &mut self.machine {
-            machine.set_alternatives(targets.len() - 1);
-        }
-        self.targets = targets;
+        self.new_round();
     }
 
     fn is_finished(&self) -> bool {
