@@ -291,6 +291,25 @@ impl Harness {
         self.pump();
     }
 
+    /// `io/` located the next hop of `call`'s bridged transfer at `servers` (in that order), or
+    /// could not (`Err`).
+    pub fn agent_leg_located(&mut self, call: CallKey, servers: Result<&[SocketAddr], &str>) {
+        let located = servers
+            .map(|servers| {
+                servers
+                    .iter()
+                    .map(|address| crate::sip::locate::Target {
+                        address: *address,
+                        origin: format!("server {address}"),
+                    })
+                    .collect()
+            })
+            .map_err(str::to_owned);
+        self.switchboard
+            .handle_agent_leg_located(self.now, call, located);
+        self.pump();
+    }
+
     /// Reports a TCP connection to `peer` closed.
     pub fn connection_closed(&mut self, peer: SocketAddr) {
         self.switchboard.handle_connection_closed(self.now, peer);

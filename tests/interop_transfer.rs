@@ -3,15 +3,17 @@
 //! `transfer_call`: the destination answers and audio flows both ways through voxgate (checked
 //! by payload, each leg with voxgate's own RTP stream) until the caller hangs up and voxgate
 //! BYEs the destination; or the destination is busy (486) and the model hears the typed failure
-//! while the call goes on.
+//! while the call goes on; or the destination is a name whose first server (DNS SRV, RFC 3263)
+//! answers 503 and the next one takes the call.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use common::dns::{DnsStub, Record};
 use common::pcap;
 use common::realtime::{frame_index, tagged_audio, Behaviour, RealtimeStandIn, Reply};
 use common::rtp::{RtpPacket, RtpSink};
@@ -31,14 +33,20 @@ fn gateway(standin_url: &str, agent_sip: SocketAddr) -> Gateway {
 
 /// The assistant with one destination, `agent`, at `agent_sip`, reached by `method`.
 fn gateway_with(standin_url: &str, agent_sip: SocketAddr, method: &str) -> Gateway {
+    gateway_at(standin_url, &format!("sip:agent@{agent_sip}"), method, "")
+}
+
+/// The assistant with one destination, `agent`, at the SIP URI `uri`, reached by `method`;
+/// `more` is added to the configuration.
+fn gateway_at(standin_url: &str, uri: &str, method: &str, more: &str) -> Gateway {
     let extra = format!(
         "[[agents]]\nname = \"assistant\"\nkind = \"openai\"\nmodel = \"gpt-realtime\"\n\
          voice = \"marin\"\ninstructions = \"You are a test agent.\"\n\
          greeting = \"Greet the caller.\"\n\
-         [[agents.transfers]]\nname = \"agent\"\nuri = \"sip:agent@{agent_sip}\"\n\
+         [[agents.transfers]]\nname = \"agent\"\nuri = \"{uri}\"\n\
          description = \"A person\"\nmethod = \"{method}\"\n\n\
          [realtime]\nurl = \"{standin_url}\"\nconnect_timeout_ms = 3000\n\n\
-         [transfer]\ntimeout_secs = 10\n"
+         [transfer]\ntimeout_secs = 10\n{more}"
     );
     Gateway::start_with(GatewayConfig {
         extra,
@@ -245,6 +253,120 @@ fn busy_destination_goes_back_to_the_model() {
     assert_eq!(
         gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
         0.0
+    );
+    standin.assert_no_violations();
+}
+
+/// The destination is a name (`sip:agent@agents.test`, no port): voxgate asks the DNS stub for
+/// `_sip._udp.agents.test` (RFC 3263), INVITEs the preferred server, which answers 503, and at
+/// once the next one, which answers; audio flows both ways through the second.
+#[test]
+fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
+    if common::sipp::skip_without_root("bridged_destination_by_name_fails_over_from_a_503") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let unavailable = Sipp::new("uas_agent_unavailable.xml", "127.0.0.1:9".parse().unwrap())
+        .deadline(Duration::from_secs(40));
+    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
+        .with_audio_from(AGENT_AUDIO, 250)
+        .deadline(Duration::from_secs(40));
+    let dns = DnsStub::start(vec![
+        Record::srv(
+            "_sip._udp.agents.test",
+            10,
+            0,
+            unavailable.sip_port(),
+            "a.agents.test",
+        ),
+        Record::srv(
+            "_sip._udp.agents.test",
+            20,
+            0,
+            agent.sip_port(),
+            "b.agents.test",
+        ),
+        Record::a("a.agents.test", Ipv4Addr::LOCALHOST),
+        Record::a("b.agents.test", Ipv4Addr::LOCALHOST),
+    ]);
+    let gateway = gateway_at(
+        &standin.url(),
+        "sip:agent@agents.test",
+        "bridge",
+        &format!("\n[dns]\nservers = [\"{}\"]\n", dns.addr()),
+    );
+    let unavailable_run = unavailable.spawn();
+    let agent_sink = RtpSink::bind(agent.echo_addr());
+    let agent_run = agent.spawn();
+    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(450)
+        .pause_ms(8_000);
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let unavailable_outcome = unavailable_run.wait();
+    let to_caller = caller_sink.finish();
+    let to_agent = agent_sink.finish();
+    outcome.assert_success();
+    unavailable_outcome.assert_success(); // one INVITE, the 503 ACKed
+    agent_outcome.assert_success(); // the INVITE answered, BYE from voxgate
+
+    let first = unavailable_outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("INVITE "))
+        .expect("the INVITE to the 503 server");
+    let second = agent_outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("INVITE "))
+        .expect("the INVITE to the next server");
+    assert_eq!(
+        first.first_line(),
+        "INVITE sip:agent@agents.test SIP/2.0",
+        "the Request-URI keeps the name"
+    );
+    assert_eq!(second.header("Call-ID"), first.header("Call-ID"));
+    assert_ne!(second.header("CSeq"), first.header("CSeq"));
+    assert!(
+        dns.queries()
+            .contains(&("_sip._udp.agents.test.".to_owned(), "SRV".to_owned())),
+        "queries: {:?}",
+        dns.queries()
+    );
+    let heard_by_caller = pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250);
+    assert!(
+        heard_by_caller.len() >= 200,
+        "the caller heard {} of the destination's 250 frames",
+        heard_by_caller.len()
+    );
+    assert!(
+        pcap_indices(&to_agent, 0..450).len() >= 200,
+        "the destination heard the caller"
+    );
+    assert_eq!(
+        gateway.wait_metric(
+            TRANSFERS,
+            &[
+                ("destination", "agent"),
+                ("method", "bridge"),
+                ("result", "success")
+            ],
+            WAIT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
+    assert!(
+        session.function_outputs.is_empty(),
+        "the model heard nothing of the 503"
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("transfer destination located")
+            && log.contains("is unavailable (503); trying the next one"),
+        "log:\n{log}"
     );
     standin.assert_no_violations();
 }

@@ -21,6 +21,8 @@
 //! | `%%A` + status [index] | a response to a request voxgate sent (newest first; index 0–3): the
 //! first line is the status, further lines are extra headers, a blank line starts a body |
 //! | `%%n` | the register trunk's registrar was resolved (its registration starts) |
+//! | `%%l` + bytes | the newest call's bridged transfer's next hop was located (RFC 3263): up to
+//! four servers the bytes pick, in that order; no bytes, the lookup failed |
 //! | `%%z` | the PBX's TCP connection closed |
 //! | `%%d` | draining starts (calls hung up after 30 s) |
 //! | `%%L` | after the script, run the clock 4,000 s instead of 40 s |
@@ -96,6 +98,11 @@ announce = "A caller for sales."
 name = "support"
 uri = "sip:support@192.0.2.20"
 description = "Support."
+method = "bridge"
+[[agents.transfers]]
+name = "billing"
+uri = "sip:billing@agents.example.com"
+description = "Billing, located by DNS."
 method = "bridge"
 [[agents.dtmf_rules]]
 digit = "0"
@@ -532,6 +539,36 @@ pub fn run(data: &[u8]) {
                     rig.switchboard
                         .handle_next_hops(rig.now, "carrier", targets);
                 }
+                rig.pump();
+            }
+            b'l' => {
+                let Some(call) = rig.newest() else { continue };
+                // The servers of the transfer destination's name: a v6 one is left out
+                // (the local address is v4).
+                const SERVERS: [&str; 4] = [
+                    "192.0.2.30:5060",
+                    "192.0.2.31:5070",
+                    "192.0.2.10:5060",
+                    "[2001:db8::30]:5060",
+                ];
+                let payload = payload.trim_ascii();
+                let located = if payload.is_empty() {
+                    Err("fuzz: no address".to_owned())
+                } else {
+                    Ok(payload
+                        .iter()
+                        .take(4)
+                        .map(|byte| {
+                            let server = SERVERS[usize::from(*byte) % SERVERS.len()];
+                            voxgate::sip::locate::Target {
+                                address: addr(server),
+                                origin: server.to_owned(),
+                            }
+                        })
+                        .collect())
+                };
+                rig.switchboard
+                    .handle_agent_leg_located(rig.now, call, located);
                 rig.pump();
             }
             b'z' => {

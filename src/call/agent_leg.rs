@@ -4,8 +4,10 @@
 //!
 //! ```text
 //!  start_bridge ─AllocateAgentMedia─> AwaitingMedia ─ports─> Calling (INVITE, ringback)
+//!  AwaitingMedia ─ports, next hop a name─> Locating (LocateAgentLeg, ringback) ─targets─> Calling
 //!  Calling ─1xx─> Calling (ringing) ─2xx─> ACK, Confirmed (Connect: speech closed, relay)
 //!  Calling ─401/407─> INVITE again (CSeq + 1, same Call-ID and From tag, credentials)
+//!  Calling ─503 / Timer B, a target left─> INVITE to the next target (CSeq + 1)
 //!  Calling ─300..699─> Terminated: Failed{status}    Calling ─Timer B─> Failed{408}
 //!  Calling ─transfer timeout / caller gone─> Cancelling: CANCEL (once a 1xx came), TimedOut
 //!  Cancelling ─487 (any final)─> Terminated         Cancelling ─2xx─> ACK, BYE: Ending
@@ -18,6 +20,12 @@
 //! telephone-event. It goes through the trunk's outbound proxy when there is one (a loose
 //! Route), else to the destination's host. The agent leg's dialog (§12.1.2) is registered with
 //! the switchboard like the caller's, so the agent's in-dialog requests reach the [`Call`].
+//!
+//! RFC 3263 for that next hop: an IP address is used as it is; a name is located by `io/`
+//! (SRV when the URI has no port, then A/AAAA), and the INVITE goes to the first target. A
+//! `503` or no answer at all (Timer B) moves it to the next target, with a new INVITE (§4.3),
+//! as long as the transfer's time lasts. Every retransmission, and the CANCEL, go to the
+//! target of their INVITE.
 //!
 //! The media side (`io/agent_media.rs`) takes [`AgentLegCommand`]s: ringback while the agent
 //! rings, the relay once it answers, the ports' release when the bridge fails.
@@ -34,7 +42,8 @@ use crate::media::G711;
 use crate::metrics::CallResult;
 use crate::sip::auth::DigestClient;
 use crate::sip::dialog::{Dialog, DialogId, OutgoingRequest, UacSetup};
-use crate::sip::endpoint::{uri_host_port, ClientTxId, Flow, ServerTxId, ALLOW};
+use crate::sip::endpoint::{uri_host_and_port, uri_host_port, ClientTxId, Flow, ServerTxId, ALLOW};
+use crate::sip::locate::Target;
 use crate::sip::message::{self, Request, Response, Transport};
 
 /// What the media task does with the agent leg.
@@ -55,6 +64,11 @@ pub enum AgentLegCommand {
 enum LegState {
     /// An RTP/RTCP port pair was asked of `io/`.
     AwaitingMedia,
+    /// The next hop is a name: `io/` was asked for its targets (RFC 3263).
+    Locating {
+        /// The transfer timeout (it covers the lookup too).
+        deadline: Instant,
+    },
     /// INVITE sent, no final response yet.
     Calling {
         tx: ClientTxId,
@@ -63,6 +77,9 @@ enum LegState {
         ringing: bool,
         /// The transfer timeout: CANCEL then.
         deadline: Instant,
+        /// While nothing at all came back and another target is left: when to give this
+        /// target up ([`SILENT_SERVER`] after the INVITE).
+        failover_at: Option<Instant>,
     },
     /// The INVITE is being cancelled; its final response (normally 487) is awaited.
     Cancelling {
@@ -84,8 +101,18 @@ enum LegState {
 #[derive(Debug)]
 pub struct AgentLeg {
     state: LegState,
-    /// Toward the destination (or the outbound proxy): transport and the local address.
+    /// Toward the destination (or the outbound proxy): transport, the local address and the
+    /// current target.
     flow: Flow,
+    /// The caller's leg's flow (a TCP connection to the same peer is reused).
+    caller_flow: Flow,
+    /// The next hop's host (the outbound proxy's, else the destination's) and its port when the
+    /// URI names one.
+    next_hop: (String, Option<u16>),
+    /// Where the INVITE may go, in order (RFC 3263); empty until located.
+    targets: Vec<Target>,
+    /// The target `flow` points at.
+    target: usize,
     request_uri: String,
     /// The trunk's outbound proxy as a loose Route.
     route: Option<String>,
@@ -131,7 +158,12 @@ impl AgentLeg {
     /// When [`Call::handle_timeout`] must run for this leg.
     fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            LegState::Calling { deadline, .. } | LegState::Cancelling { deadline, .. } => {
+            LegState::Calling {
+                deadline,
+                failover_at,
+                ..
+            } => Some(failover_at.map_or(deadline, |at| at.min(deadline))),
+            LegState::Locating { deadline } | LegState::Cancelling { deadline, .. } => {
                 Some(deadline)
             }
             _ => None,
@@ -175,7 +207,7 @@ impl AgentLeg {
         request
             .headers
             .extend(auth.iter().map(|h| (h.name, h.value.clone())));
-        let tx = ctx.endpoint.send_request(
+        let tx = ctx.endpoint.send_request_to_flow(
             ctx.now,
             &self.flow,
             &request,
@@ -186,6 +218,71 @@ impl AgentLeg {
             retries,
         };
         (tx, sent)
+    }
+
+    /// Points the leg's flow at target `index` (a TCP connection the caller's leg has to the
+    /// same peer is reused).
+    fn point_at(&mut self, index: usize) {
+        let Some(target) = self.targets.get(index) else {
+            return;
+        };
+        self.target = index;
+        self.flow.remote = target.address;
+        self.flow.connection = (self.flow.remote == self.caller_flow.remote
+            && self.flow.transport == self.caller_flow.transport)
+            .then_some(self.caller_flow.connection)
+            .flatten();
+    }
+
+    /// Sends the first INVITE to the first target: → Calling, until `deadline`.
+    fn start_calling(&mut self, ctx: &mut Ctx<'_>) -> ClientTxId {
+        self.point_at(0);
+        if let Some(target) = self.targets.first() {
+            tracing::debug!(target = %target.address, origin = %target.origin, "sending the INVITE");
+        }
+        let deadline = ctx.now + ctx.config.transfer.timeout();
+        self.call_target(ctx, deadline)
+    }
+
+    /// Sends a new INVITE (no credentials yet: the server may be another) to the current
+    /// target: → Calling.
+    fn call_target(&mut self, ctx: &mut Ctx<'_>, deadline: Instant) -> ClientTxId {
+        if let Some(digest) = self.digest.as_mut() {
+            digest.reset();
+        }
+        let (tx, sent) = self.send_invite(ctx, 0);
+        let failover_at = (self.target + 1 < self.targets.len())
+            .then(|| ctx.now + ctx.endpoint.config().timers.t1 * SILENT_SERVER_T1);
+        self.state = LegState::Calling {
+            tx,
+            sent,
+            ringing: false,
+            deadline,
+            failover_at,
+        };
+        tx
+    }
+
+    /// RFC 3263 §4.3: the INVITE's server is unavailable (`why`: a 503, or nothing at all).
+    /// While the transfer's time lasts and a target is left, sends a new INVITE (CSeq + 1, the
+    /// same Call-ID and From tag, a new branch) to the next one and returns its transaction.
+    fn fail_over(&mut self, ctx: &mut Ctx<'_>, why: &str) -> Option<ClientTxId> {
+        let LegState::Calling { deadline, .. } = self.state else {
+            return None;
+        };
+        let next = self.targets.get(self.target + 1)?;
+        if ctx.now >= deadline {
+            return None;
+        }
+        let failed = self.flow.remote;
+        tracing::warn!(
+            server = %failed,
+            next = %next.address,
+            origin = %next.origin,
+            "transfer destination's server {failed} {why}; trying the next one"
+        );
+        self.point_at(self.target + 1);
+        Some(self.call_target(ctx, deadline))
     }
 
     /// Builds the UAC dialog from the 2xx and ACKs it (§13.2.2.4), with the INVITE's
@@ -247,7 +344,7 @@ impl AgentLeg {
     /// client transaction started (CANCEL or BYE), if any.
     fn stop(&mut self, ctx: &mut Ctx<'_>) -> Option<ClientTxId> {
         match std::mem::replace(&mut self.state, LegState::Terminated) {
-            LegState::AwaitingMedia | LegState::Terminated => None,
+            LegState::AwaitingMedia | LegState::Locating { .. } | LegState::Terminated => None,
             LegState::Calling { tx, ringing, .. } => {
                 // §9.1: a CANCEL only after a provisional response; until then it waits.
                 let cancel = if ringing {
@@ -311,7 +408,7 @@ impl Call {
             );
             return;
         };
-        let Some((host, port)) = uri_host_port(target) else {
+        if uri_host_port(target).is_none() {
             tracing::warn!(target, "transfer destination is not a SIP URI");
             let reason = "Bad Destination".to_owned();
             self.bridge_result(
@@ -322,25 +419,31 @@ impl Call {
                 },
             );
             return;
+        }
+        // The next hop: the outbound proxy, else the destination. An IP literal is its only
+        // target; a name is located once the ports are bound (RFC 3263). The local address is
+        // the one facing the PBX (the destination is normally the PBX's or beside it).
+        let next_hop_uri = self.outbound_proxy.as_deref().unwrap_or(target);
+        let next_hop = uri_host_and_port(next_hop_uri)
+            .or_else(|| uri_host_and_port(target))
+            .unwrap_or_default();
+        let targets = match next_hop.0.parse::<IpAddr>() {
+            Ok(ip) => vec![Target {
+                address: SocketAddr::new(ip, next_hop.1.unwrap_or(5060)),
+                origin: next_hop.0.clone(),
+            }],
+            Err(_) => Vec::new(),
         };
-        // An IP literal is reached directly; a name is resolved by io/ when sending. The local
-        // address is the one facing the PBX (the destination is normally the PBX's or beside it).
-        let remote = match host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => self.flow.remote,
-        };
-        let transport = if target.to_ascii_lowercase().contains(";transport=tcp") {
+        let transport = if next_hop_uri.to_ascii_lowercase().contains(";transport=tcp") {
             Transport::Tcp
         } else {
             self.flow.transport
         };
         let flow = Flow {
             transport,
-            remote,
+            remote: self.flow.remote,
             local: self.flow.local,
-            connection: (remote == self.flow.remote && transport == self.flow.transport)
-                .then_some(self.flow.connection)
-                .flatten(),
+            connection: None,
         };
         let local_tag = message::new_tag();
         let transport_param = match transport {
@@ -357,6 +460,10 @@ impl Call {
         self.agent_leg = Some(AgentLeg {
             state: LegState::AwaitingMedia,
             flow,
+            caller_flow: self.flow,
+            next_hop,
+            targets,
+            target: 0,
             request_uri: target.to_owned(),
             route: self
                 .outbound_proxy
@@ -424,18 +531,84 @@ impl Call {
         local.ptime = leg.ptime;
         local.offer_codecs = vec![leg.codec];
         leg.negotiator = Some(Negotiator::new(local));
-        let (tx, sent) = leg.send_invite(ctx, 0);
-        leg.state = LegState::Calling {
-            tx,
-            sent,
-            ringing: false,
-            deadline: ctx.now + ctx.config.transfer.timeout(),
-        };
-        self.started_requests.push(tx);
+        if leg.targets.is_empty() {
+            leg.state = LegState::Locating {
+                deadline: ctx.now + ctx.config.transfer.timeout(),
+            };
+            ctx.outputs.push_back(Output::LocateAgentLeg {
+                call: self.key,
+                host: leg.next_hop.0.clone(),
+                port: leg.next_hop.1,
+                transport: leg.flow.transport,
+            });
+        } else {
+            let tx = leg.start_calling(ctx);
+            self.started_requests.push(tx);
+        }
         ctx.outputs.push_back(Output::Media {
             call: self.key,
             command: MediaCommand::AgentLeg(AgentLegCommand::Ringback),
         });
+    }
+
+    /// `io/` located the agent leg's next hop (RFC 3263): the INVITE goes to the first target
+    /// of the local address's family; with none, the bridge fails (503).
+    pub fn handle_agent_leg_located(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        located: Result<Vec<Target>, String>,
+    ) {
+        let _entered = self.span.clone().entered();
+        let Some(leg) = self.agent_leg.as_mut() else {
+            return;
+        };
+        if !matches!(leg.state, LegState::Locating { .. }) {
+            return;
+        }
+        let host = leg.next_hop.0.clone();
+        let ipv4 = leg.flow.local.is_ipv4();
+        let located = located.and_then(|targets| {
+            let usable: Vec<Target> = targets
+                .into_iter()
+                .filter(|target| target.address.is_ipv4() == ipv4)
+                .collect();
+            if usable.is_empty() {
+                Err(format!(
+                    "no address of the family of voxgate's address {}",
+                    leg.flow.local.ip()
+                ))
+            } else {
+                Ok(usable)
+            }
+        });
+        match located {
+            Ok(targets) => {
+                tracing::info!(
+                    %host,
+                    servers = ?targets
+                        .iter()
+                        .map(|t| format!("{} ({})", t.address, t.origin))
+                        .collect::<Vec<_>>(),
+                    "transfer destination located"
+                );
+                leg.targets = targets;
+                let tx = leg.start_calling(ctx);
+                self.started_requests.push(tx);
+            }
+            Err(why) => {
+                tracing::warn!(%host, "cannot locate the transfer destination: {why}");
+                leg.state = LegState::Terminated;
+                self.release_agent_media(ctx);
+                let reason = "Service Unavailable".to_owned();
+                self.bridge_result(
+                    ctx,
+                    BridgeResult::Failed {
+                        status: 503,
+                        reason,
+                    },
+                );
+            }
+        }
     }
 
     /// Dialogs this call opened since the last call (the agent leg's, once answered), for the
@@ -483,6 +656,7 @@ impl Call {
                 sent,
                 ringing,
                 deadline,
+                ..
             } if invite == tx => match status {
                 100..=199 => {
                     if !ringing && status > 100 {
@@ -493,6 +667,7 @@ impl Call {
                         sent,
                         ringing: ringing || status > 100,
                         deadline,
+                        failover_at: None,
                     };
                 }
                 200..=299 => {
@@ -541,9 +716,16 @@ impl Call {
                             sent,
                             ringing,
                             deadline,
+                            failover_at: None,
                         };
                         self.started_requests.push(tx);
                         return true;
+                    }
+                    if status == 503 {
+                        if let Some(tx) = leg.fail_over(ctx, "is unavailable (503)") {
+                            self.started_requests.push(tx);
+                            return true;
+                        }
                     }
                     let reason = response.reason().to_owned();
                     tracing::info!(status, %reason, "transfer destination refused the call");
@@ -682,6 +864,36 @@ impl Call {
                 self.release_agent_media(ctx);
                 self.bridge_result(ctx, BridgeResult::TimedOut);
             }
+            LegState::Calling {
+                tx,
+                failover_at: Some(at),
+                ..
+            } if ctx.now >= at => {
+                // Not even a 100 Trying (RFC 3261 §17.2.1: within 200 ms of the INVITE): the
+                // server is down or unreachable. No CANCEL without a response (§9.1).
+                let seconds = (ctx.endpoint.config().timers.t1 * SILENT_SERVER_T1).as_secs_f64();
+                let why = format!("did not answer the INVITE within {seconds} s");
+                match leg.fail_over(ctx, &why) {
+                    Some(next) => {
+                        ctx.endpoint.abandon_client(tx);
+                        self.started_requests.push(next);
+                    }
+                    None => {
+                        if let LegState::Calling { failover_at, .. } = &mut leg.state {
+                            *failover_at = None;
+                        }
+                    }
+                }
+            }
+            LegState::Locating { deadline } if ctx.now >= deadline => {
+                tracing::warn!(
+                    host = %leg.next_hop.0,
+                    "the transfer destination could not be located in time"
+                );
+                leg.state = LegState::Terminated;
+                self.release_agent_media(ctx);
+                self.bridge_result(ctx, BridgeResult::TimedOut);
+            }
             LegState::Cancelling { deadline, .. } if ctx.now >= deadline => {
                 tracing::warn!("cancelled INVITE to the transfer destination never ended");
                 leg.state = LegState::Terminated;
@@ -697,7 +909,7 @@ impl Call {
         };
         let ringing = matches!(
             leg.state,
-            LegState::Calling { .. } | LegState::AwaitingMedia
+            LegState::Calling { .. } | LegState::AwaitingMedia | LegState::Locating { .. }
         );
         if ringing {
             tracing::info!("caller gone while the transfer destination rings; cancelling");
@@ -818,6 +1030,10 @@ impl Call {
         }
     }
 }
+
+/// A server that sends nothing back, not even 100 Trying, for this many T1 after the INVITE (4 s
+/// at the default T1: the INVITE went out four times over UDP) is given up for the next target.
+const SILENT_SERVER_T1: u32 = 8;
 
 /// The BYE the leg just sent, if it did.
 fn leg_bye(leg: &AgentLeg) -> Option<ClientTxId> {

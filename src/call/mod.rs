@@ -163,6 +163,18 @@ pub enum Output {
         /// Where to bind.
         local_ip: IpAddr,
     },
+    /// Locate the next hop of `call`'s bridged transfer (RFC 3263: SRV when `port` is `None`,
+    /// then A/AAAA); then report back with `Switchboard::handle_agent_leg_located`.
+    LocateAgentLeg {
+        /// The call.
+        call: CallKey,
+        /// The outbound proxy's host, else the destination's (a name).
+        host: String,
+        /// Its port, when the URI names one.
+        port: Option<u16>,
+        /// The transport of the INVITE.
+        transport: crate::sip::message::Transport,
+    },
     /// A command for a call's media task.
     Media {
         /// The call.

@@ -528,7 +528,7 @@ impl Registrations {
             headers,
             cseq: keepalive.cseq,
         };
-        let tx = endpoint.send_request_to_flow(now, &flow, &request);
+        let tx = endpoint.send_request_to_flow(now, &flow, &request, None);
         self.transactions.insert(tx, (index, Purpose::Keepalive));
     }
 
@@ -550,7 +550,7 @@ impl Registrations {
                 continue;
             };
             while let Some(request) = machine.poll_request() {
-                let tx = endpoint.send_request_to_flow(now, &flow, &request);
+                let tx = endpoint.send_request_to_flow(now, &flow, &request, None);
                 self.transactions
                     .insert(tx, (index, Purpose::Register { cseq: request.cseq }));
             }

@@ -207,6 +207,19 @@ impl Switchboard {
         self.dispatch_events(now);
     }
 
+    /// `io/` located (or failed to locate) the next hop of `call`'s bridged transfer.
+    pub fn handle_agent_leg_located(
+        &mut self,
+        now: Instant,
+        call: CallKey,
+        located: Result<Vec<crate::sip::locate::Target>, String>,
+    ) {
+        self.with_call(now, call, |call, ctx| {
+            call.handle_agent_leg_located(ctx, located)
+        });
+        self.dispatch_events(now);
+    }
+
     /// The media task of `call` ended it on its own (e.g. no RTP for too long): BYE, counted as
     /// `result`.
     pub fn handle_media_ended(

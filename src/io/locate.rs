@@ -1,6 +1,6 @@
-//! The DNS side of RFC 3263 for the registrations: asks the name servers what
-//! [`crate::sip::locate::plan`] says (SRV, then A/AAAA), and turns the answers into the ordered
-//! targets the registration fails over along.
+//! The DNS side of RFC 3263 for the registrations and the bridged transfers' INVITEs: asks the
+//! name servers what [`crate::sip::locate::plan`] says (SRV, then A/AAAA), and turns the answers
+//! into the ordered targets a request fails over along.
 //!
 //! Name servers: `[dns] servers` when set (every lookup goes to them), else the system's
 //! `/etc/resolv.conf` for SRV and the system resolver (`getaddrinfo`, so `/etc/hosts` too) for
@@ -14,9 +14,9 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
-use crate::call::registrations::NextHop;
 use crate::config::DnsSettings;
 use crate::sip::locate::{self, Lookup, SrvRecord, Target};
+use crate::sip::message::Transport;
 
 /// Re-resolve no sooner than this after an answer, whatever its TTL says (a TTL of 0 is common
 /// where a provider steers traffic by DNS; one query per trunk every 10 s costs nothing).
@@ -80,8 +80,9 @@ impl Locator {
             Ok(resolver) => Some(resolver),
             Err(error) => {
                 tracing::warn!(
-                    "cannot read the system's DNS configuration ({error}): registrars are \
-                     resolved without SRV records; set [dns] servers to enable them"
+                    "cannot read the system's DNS configuration ({error}): SIP servers \
+                     (registrars, transfer destinations) are located without SRV records; set \
+                     [dns] servers to enable them"
                 );
                 None
             }
@@ -93,10 +94,15 @@ impl Locator {
         }
     }
 
-    /// The targets of `hop`, or why there are none (ready to log).
-    pub async fn locate(&self, hop: &NextHop) -> Result<Located, String> {
-        let transport = hop.transport;
-        match locate::plan(&hop.host, hop.port, transport) {
+    /// The targets of `host` (with `port` when its URI names one) for `transport`, or why there
+    /// are none (ready to log).
+    pub async fn locate(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        transport: Transport,
+    ) -> Result<Located, String> {
+        match locate::plan(host, port, transport) {
             Lookup::Literal(address) => {
                 if !self.usable(address.ip()) {
                     return Err(format!(

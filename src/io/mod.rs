@@ -110,6 +110,13 @@ pub enum CoreInput {
         /// The trunk's transport.
         transport: crate::sip::message::Transport,
     },
+    /// The next hop of a call's bridged transfer located (RFC 3263), or why it could not be.
+    AgentLegLocated {
+        /// The call.
+        call: CallKey,
+        /// The targets in the order to try them, or why there are none.
+        located: Result<Vec<crate::sip::locate::Target>, String>,
+    },
     /// A call's media task ended the call on its own (no RTP for too long, later an agent
     /// hanging up): the core hangs up with a BYE.
     MediaEnded {
@@ -168,8 +175,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for hop in &next_hops {
         metrics.registration.prime(&hop.trunk);
     }
+    let locator = locate::Locator::new(&settings.dns, families);
     if !next_hops.is_empty() {
-        let locator = locate::Locator::new(&settings.dns, families);
         for hop in next_hops {
             tokio::spawn(resolve_next_hop(
                 hop,
@@ -191,6 +198,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         media: HashMap::new(),
         ports: PortPool::new(settings.rtp.port_min, settings.rtp.port_max),
         core_tx,
+        locator,
         settings: settings.clone(),
         last_parse_errors: 0,
     };
@@ -207,6 +215,8 @@ struct Core {
     media_runtimes: MediaRuntimes,
     ports: PortPool,
     core_tx: mpsc::Sender<CoreInput>,
+    /// Locates bridged transfers' next hops (the registrations' have tasks of their own).
+    locator: locate::Locator,
     settings: Settings,
     last_parse_errors: u64,
     /// The inbound digest counts already exported.
@@ -312,6 +322,9 @@ impl Core {
                 }
                 self.switchboard.handle_next_hops(now, &trunk, flows);
             }
+            CoreInput::AgentLegLocated { call, located } => self
+                .switchboard
+                .handle_agent_leg_located(now, call, located),
             CoreInput::MediaEnded { call, why, result } => {
                 self.switchboard.handle_media_ended(now, call, &why, result)
             }
@@ -413,6 +426,19 @@ impl Core {
                         self.switchboard
                             .handle_agent_media_allocated(Instant::now(), call, result);
                     }
+                    Output::LocateAgentLeg {
+                        call,
+                        host,
+                        port,
+                        transport,
+                    } => {
+                        tokio::spawn(locate_agent_leg(
+                            call,
+                            (host, port, transport),
+                            self.locator.clone(),
+                            self.core_tx.clone(),
+                        ));
+                    }
                     Output::Media { call, command } => {
                         let stop = command == MediaCommand::Stop;
                         if let Some(handle) = self.media.get(&call) {
@@ -490,6 +516,28 @@ impl Core {
     }
 }
 
+/// How long locating a next hop may take in all (the resolver's own timeout is per query).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Locates the next hop of `call`'s bridged transfer (RFC 3263) and hands the targets, or why
+/// there are none, to the core. Bounded, so the transfer never waits on DNS for ever.
+async fn locate_agent_leg(
+    call: CallKey,
+    (host, port, transport): (String, Option<u16>, crate::sip::message::Transport),
+    locator: locate::Locator,
+    core_tx: mpsc::Sender<CoreInput>,
+) {
+    let lookup = locator.locate(&host, port, transport);
+    let located = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(located)) => Ok(located.targets),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())),
+    };
+    let _ = core_tx
+        .send(CoreInput::AgentLegLocated { call, located })
+        .await;
+}
+
 /// Locates a register-mode trunk's registrar (or outbound proxy) servers (RFC 3263) and hands
 /// them to the core; retries every 5 s doubling to 60 s while DNS has no answer (the
 /// registration waits, calls are unaffected). Then asks again when the answer's TTL runs out
@@ -501,11 +549,13 @@ async fn resolve_next_hop(
     core_tx: mpsc::Sender<CoreInput>,
     shutdown: CancellationToken,
 ) {
-    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
     let mut delay = Duration::from_secs(5);
     let mut known: Option<Vec<SocketAddr>> = None;
     loop {
-        let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, locator.locate(&hop));
+        let lookup = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            locator.locate(&hop.host, hop.port, hop.transport),
+        );
         let result = tokio::select! {
             result = lookup => result,
             _ = shutdown.cancelled() => return,

@@ -554,21 +554,23 @@ impl Endpoint {
     }
 
     /// [`Endpoint::send_request`] to `flow.remote`, whatever the first Route or the
-    /// Request-URI name: for requests whose next hop `io/` resolved once (a registration's
-    /// REGISTERs and keepalives), so a host name is not looked up again for every
-    /// retransmission, and a TCP flow reuses its connection to that address.
+    /// Request-URI name: for requests whose next hop `io/` located once (RFC 3263: a
+    /// registration's REGISTERs and keepalives, a bridged transfer's INVITE), so a host name is
+    /// not looked up again for every retransmission, the CANCEL goes where the INVITE went, and
+    /// a TCP flow reuses its connection to that address.
     pub fn send_request_to_flow(
         &mut self,
         now: Instant,
         flow: &Flow,
         request: &OutgoingRequest,
+        body: Option<(&str, Bytes)>,
     ) -> ClientTxId {
         self.start_client(
             now,
             flow,
             Target::Addr(flow.remote),
             request,
-            None,
+            body,
             message::new_branch(),
         )
     }
@@ -668,6 +670,16 @@ impl Endpoint {
             None => host_literal(flow.local.ip()),
         };
         format!("{host}:{}", flow.local.port())
+    }
+
+    /// Forgets client transaction `tx` without a word on the wire: its retransmissions stop,
+    /// and a response that still comes for it is stray (dropped). For an INVITE whose server
+    /// never answered at all, so no CANCEL may be sent (RFC 3261 §9.1), when the request goes
+    /// to another server instead (RFC 3263 §4.3). False when it is gone already.
+    pub fn abandon_client(&mut self, tx: ClientTxId) -> bool {
+        let before = self.clients.len();
+        self.clients.retain(|_, entry| entry.id != tx);
+        self.clients.len() < before
     }
 
     /// Feeds expired timers to every transaction and drops terminated ones.
@@ -881,7 +893,8 @@ pub fn uri_explicit_port(value: &str) -> Option<u16> {
     uri_host_and_port(value)?.1
 }
 
-fn uri_host_and_port(value: &str) -> Option<(String, Option<u16>)> {
+/// The host of a SIP URI and its port when it names one.
+pub fn uri_host_and_port(value: &str) -> Option<(String, Option<u16>)> {
     let uri = match (value.find('<'), value.find('>')) {
         (Some(start), Some(end)) if start < end => &value[start + 1..end],
         _ => value.trim(),

@@ -10,7 +10,7 @@ use crate::call::CallKey;
 use crate::config::transfer::{TransferDestination, TransferMethod};
 use crate::config::{Secret, Settings};
 use crate::sip::message::Request;
-use crate::testkit::{answer, secs, settings, Caller, Harness};
+use crate::testkit::{answer, secs, settings, Caller, Harness, Sent};
 
 const AGENT: &str = "192.0.2.50:5080";
 const AGENT_SDP: &str = "v=0\r\no=agent 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\n\
@@ -474,4 +474,318 @@ fn warm_transfer_tells_the_destination_the_announcement_and_summary_in_headers()
         invite.header("X-Voxgate-Summary"),
         Some("Ann wants a refund")
     );
+}
+
+/// The destination by name; its servers, as `io/` would locate them (RFC 3263).
+const NAMED: &str = "sip:agent@agents.example.com";
+
+fn servers() -> [SocketAddr; 2] {
+    [
+        "192.0.2.51:5060".parse().expect("literal"),
+        "192.0.2.52:5070".parse().expect("literal"),
+    ]
+}
+
+fn named_settings(timeout_secs: u64) -> Settings {
+    let mut settings = bridge_settings();
+    settings.transfer.timeout_secs = timeout_secs;
+    if let Some(destination) = settings
+        .agents
+        .first_mut()
+        .and_then(|agent| agent.transfers.first_mut())
+    {
+        destination.uri = Some(NAMED.to_owned());
+    }
+    settings
+}
+
+/// An established call whose agent asked for the named destination; returns its key once the
+/// lookup was asked for (nothing sent to the destination yet).
+fn located_transfer(h: &mut Harness, caller: &mut Caller) -> CallKey {
+    h.establish(caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.take();
+    h.transfer(key, request());
+    let outputs = h.take_outputs();
+    let lookup = outputs
+        .iter()
+        .find_map(|output| match output {
+            Output::LocateAgentLeg {
+                host,
+                port,
+                transport,
+                ..
+            } => Some((host.clone(), *port, *transport)),
+            _ => None,
+        })
+        .expect("the next hop is looked up");
+    assert_eq!(
+        lookup,
+        ("agents.example.com".to_owned(), None, Transport::Udp),
+        "no port in the URI: SRV first (RFC 3263 §4.2)"
+    );
+    assert!(
+        leg_commands(&outputs).contains(&AgentLegCommand::Ringback),
+        "the caller hears ringback while DNS answers"
+    );
+    assert!(
+        !h.take_requests()
+            .iter()
+            .any(|r| r.method().to_string() == "INVITE"),
+        "no INVITE before the lookup"
+    );
+    key
+}
+
+/// The INVITEs sent so far, with where each went.
+fn invites_sent(h: &mut Harness) -> Vec<(SocketAddr, Request)> {
+    h.take()
+        .into_iter()
+        .filter_map(|sent| {
+            let request = sent.request()?.clone();
+            match (sent.target, request.method().to_string().as_str()) {
+                (crate::sip::endpoint::Target::Addr(to), "INVITE") => Some((to, request)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn success_count(outputs: &[Output]) -> usize {
+    outputs
+        .iter()
+        .filter(|output| {
+            matches!(
+                output,
+                Output::TransferFinished {
+                    result: "success",
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn named_destination_is_located_and_a_503_moves_the_invite_to_the_next_server() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    let [first, second] = servers();
+    h.agent_leg_located(key, Ok(&servers()));
+    let sent = invites_sent(&mut h);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (to, invite) = &sent[0];
+    assert_eq!(*to, first, "the most preferred server first");
+    assert_eq!(
+        invite.request_uri(),
+        NAMED,
+        "the Request-URI keeps the name"
+    );
+
+    h.send_from(first, &from_agent(invite, 503, None));
+    let sent = h.take();
+    assert!(
+        sent.iter().any(
+            |s| s.request().is_some_and(|r| r.method().to_string() == "ACK")
+                && s.target == crate::sip::endpoint::Target::Addr(first)
+        ),
+        "the 503 is ACKed where it came from"
+    );
+    let again: Vec<(SocketAddr, Request)> = sent
+        .iter()
+        .filter_map(|s| match (&s.target, s.request()) {
+            (crate::sip::endpoint::Target::Addr(to), Some(r))
+                if r.method().to_string() == "INVITE" =>
+            {
+                Some((*to, r.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again.len(), 1, "one INVITE to the next server: {again:?}");
+    let (to, retry) = &again[0];
+    assert_eq!(*to, second);
+    assert_eq!(retry.call_id(), invite.call_id(), "RFC 3263 §4.3");
+    assert_eq!(retry.from_tag(), invite.from_tag());
+    assert_eq!(retry.cseq().seq, invite.cseq().seq + 1);
+    assert_ne!(retry.top_via().branch, invite.top_via().branch);
+    assert!(
+        transfer_failures(&h.take_outputs()).is_empty(),
+        "the model hears nothing of the 503"
+    );
+
+    h.send_from(second, &from_agent(retry, 180, None));
+    h.send_from(second, &from_agent(retry, 200, Some(AGENT_SDP)));
+    let ack = agent_request(&mut h, "ACK");
+    assert_eq!(ack.cseq().seq, retry.cseq().seq);
+    let outputs = h.take_outputs();
+    assert_eq!(success_count(&outputs), 1, "{outputs:?}");
+    assert!(leg_commands(&outputs)
+        .iter()
+        .any(|c| matches!(c, AgentLegCommand::Connect(_))));
+    h.send(&caller.request("BYE", &[], None));
+    let bye = agent_request(&mut h, "BYE");
+    h.send_from(agent_addr(), &answer(&bye, 200, &[], None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn a_server_that_sends_nothing_is_given_up_after_4_s_without_a_cancel() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    let [first, second] = servers();
+    let asked = h.now;
+    h.agent_leg_located(key, Ok(&servers()));
+    let (at, retry) = h
+        .run_until(secs(10), |sent| {
+            let request = sent.request()?;
+            (request.method().to_string() == "INVITE"
+                && sent.target == crate::sip::endpoint::Target::Addr(second))
+            .then(|| request.clone())
+        })
+        .expect("an INVITE to the second server");
+    assert_eq!(at - asked, secs(4), "8·T1 of silence");
+    let earlier = h.take();
+    let to_first: Vec<&Sent> = earlier
+        .iter()
+        .filter(|s| s.target == crate::sip::endpoint::Target::Addr(first))
+        .collect();
+    assert_eq!(
+        to_first.len(),
+        4,
+        "the INVITE and its retransmissions at 0.5, 1.5 and 3.5 s"
+    );
+    assert!(
+        to_first.iter().all(|s| s
+            .request()
+            .is_some_and(|r| r.method().to_string() == "INVITE")),
+        "no CANCEL without a response (RFC 3261 §9.1)"
+    );
+    h.advance(secs(5));
+    assert!(
+        h.take()
+            .iter()
+            .all(|s| s.target != crate::sip::endpoint::Target::Addr(first)),
+        "the first server's INVITE is abandoned: no more retransmissions"
+    );
+    // A late answer from the server given up matches nothing.
+    let first_invite = earlier
+        .iter()
+        .find_map(|s| {
+            s.request()
+                .filter(|_| s.target == crate::sip::endpoint::Target::Addr(first))
+        })
+        .expect("the first INVITE")
+        .clone();
+    h.send_from(first, &from_agent(&first_invite, 180, None));
+    assert!(h.take().is_empty());
+
+    h.send_from(second, &from_agent(&retry, 200, Some(AGENT_SDP)));
+    assert_eq!(success_count(&h.take_outputs()), 1);
+    h.send(&caller.request("BYE", &[], None));
+    let bye = agent_request(&mut h, "BYE");
+    h.send_from(agent_addr(), &answer(&bye, 200, &[], None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn the_last_server_is_not_given_up_early_and_its_silence_is_a_408() {
+    let mut h = Harness::new(&named_settings(600));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    let [_, second] = servers();
+    h.agent_leg_located(key, Ok(&[second]));
+    assert_eq!(invites_sent(&mut h).len(), 1);
+    h.take_outputs();
+    h.advance(secs(31));
+    assert!(transfer_failures(&h.take_outputs()).is_empty());
+    h.advance(secs(2));
+    let failures = transfer_failures(&h.take_outputs());
+    assert!(
+        failures.first().is_some_and(|f| f.contains("408")),
+        "Timer B: {failures:?}"
+    );
+    h.send(&caller.request("BYE", &[], None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn a_destination_dns_cannot_find_is_a_503_failure_and_the_call_goes_on() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    h.agent_leg_located(key, Err("agents.example.com: no address"));
+    let outputs = h.take_outputs();
+    assert!(leg_commands(&outputs).contains(&AgentLegCommand::Release));
+    let failures = transfer_failures(&outputs);
+    let output: serde_json::Value =
+        serde_json::from_str(failures.first().expect("a failure")).expect("JSON");
+    assert_eq!(output["sip_status"], 503, "{output}");
+    assert!(invites_sent(&mut h).is_empty());
+    assert_eq!(h.switchboard.active_calls(), 1, "the caller stays");
+    h.send(&caller.request("BYE", &[], None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn a_lookup_that_outlasts_the_transfer_timeout_ends_the_attempt() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    h.advance(secs(21));
+    let outputs = h.take_outputs();
+    assert!(leg_commands(&outputs).contains(&AgentLegCommand::Release));
+    assert!(
+        transfer_failures(&outputs)
+            .first()
+            .is_some_and(|f| f.contains("in time")),
+        "{outputs:?}"
+    );
+    // The answer that comes too late changes nothing.
+    h.agent_leg_located(key, Ok(&servers()));
+    assert!(invites_sent(&mut h).is_empty());
+    h.send(&caller.request("BYE", &[], None));
+    assert_clean(&mut h);
+}
+
+#[test]
+fn an_outbound_proxy_by_name_is_located_instead_of_the_destination() {
+    let mut settings = bridge_settings();
+    if let Some(trunk) = settings.trunks.first_mut() {
+        trunk.outbound_proxy = Some("sip:proxy.example.com:5070;transport=tcp".into());
+    }
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.take();
+    h.transfer(key, request());
+    let lookup = h
+        .take_outputs()
+        .into_iter()
+        .find_map(|output| match output {
+            Output::LocateAgentLeg {
+                host,
+                port,
+                transport,
+                ..
+            } => Some((host, port, transport)),
+            _ => None,
+        });
+    assert_eq!(
+        lookup,
+        Some(("proxy.example.com".to_owned(), Some(5070), Transport::Tcp)),
+        "a port in the URI: A/AAAA only; the proxy's transport"
+    );
+    let proxy: SocketAddr = "192.0.2.60:5070".parse().expect("literal");
+    h.agent_leg_located(key, Ok(&[proxy]));
+    let sent = invites_sent(&mut h);
+    let (to, invite) = sent.first().expect("INVITE");
+    assert_eq!(*to, proxy);
+    assert_eq!(invite.request_uri(), format!("sip:agent@{AGENT}"));
+    assert!(invite
+        .header("Route")
+        .is_some_and(|route| route.contains("proxy.example.com")));
 }
