@@ -1,17 +1,20 @@
 //! Calls from SIPp (the PBX) to the real voxgate binary over loopback: echo audio, hang-up from
 //! either side, CANCEL, admission, codec refusal, INVITE retransmission, hold/resume, late offer,
 //! IPv6, RTCP both ways (the test as the caller's media), RFC 4028 session timers with either side
-//! refreshing, the RTP inactivity timeout (and that holding exempts from it). Scenario files: `tests/sipp/*.xml`; harness: `tests/common/`.
+//! refreshing, the RTP inactivity timeout (and that holding exempts from it), a BYE to a Contact
+//! by name located through the configured DNS. Scenario files: `tests/sipp/*.xml`; harness:
+//! `tests/common/`.
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::dns::{DnsStub, Record};
 use common::pcap::{index_of, payload_for};
 use common::rtp::{
     receiver_report, report_blocks, rtcp_sender_ssrc, rtp_packet, sdes_cnames, sender_report,
@@ -139,6 +142,59 @@ fn sigterm_drains_refuses_new_calls_and_hangs_up_active_ones() {
         .into_iter()
         .find(|m| m.first_line().starts_with("BYE "));
     assert!(bye.is_some(), "no BYE from voxgate\n{}", outcome.report());
+}
+
+/// The caller's Contact names a host (`caller.test`) that only the configured name server
+/// knows: voxgate's BYE (at the end of a drain) goes where that server says, not to the address
+/// the INVITE came from (RFC 3261 §12.2.1.1: the remote target; RFC 3263: located by DNS).
+#[test]
+fn bye_to_a_contact_by_name_goes_where_the_configured_dns_says() {
+    let dns = DnsStub::start(vec![Record::a("caller.test", Ipv4Addr::LOCALHOST)]);
+    let gateway = Gateway::start_with(GatewayConfig {
+        drain_timeout_secs: 1,
+        extra: format!("[dns]\nservers = [\"{}\"]\n", dns.addr()),
+        ..GatewayConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let template = std::fs::read_to_string(common::sipp::scenario_path("uac_bye_from_gateway.xml"))
+        .expect("scenario");
+    let scenario = dir.path().join("uac_bye_to_name.xml");
+    std::fs::write(
+        &scenario,
+        template.replacen(
+            "Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>",
+            "Contact: <sip:sipp@caller.test:[local_port];transport=[transport]>",
+            1,
+        ),
+    )
+    .expect("write scenario");
+    let run = Sipp::new(&scenario.display().to_string(), gateway.sip_addr()).spawn();
+    let active = gateway.wait_metric(CALLS_ACTIVE, &[], SETTLE, |v| v >= 1.0);
+    assert_eq!(active, 1.0, "the SIPp call never became active");
+    gateway.terminate();
+    let outcome = run.wait();
+    outcome.assert_success();
+    let bye = outcome
+        .received()
+        .into_iter()
+        .find(|m| m.first_line().starts_with("BYE "))
+        .expect("voxgate's BYE");
+    assert!(
+        bye.first_line().starts_with("BYE sip:sipp@caller.test:"),
+        "{}",
+        bye.first_line()
+    );
+    assert!(
+        dns.queries()
+            .iter()
+            .any(|(name, kind)| name == "caller.test." && (kind == "A" || kind == "AAAA")),
+        "queries: {:?}",
+        dns.queries()
+    );
+    assert!(
+        !dns.queries().iter().any(|(_, kind)| kind == "SRV"),
+        "a port in the URI: no SRV (RFC 3263 §4.2)"
+    );
 }
 
 /// (3) CANCEL while ringing: 200 to the CANCEL, 487 to the INVITE. Needs the echo agent option

@@ -6,6 +6,7 @@
 //! `/etc/resolv.conf` for SRV and the system resolver (`getaddrinfo`, so `/etc/hosts` too) for
 //! addresses, which is how names resolved before SRV support.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -247,6 +248,71 @@ impl Locator {
             IpAddr::V4(_) => self.families.0,
             IpAddr::V6(_) => self.families.1,
         }
+    }
+}
+
+/// Where requests to a host name go (the first target RFC 3263 gives: in-dialog requests to a
+/// remote target or Route by name), remembered for the answer's lifetime: every
+/// retransmission of a transaction goes to the same server, and a name is not looked up again
+/// for each message.
+pub struct HostCache {
+    locator: Locator,
+    known: std::sync::Mutex<HashMap<HostKey, (SocketAddr, Instant)>>,
+}
+
+type HostKey = (String, Option<u16>, Transport);
+
+/// Names remembered at most (a flood of requests to ever new names cannot grow it further).
+const MAX_HOSTS: usize = 1_024;
+
+impl HostCache {
+    /// A cache asking `locator`.
+    pub fn new(locator: Locator) -> HostCache {
+        HostCache {
+            locator,
+            known: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The server for `host` (and `port`) over `transport` if it was located and is still
+    /// valid.
+    pub fn get(&self, host: &str, port: Option<u16>, transport: Transport) -> Option<SocketAddr> {
+        let known = self.known.lock().ok()?;
+        let (address, until) = known.get(&(host.to_owned(), port, transport))?;
+        (Instant::now() < *until).then_some(*address)
+    }
+
+    /// Locates `host` (remembering the answer); `None`, logged, when it cannot be.
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        transport: Transport,
+    ) -> Option<SocketAddr> {
+        if let Some(address) = self.get(host, port, transport) {
+            return Some(address);
+        }
+        let located = match self.locator.locate(host, port, transport).await {
+            Ok(located) => located,
+            Err(why) => {
+                tracing::warn!(host, "could not locate the SIP destination: {why}");
+                return None;
+            }
+        };
+        let target = located.targets.first()?;
+        let until = Instant::now() + located.refresh_in.unwrap_or(MAX_REFRESH);
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= MAX_HOSTS {
+                let now = Instant::now();
+                known.retain(|_, (_, valid)| *valid > now);
+                if known.len() >= MAX_HOSTS {
+                    known.clear();
+                }
+            }
+            known.insert((host.to_owned(), port, transport), (target.address, until));
+        }
+        tracing::debug!(host, server = %target.address, origin = %target.origin, "SIP destination located");
+        Some(target.address)
     }
 }
 

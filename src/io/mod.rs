@@ -176,6 +176,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics.registration.prime(&hop.trunk);
     }
     let locator = locate::Locator::new(&settings.dns, families);
+    let mut transports = transports;
+    transports.locate_with(Arc::new(locate::HostCache::new(locator.clone())));
     if !next_hops.is_empty() {
         for hop in next_hops {
             tokio::spawn(resolve_next_hop(

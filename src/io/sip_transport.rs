@@ -3,7 +3,8 @@
 //! Every received message goes to the core task as [`CoreInput::Sip`] with the [`Flow`] it came
 //! on. The core's [`Transmit`]s come back through [`Transports::send`]: UDP from the listening
 //! socket (so replies leave from the port peers know), TCP on the connection named in the
-//! transmit or an open one to the same peer, else a new connection.
+//! transmit or an open one to the same peer, else a new connection. A transmit to a host name
+//! goes to the server [`HostCache`] located for it (RFC 3263).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::locate::HostCache;
 use super::CoreInput;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct Transports {
     core_tx: mpsc::Sender<CoreInput>,
     max_message_bytes: usize,
     shutdown: CancellationToken,
+    /// Locates host names (set with [`Transports::locate_with`]; until then, none resolve).
+    hosts: Option<Arc<HostCache>>,
 }
 
 impl Transports {
@@ -84,7 +88,21 @@ impl Transports {
             core_tx,
             max_message_bytes: max,
             shutdown,
+            hosts: None,
         })
+    }
+
+    /// Locates the host names of transmits with `hosts` from now on.
+    pub fn locate_with(&mut self, hosts: Arc<HostCache>) {
+        self.hosts = Some(hosts);
+    }
+
+    /// The server already located for a host-name target.
+    fn located(&self, target: &Target, transport: Transport) -> Option<SocketAddr> {
+        match target {
+            Target::Addr(address) => Some(*address),
+            Target::Host(host, port) => self.hosts.as_ref()?.get(host, *port, transport),
+        }
     }
 
     /// The bound addresses.
@@ -147,19 +165,24 @@ impl Transports {
     }
 
     fn send_udp(&mut self, transmit: Transmit) {
-        match transmit.target {
-            Target::Addr(address) => {
-                let Some(socket) = self.udp_socket_for(address.ip()) else {
-                    return;
-                };
-                if let Err(error) = socket.try_send_to(&transmit.bytes, address) {
-                    tracing::warn!(%address, %error, "could not send SIP over UDP");
-                }
+        // Located already (an address, or a name this transaction's first message located):
+        // sent at once, so retransmissions keep their order and their server.
+        if let Some(address) = self.located(&transmit.target, Transport::Udp) {
+            let Some(socket) = self.udp_socket_for(address.ip()) else {
+                return;
+            };
+            if let Err(error) = socket.try_send_to(&transmit.bytes, address) {
+                tracing::warn!(%address, %error, "could not send SIP over UDP");
             }
+            return;
+        }
+        match transmit.target {
+            Target::Addr(_) => {}
             Target::Host(host, port) => {
                 let sockets = self.udp.clone();
+                let hosts = self.hosts.clone();
                 tokio::spawn(async move {
-                    let Some(address) = resolve(&host, port).await else {
+                    let Some(address) = resolve(hosts, &host, port, Transport::Udp).await else {
                         return;
                     };
                     let socket = sockets
@@ -184,9 +207,9 @@ impl Transports {
         let existing = transmit
             .connection
             .filter(|id| self.connections.contains_key(id))
-            .or_else(|| match &transmit.target {
-                Target::Addr(address) => self.by_peer.get(address).copied(),
-                Target::Host(..) => None,
+            .or_else(|| {
+                let address = self.located(&transmit.target, Transport::Tcp)?;
+                self.by_peer.get(&address).copied()
             });
         if let Some((_, writer)) = existing.and_then(|id| self.connections.get(&id)) {
             if writer.try_send(transmit.bytes.clone()).is_ok() {
@@ -201,10 +224,12 @@ impl Transports {
         let ids = self.next_connection.clone();
         let max = self.max_message_bytes;
         let shutdown = self.shutdown.clone();
+        let hosts = self.hosts.clone();
         tokio::spawn(async move {
             let address = match transmit.target {
                 Target::Addr(address) => address,
-                Target::Host(host, port) => match resolve(&host, port).await {
+                Target::Host(host, port) => match resolve(hosts, &host, port, Transport::Tcp).await
+                {
                     Some(address) => address,
                     None => return,
                 },
@@ -222,14 +247,21 @@ impl Transports {
     }
 }
 
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(mut addresses) => addresses.next(),
-        Err(error) => {
-            tracing::warn!(host, %error, "could not resolve SIP destination");
-            None
-        }
-    }
+/// Where a message to `host` goes: the server `hosts` locates (RFC 3263).
+async fn resolve(
+    hosts: Option<Arc<HostCache>>,
+    host: &str,
+    port: Option<u16>,
+    transport: Transport,
+) -> Option<SocketAddr> {
+    let Some(hosts) = hosts else {
+        tracing::warn!(
+            host,
+            "SIP destination by name before DNS is set up; dropped"
+        );
+        return None;
+    };
+    hosts.resolve(host, port, transport).await
 }
 
 async fn udp_loop(

@@ -59,8 +59,9 @@ pub struct Flow {
 pub enum Target {
     /// A resolved address.
     Addr(SocketAddr),
-    /// A host name to resolve (A/AAAA) and a port.
-    Host(String, u16),
+    /// A host name for `io/` to locate (RFC 3263: SRV when the URI names no port, then
+    /// A/AAAA) and the port the URI names.
+    Host(String, Option<u16>),
 }
 
 /// A message for `io/` to put on the wire.
@@ -872,9 +873,9 @@ fn request_target(request: &OutgoingRequest, flow: &Flow) -> Target {
         .find(|(name, _)| *name == "Route")
         .map(|(_, value)| value.as_str())
         .unwrap_or(&request.request_uri);
-    match uri_host_port(uri) {
+    match uri_host_and_port(uri) {
         Some((host, port)) => match host.parse::<IpAddr>() {
-            Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+            Ok(ip) => Target::Addr(SocketAddr::new(ip, port.unwrap_or(5060))),
             Err(_) => Target::Host(host, port),
         },
         None => Target::Addr(flow.remote),
@@ -1080,6 +1081,37 @@ mod tests {
         );
         assert_eq!(uri_host_port("tel:+15551234"), None);
         assert_eq!(uri_host_port("sip:host:notaport"), None);
+    }
+
+    #[test]
+    fn a_request_to_a_name_keeps_whether_its_uri_named_a_port() {
+        let request = |uri: &str, route: Option<&str>| OutgoingRequest {
+            method: "BYE".into(),
+            request_uri: uri.into(),
+            headers: route.map(|r| ("Route", r.to_owned())).into_iter().collect(),
+            cseq: 2,
+        };
+        // RFC 3263 §4.2: no port, SRV first (io/ decides); a port, A/AAAA at that port.
+        assert_eq!(
+            request_target(&request("sip:bob@pbx.example.com", None), &udp()),
+            Target::Host("pbx.example.com".into(), None)
+        );
+        assert_eq!(
+            request_target(&request("sip:bob@pbx.example.com:5080", None), &udp()),
+            Target::Host("pbx.example.com".into(), Some(5080))
+        );
+        assert_eq!(
+            request_target(
+                &request("sip:bob@192.0.2.9", Some("<sip:edge.example.com;lr>")),
+                &udp()
+            ),
+            Target::Host("edge.example.com".into(), None),
+            "the first Route"
+        );
+        assert_eq!(
+            request_target(&request("sip:bob@192.0.2.9", None), &udp()),
+            Target::Addr("192.0.2.9:5060".parse().expect("literal"))
+        );
     }
 
     #[test]

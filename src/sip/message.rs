@@ -38,7 +38,7 @@ use super::via::{parse_host_port, parse_via_list, split_top_level};
 pub use super::via::{Rport, Via, ViaError, MAGIC_COOKIE};
 
 /// How the bytes arrived; decides the Content-Length rules (RFC 3261 §18.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// A datagram: trailing octets after Content-Length are ignored, a missing Content-Length
     /// means the body is the rest of the datagram.
