@@ -7,7 +7,7 @@
 //!  AwaitingMedia ─ports, next hop a name─> Locating (LocateAgentLeg, ringback) ─targets─> Calling
 //!  Calling ─1xx─> Calling (ringing) ─2xx─> ACK, Confirmed (Connect: speech closed, relay)
 //!  Calling ─401/407─> INVITE again (CSeq + 1, same Call-ID and From tag, credentials)
-//!  Calling ─503 / Timer B, a target left─> INVITE to the next target (CSeq + 1)
+//!  Calling ─503, or 8·T1 without any response; a target left─> INVITE to the next target
 //!  Calling ─300..699─> Terminated: Failed{status}    Calling ─Timer B─> Failed{408}
 //!  Calling ─transfer timeout / caller gone─> Cancelling: CANCEL (once a 1xx came), TimedOut
 //!  Cancelling ─487 (any final)─> Terminated         Cancelling ─2xx─> ACK, BYE: Ending
@@ -23,9 +23,10 @@
 //!
 //! RFC 3263 for that next hop: an IP address is used as it is; a name is located by `io/`
 //! (SRV when the URI has no port, then A/AAAA), and the INVITE goes to the first target. A
-//! `503` or no answer at all (Timer B) moves it to the next target, with a new INVITE (§4.3),
-//! as long as the transfer's time lasts. Every retransmission, and the CANCEL, go to the
-//! target of their INVITE.
+//! `503`, or no response at all within 8·T1 (the silent server's INVITE is abandoned: no CANCEL
+//! without a response, §9.1), moves it to the next target with a new INVITE (§4.3), as long as
+//! the transfer's time lasts; the lookup counts toward that time. Every retransmission, and the
+//! CANCEL, go to the target of their INVITE.
 //!
 //! The media side (`io/agent_media.rs`) takes [`AgentLegCommand`]s: ringback while the agent
 //! rings, the relay once it answers, the ports' release when the bridge fails.
@@ -78,7 +79,7 @@ enum LegState {
         /// The transfer timeout: CANCEL then.
         deadline: Instant,
         /// While nothing at all came back and another target is left: when to give this
-        /// target up ([`SILENT_SERVER`] after the INVITE).
+        /// target up ([`SILENT_SERVER_T1`] · T1 after the INVITE).
         failover_at: Option<Instant>,
     },
     /// The INVITE is being cancelled; its final response (normally 487) is awaited.
@@ -235,12 +236,11 @@ impl AgentLeg {
     }
 
     /// Sends the first INVITE to the first target: → Calling, until `deadline`.
-    fn start_calling(&mut self, ctx: &mut Ctx<'_>) -> ClientTxId {
+    fn start_calling(&mut self, ctx: &mut Ctx<'_>, deadline: Instant) -> ClientTxId {
         self.point_at(0);
         if let Some(target) = self.targets.first() {
             tracing::debug!(target = %target.address, origin = %target.origin, "sending the INVITE");
         }
-        let deadline = ctx.now + ctx.config.transfer.timeout();
         self.call_target(ctx, deadline)
     }
 
@@ -542,7 +542,7 @@ impl Call {
                 transport: leg.flow.transport,
             });
         } else {
-            let tx = leg.start_calling(ctx);
+            let tx = leg.start_calling(ctx, ctx.now + ctx.config.transfer.timeout());
             self.started_requests.push(tx);
         }
         ctx.outputs.push_back(Output::Media {
@@ -562,9 +562,9 @@ impl Call {
         let Some(leg) = self.agent_leg.as_mut() else {
             return;
         };
-        if !matches!(leg.state, LegState::Locating { .. }) {
+        let LegState::Locating { deadline } = leg.state else {
             return;
-        }
+        };
         let host = leg.next_hop.0.clone();
         let ipv4 = leg.flow.local.is_ipv4();
         let located = located.and_then(|targets| {
@@ -592,7 +592,7 @@ impl Call {
                     "transfer destination located"
                 );
                 leg.targets = targets;
-                let tx = leg.start_calling(ctx);
+                let tx = leg.start_calling(ctx, deadline);
                 self.started_requests.push(tx);
             }
             Err(why) => {

@@ -135,7 +135,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(8_192);
-    let transports = Transports::bind(
+    let mut transports = Transports::bind(
         &settings,
         core_tx.clone(),
         metrics.clone(),
@@ -176,7 +176,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics.registration.prime(&hop.trunk);
     }
     let locator = locate::Locator::new(&settings.dns, families);
-    let mut transports = transports;
     transports.locate_with(Arc::new(locate::HostCache::new(locator.clone())));
     if !next_hops.is_empty() {
         for hop in next_hops {

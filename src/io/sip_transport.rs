@@ -176,31 +176,30 @@ impl Transports {
             }
             return;
         }
-        match transmit.target {
-            Target::Addr(_) => {}
-            Target::Host(host, port) => {
-                let sockets = self.udp.clone();
-                let hosts = self.hosts.clone();
-                tokio::spawn(async move {
-                    let Some(address) = resolve(hosts, &host, port, Transport::Udp).await else {
-                        return;
-                    };
-                    let socket = sockets
-                        .iter()
-                        .find(|s| {
-                            s.local_addr()
-                                .map(|l| l.is_ipv4() == address.is_ipv4())
-                                .unwrap_or(false)
-                        })
-                        .or(sockets.first());
-                    if let Some(socket) = socket {
-                        if let Err(error) = socket.send_to(&transmit.bytes, address).await {
-                            tracing::warn!(%address, %error, "could not send SIP over UDP");
-                        }
-                    }
-                });
+        // A name not located yet (or whose answer expired): locate it, then send.
+        let Target::Host(host, port) = transmit.target else {
+            return;
+        };
+        let sockets = self.udp.clone();
+        let hosts = self.hosts.clone();
+        tokio::spawn(async move {
+            let Some(address) = resolve(hosts, &host, port, Transport::Udp).await else {
+                return;
+            };
+            let socket = sockets
+                .iter()
+                .find(|s| {
+                    s.local_addr()
+                        .map(|l| l.is_ipv4() == address.is_ipv4())
+                        .unwrap_or(false)
+                })
+                .or(sockets.first());
+            if let Some(socket) = socket {
+                if let Err(error) = socket.send_to(&transmit.bytes, address).await {
+                    tracing::warn!(%address, %error, "could not send SIP over UDP");
+                }
             }
-        }
+        });
     }
 
     fn send_tcp(&mut self, transmit: Transmit) {

@@ -789,3 +789,18 @@ fn an_outbound_proxy_by_name_is_located_instead_of_the_destination() {
         .header("Route")
         .is_some_and(|route| route.contains("proxy.example.com")));
 }
+
+#[test]
+fn the_lookup_counts_toward_the_transfer_timeout() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let asked = h.now;
+    let key = located_transfer(&mut h, &mut caller);
+    h.advance(secs(15));
+    let [first, _] = servers();
+    h.agent_leg_located(key, Ok(&[first]));
+    let (_, invite) = invites_sent(&mut h).pop().expect("INVITE");
+    h.send_from(first, &from_agent(&invite, 180, None));
+    let (at, _) = h.next_request("CANCEL", secs(60)).expect("CANCEL");
+    assert_eq!(at - asked, secs(20), "15 s of DNS and 5 s of ringing");
+}
