@@ -80,6 +80,29 @@ fn pcap_indices(packets: &[RtpPacket], range: std::ops::Range<usize>) -> Vec<usi
         .collect()
 }
 
+/// `voxgate_transfers_total` counts one transfer to `agent` by `method` with `result`.
+#[track_caller]
+fn assert_transfers(gateway: &Gateway, method: &str, result: &str) {
+    let labels = [
+        ("destination", "agent"),
+        ("method", method),
+        ("result", result),
+    ];
+    assert_eq!(
+        gateway.wait_metric(TRANSFERS, &labels, WAIT, |v| v >= 1.0),
+        1.0,
+        "{method} {result}"
+    );
+}
+
+/// The destination (a person's phone): a UAS that answers and plays the destination's audio.
+/// SIPp never sends to the address it is given.
+fn answering_agent() -> Sipp {
+    Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
+        .with_audio_from(AGENT_AUDIO, 250)
+        .deadline(Duration::from_secs(40))
+}
+
 fn assert_increasing(indices: &[usize], what: &str) {
     assert!(
         indices.windows(2).all(|pair| pair[0] < pair[1]),
@@ -96,10 +119,7 @@ fn bridged_destination_answers_and_audio_flows_both_ways() {
         return;
     }
     let standin = RealtimeStandIn::start(transferring_model());
-    // The destination is a UAS: SIPp never sends to the address it is given.
-    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
-        .with_audio_from(AGENT_AUDIO, 250)
-        .deadline(Duration::from_secs(40));
+    let agent = answering_agent();
     let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
     let gateway = gateway(&standin.url(), agent_sip);
     let agent_sink = RtpSink::bind(agent.echo_addr());
@@ -153,19 +173,7 @@ fn bridged_destination_answers_and_audio_flows_both_ways() {
     assert!(!caller_ssrcs.contains(&PCAP_SSRC) && !agent_ssrcs.contains(&PCAP_SSRC));
     assert_ne!(caller_ssrcs, agent_ssrcs);
 
-    assert_eq!(
-        gateway.wait_metric(
-            TRANSFERS,
-            &[
-                ("destination", "agent"),
-                ("method", "bridge"),
-                ("result", "success")
-            ],
-            WAIT,
-            |v| v >= 1.0
-        ),
-        1.0
-    );
+    assert_transfers(&gateway, "bridge", "success");
     assert_eq!(
         gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
         0.0
@@ -237,19 +245,7 @@ fn busy_destination_goes_back_to_the_model() {
             .any(|m| m.first_line().starts_with("BYE ")),
         "voxgate did not hang up"
     );
-    assert_eq!(
-        gateway.wait_metric(
-            TRANSFERS,
-            &[
-                ("destination", "agent"),
-                ("method", "bridge"),
-                ("result", "failed")
-            ],
-            WAIT,
-            |v| v >= 1.0
-        ),
-        1.0
-    );
+    assert_transfers(&gateway, "bridge", "failed");
     assert_eq!(
         gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
         0.0
@@ -268,9 +264,7 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
     let standin = RealtimeStandIn::start(transferring_model());
     let unavailable = Sipp::new("uas_agent_unavailable.xml", "127.0.0.1:9".parse().unwrap())
         .deadline(Duration::from_secs(40));
-    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
-        .with_audio_from(AGENT_AUDIO, 250)
-        .deadline(Duration::from_secs(40));
+    let agent = answering_agent();
     let dns = DnsStub::start(vec![
         Record::srv(
             "_sip._udp.agents.test",
@@ -344,19 +338,7 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
         pcap_indices(&to_agent, 0..450).len() >= 200,
         "the destination heard the caller"
     );
-    assert_eq!(
-        gateway.wait_metric(
-            TRANSFERS,
-            &[
-                ("destination", "agent"),
-                ("method", "bridge"),
-                ("result", "success")
-            ],
-            WAIT,
-            |v| v >= 1.0
-        ),
-        1.0
-    );
+    assert_transfers(&gateway, "bridge", "success");
     let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
     assert!(
         session.function_outputs.is_empty(),
@@ -420,20 +402,7 @@ fn falls_back_to_the_bridge(
     );
     assert_increasing(&heard_by_agent, "the caller's frames at the destination");
     for (method, result) in [("refer", "failed"), ("bridge", "success")] {
-        assert_eq!(
-            gateway.wait_metric(
-                TRANSFERS,
-                &[
-                    ("destination", "agent"),
-                    ("method", method),
-                    ("result", result)
-                ],
-                WAIT,
-                |v| v >= 1.0
-            ),
-            1.0,
-            "{method} {result}"
-        );
+        assert_transfers(gateway, method, result);
     }
     let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
     assert!(
@@ -455,9 +424,7 @@ fn refused_refer_falls_back_to_a_bridged_call() {
         return;
     }
     let standin = RealtimeStandIn::start(transferring_model());
-    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
-        .with_audio_from(AGENT_AUDIO, 250)
-        .deadline(Duration::from_secs(40));
+    let agent = answering_agent();
     let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
     let gateway = gateway_with(&standin.url(), agent_sip, "refer_then_bridge");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -478,9 +445,7 @@ fn busy_notify_falls_back_to_a_bridged_call() {
         return;
     }
     let standin = RealtimeStandIn::start(transferring_model());
-    let agent = Sipp::new("uas_agent.xml", "127.0.0.1:9".parse().unwrap())
-        .with_audio_from(AGENT_AUDIO, 250)
-        .deadline(Duration::from_secs(40));
+    let agent = answering_agent();
     let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
     let gateway = gateway_with(&standin.url(), agent_sip, "refer_then_bridge");
     let caller = Sipp::new("uac_refer_notify_failure.xml", gateway.sip_addr())

@@ -387,37 +387,16 @@ impl Call {
             .is_some_and(|leg| !leg.is_terminated())
         {
             tracing::warn!(target, "a bridged transfer is already under way");
-            let reason = "Request Pending".to_owned();
-            self.bridge_result(
-                ctx,
-                BridgeResult::Failed {
-                    status: 491,
-                    reason,
-                },
-            );
+            self.bridge_result(ctx, BridgeResult::failed(491, "Request Pending"));
             return;
         }
         let Some(codec) = self.negotiated_codec().filter(|_| self.is_answered()) else {
-            let reason = "Call Not Answered".to_owned();
-            self.bridge_result(
-                ctx,
-                BridgeResult::Failed {
-                    status: 480,
-                    reason,
-                },
-            );
+            self.bridge_result(ctx, BridgeResult::failed(480, "Call Not Answered"));
             return;
         };
         if uri_host_port(target).is_none() {
             tracing::warn!(target, "transfer destination is not a SIP URI");
-            let reason = "Bad Destination".to_owned();
-            self.bridge_result(
-                ctx,
-                BridgeResult::Failed {
-                    status: 404,
-                    reason,
-                },
-            );
+            self.bridge_result(ctx, BridgeResult::failed(404, "Bad Destination"));
             return;
         }
         // The next hop: the outbound proxy, else the destination. An IP literal is its only
@@ -513,16 +492,7 @@ impl Call {
             Ok(address) => address,
             Err(reason) => {
                 tracing::error!(%reason, "no RTP port for the transfer destination");
-                leg.state = LegState::Terminated;
-                self.release_agent_media(ctx);
-                let reason = "Service Unavailable".to_owned();
-                self.bridge_result(
-                    ctx,
-                    BridgeResult::Failed {
-                        status: 503,
-                        reason,
-                    },
-                );
+                self.fail_bridge(ctx, BridgeResult::failed(503, "Service Unavailable"));
                 return;
             }
         };
@@ -597,16 +567,7 @@ impl Call {
             }
             Err(why) => {
                 tracing::warn!(%host, "cannot locate the transfer destination: {why}");
-                leg.state = LegState::Terminated;
-                self.release_agent_media(ctx);
-                let reason = "Service Unavailable".to_owned();
-                self.bridge_result(
-                    ctx,
-                    BridgeResult::Failed {
-                        status: 503,
-                        reason,
-                    },
-                );
+                self.fail_bridge(ctx, BridgeResult::failed(503, "Service Unavailable"));
             }
         }
     }
@@ -630,6 +591,16 @@ impl Call {
 
     fn negotiated_codec(&self) -> Option<G711> {
         Some(self.negotiator.as_ref()?.negotiated()?.codec)
+    }
+
+    /// The bridge failed with nothing left in flight: the leg is over, its ports are released
+    /// (the ringback stops) and the transfer learns `result`.
+    fn fail_bridge(&mut self, ctx: &mut Ctx<'_>, result: BridgeResult) {
+        if let Some(leg) = self.agent_leg.as_mut() {
+            leg.state = LegState::Terminated;
+        }
+        self.release_agent_media(ctx);
+        self.bridge_result(ctx, result);
     }
 
     fn release_agent_media(&mut self, ctx: &mut Ctx<'_>) {
@@ -695,13 +666,9 @@ impl Call {
                             leg.send_bye(ctx, 0);
                             self.started_requests.extend(leg_bye(leg));
                             self.release_agent_media(ctx);
-                            let reason = "Not Acceptable Here".to_owned();
                             self.bridge_result(
                                 ctx,
-                                BridgeResult::Failed {
-                                    status: 488,
-                                    reason,
-                                },
+                                BridgeResult::failed(488, "Not Acceptable Here"),
                             );
                         }
                     }
@@ -729,9 +696,7 @@ impl Call {
                     }
                     let reason = response.reason().to_owned();
                     tracing::info!(status, %reason, "transfer destination refused the call");
-                    leg.state = LegState::Terminated;
-                    self.release_agent_media(ctx);
-                    self.bridge_result(ctx, BridgeResult::Failed { status, reason });
+                    self.fail_bridge(ctx, BridgeResult::Failed { status, reason });
                 }
             },
             LegState::Cancelling {
@@ -818,16 +783,7 @@ impl Call {
         match leg.state {
             LegState::Calling { tx: invite, .. } if invite == tx => {
                 tracing::warn!("transfer destination did not answer the INVITE (Timer B)");
-                leg.state = LegState::Terminated;
-                self.release_agent_media(ctx);
-                let reason = "Request Timeout".to_owned();
-                self.bridge_result(
-                    ctx,
-                    BridgeResult::Failed {
-                        status: 408,
-                        reason,
-                    },
-                );
+                self.fail_bridge(ctx, BridgeResult::failed(408, "Request Timeout"));
                 true
             }
             LegState::Cancelling { tx: invite, .. } if invite == tx => {
@@ -890,9 +846,7 @@ impl Call {
                     host = %leg.next_hop.0,
                     "the transfer destination could not be located in time"
                 );
-                leg.state = LegState::Terminated;
-                self.release_agent_media(ctx);
-                self.bridge_result(ctx, BridgeResult::TimedOut);
+                self.fail_bridge(ctx, BridgeResult::TimedOut);
             }
             LegState::Cancelling { deadline, .. } if ctx.now >= deadline => {
                 tracing::warn!("cancelled INVITE to the transfer destination never ended");

@@ -106,6 +106,16 @@ pub enum BridgeResult {
     TimedOut,
 }
 
+impl BridgeResult {
+    /// A failure with `status` and its `reason` phrase.
+    pub fn failed(status: u16, reason: &str) -> BridgeResult {
+        BridgeResult::Failed {
+            status,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// The transfer under way on a call.
 pub(super) struct ActiveTransfer {
     request: TransferRequest,

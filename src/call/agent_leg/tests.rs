@@ -9,6 +9,7 @@ use crate::call::transfer::TransferRequest;
 use crate::call::CallKey;
 use crate::config::transfer::{TransferDestination, TransferMethod};
 use crate::config::{Secret, Settings};
+use crate::sip::endpoint::Target;
 use crate::sip::message::Request;
 use crate::testkit::{answer, secs, settings, Caller, Harness, Sent};
 
@@ -537,6 +538,14 @@ fn located_transfer(h: &mut Harness, caller: &mut Caller) -> CallKey {
     key
 }
 
+/// The caller hangs up a bridged call: the destination gets BYE and answers; nothing is left.
+fn hang_up_bridged(h: &mut Harness, caller: &mut Caller) {
+    h.send(&caller.request("BYE", &[], None));
+    let bye = agent_request(h, "BYE");
+    h.send_from(agent_addr(), &answer(&bye, 200, &[], None));
+    assert_clean(h);
+}
+
 /// The INVITEs sent so far, with where each went.
 fn invites_sent(h: &mut Harness) -> Vec<(SocketAddr, Request)> {
     h.take()
@@ -544,7 +553,7 @@ fn invites_sent(h: &mut Harness) -> Vec<(SocketAddr, Request)> {
         .filter_map(|sent| {
             let request = sent.request()?.clone();
             match (sent.target, request.method().to_string().as_str()) {
-                (crate::sip::endpoint::Target::Addr(to), "INVITE") => Some((to, request)),
+                (Target::Addr(to), "INVITE") => Some((to, request)),
                 _ => None,
             }
         })
@@ -588,16 +597,14 @@ fn named_destination_is_located_and_a_503_moves_the_invite_to_the_next_server() 
     assert!(
         sent.iter().any(
             |s| s.request().is_some_and(|r| r.method().to_string() == "ACK")
-                && s.target == crate::sip::endpoint::Target::Addr(first)
+                && s.target == Target::Addr(first)
         ),
         "the 503 is ACKed where it came from"
     );
     let again: Vec<(SocketAddr, Request)> = sent
         .iter()
         .filter_map(|s| match (&s.target, s.request()) {
-            (crate::sip::endpoint::Target::Addr(to), Some(r))
-                if r.method().to_string() == "INVITE" =>
-            {
+            (Target::Addr(to), Some(r)) if r.method().to_string() == "INVITE" => {
                 Some((*to, r.clone()))
             }
             _ => None,
@@ -624,10 +631,7 @@ fn named_destination_is_located_and_a_503_moves_the_invite_to_the_next_server() 
     assert!(leg_commands(&outputs)
         .iter()
         .any(|c| matches!(c, AgentLegCommand::Connect(_))));
-    h.send(&caller.request("BYE", &[], None));
-    let bye = agent_request(&mut h, "BYE");
-    h.send_from(agent_addr(), &answer(&bye, 200, &[], None));
-    assert_clean(&mut h);
+    hang_up_bridged(&mut h, &mut caller);
 }
 
 #[test]
@@ -641,16 +645,15 @@ fn a_server_that_sends_nothing_is_given_up_after_4_s_without_a_cancel() {
     let (at, retry) = h
         .run_until(secs(10), |sent| {
             let request = sent.request()?;
-            (request.method().to_string() == "INVITE"
-                && sent.target == crate::sip::endpoint::Target::Addr(second))
-            .then(|| request.clone())
+            (request.method().to_string() == "INVITE" && sent.target == Target::Addr(second))
+                .then(|| request.clone())
         })
         .expect("an INVITE to the second server");
     assert_eq!(at - asked, secs(4), "8·T1 of silence");
     let earlier = h.take();
     let to_first: Vec<&Sent> = earlier
         .iter()
-        .filter(|s| s.target == crate::sip::endpoint::Target::Addr(first))
+        .filter(|s| s.target == Target::Addr(first))
         .collect();
     assert_eq!(
         to_first.len(),
@@ -665,18 +668,13 @@ fn a_server_that_sends_nothing_is_given_up_after_4_s_without_a_cancel() {
     );
     h.advance(secs(5));
     assert!(
-        h.take()
-            .iter()
-            .all(|s| s.target != crate::sip::endpoint::Target::Addr(first)),
+        h.take().iter().all(|s| s.target != Target::Addr(first)),
         "the first server's INVITE is abandoned: no more retransmissions"
     );
     // A late answer from the server given up matches nothing.
     let first_invite = earlier
         .iter()
-        .find_map(|s| {
-            s.request()
-                .filter(|_| s.target == crate::sip::endpoint::Target::Addr(first))
-        })
+        .find_map(|s| s.request().filter(|_| s.target == Target::Addr(first)))
         .expect("the first INVITE")
         .clone();
     h.send_from(first, &from_agent(&first_invite, 180, None));
@@ -684,10 +682,7 @@ fn a_server_that_sends_nothing_is_given_up_after_4_s_without_a_cancel() {
 
     h.send_from(second, &from_agent(&retry, 200, Some(AGENT_SDP)));
     assert_eq!(success_count(&h.take_outputs()), 1);
-    h.send(&caller.request("BYE", &[], None));
-    let bye = agent_request(&mut h, "BYE");
-    h.send_from(agent_addr(), &answer(&bye, 200, &[], None));
-    assert_clean(&mut h);
+    hang_up_bridged(&mut h, &mut caller);
 }
 
 #[test]
