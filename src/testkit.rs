@@ -25,7 +25,7 @@ use crate::config::{
     AgentKind, AgentSettings, CallSettings, RouteField, RouteSettings, Settings, SipSettings,
     TrunkSettings,
 };
-use crate::sip::endpoint::{Flow, Target};
+use crate::sip::endpoint::{ClientTxId, Flow, Target};
 use crate::sip::message::{self, Message, Request, Response, Transport};
 
 /// A fixed instant to start virtual clocks from (the same for the whole test process).
@@ -116,6 +116,8 @@ pub struct Sent {
     pub at: Instant,
     /// Where it went.
     pub target: Target,
+    /// The client transaction it belongs to (for [`Harness::send_failed`]).
+    pub client: Option<ClientTxId>,
     /// The message.
     pub message: Message,
 }
@@ -310,6 +312,14 @@ impl Harness {
         self.pump();
     }
 
+    /// Reports that `sent` could not be put on the wire (TCP connection refused, name not
+    /// located), as `io/` does for a client transaction's message.
+    pub fn send_failed(&mut self, sent: &Sent) {
+        let tx = sent.client.expect("a client transaction's message");
+        self.switchboard.handle_send_failed(self.now, tx);
+        self.pump();
+    }
+
     /// Reports a TCP connection to `peer` closed.
     pub fn connection_closed(&mut self, peer: SocketAddr) {
         self.switchboard.handle_connection_closed(self.now, peer);
@@ -339,6 +349,7 @@ impl Harness {
                 self.wire.push(Sent {
                     at: self.now,
                     target: transmit.target,
+                    client: transmit.client,
                     message,
                 });
             }

@@ -432,16 +432,16 @@ fn a_changed_received_address_re_registers_with_the_rewritten_contact() {
     );
 }
 
-/// voxgate with the register-mode trunk `carrier` registering with `registrar` (a URI), and
-/// `[dns] servers` naming `dns`.
-fn gateway_with_dns(registrar: &str, dns: &DnsStub) -> Gateway {
+/// voxgate with the register-mode trunk `carrier` registering with `registrar` (a URI), plus
+/// `extra` trunk keys, and `[dns] servers` naming `dns`.
+fn gateway_with_dns(registrar: &str, extra: &str, dns: &DnsStub) -> Gateway {
     Gateway::start_with(GatewayConfig {
         allow_from: vec!["192.0.2.0/24".into()],
         env: vec![(PASSWORD_ENV.into(), PASSWORD.into())],
         extra: format!(
             "[[trunks]]\nname = \"carrier\"\nmode = \"register\"\n\
              registrar = \"{registrar}\"\nusername = \"voxgate\"\n\
-             password_env = \"{PASSWORD_ENV}\"\n\n[dns]\nservers = [\"{}\"]\n",
+             password_env = \"{PASSWORD_ENV}\"\n{extra}\n[dns]\nservers = [\"{}\"]\n",
             dns.addr()
         ),
         ..GatewayConfig::default()
@@ -467,7 +467,11 @@ fn assert_bound_at(kamailio: &Kamailio, gateway: &Gateway, dns: &DnsStub, timeou
 fn a_registrar_name_with_a_port_is_resolved_without_srv_by_the_configured_name_servers() {
     let kamailio = kamailio(3_600);
     let dns = DnsStub::start(vec![Record::a("pbx.test", Ipv4Addr::LOCALHOST)]);
-    let gateway = gateway_with_dns(&format!("sip:pbx.test:{}", kamailio.addr().port()), &dns);
+    let gateway = gateway_with_dns(
+        &format!("sip:pbx.test:{}", kamailio.addr().port()),
+        "",
+        &dns,
+    );
     assert_bound_at(&kamailio, &gateway, &dns, Duration::from_secs(10));
     let queries = dns.queries();
     assert!(
@@ -503,7 +507,7 @@ fn locates_the_registrar_by_srv_and_fails_over_from_a_503_to_the_next_server() {
         Record::a("a.pbx.test", Ipv4Addr::LOCALHOST),
         Record::a("b.pbx.test", Ipv4Addr::LOCALHOST),
     ]);
-    let gateway = gateway_with_dns("sip:pbx.test", &dns);
+    let gateway = gateway_with_dns("sip:pbx.test", "", &dns);
 
     assert_bound_at(&kamailio, &gateway, &dns, Duration::from_secs(10));
     assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
@@ -552,7 +556,7 @@ fn when_dns_moves_the_registrar_voxgate_registers_with_the_new_server() {
         ]
     };
     let dns = DnsStub::start(srv(&first, "a.pbx.test"));
-    let gateway = gateway_with_dns("sip:pbx.test", &dns);
+    let gateway = gateway_with_dns("sip:pbx.test", "", &dns);
     assert_bound_at(&first, &gateway, &dns, Duration::from_secs(10));
 
     dns.set_records(srv(&second, "b.pbx.test"));
@@ -566,5 +570,62 @@ fn when_dns_moves_the_registrar_voxgate_registers_with_the_new_server() {
     );
     assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
     call_the_aor_through(&second);
+    assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 1.0);
+}
+
+/// Over TCP, the preferred server refuses the connection (nothing listens on its port): voxgate
+/// treats that as a 503 from it (RFC 3261 §8.1.3.1) and registers with the next server, a
+/// Kamailio over TCP, at once: not after Timer F (32 s), which is beyond the wait here.
+#[test]
+fn over_tcp_a_server_that_refuses_the_connection_is_failed_over_at_once() {
+    let kamailio = Kamailio::start(KamailioConfig {
+        port: PortBlock::reserve(2).port(0),
+        realm: "voxgate.test".into(),
+        user: "voxgate".into(),
+        password: PASSWORD.into(),
+        max_expires: 3_600,
+        tcp: true,
+    });
+    let refusing = PortBlock::reserve(2).port(0);
+    let dns = DnsStub::start(vec![
+        Record::srv("_sip._tcp.pbx.test", 10, 0, refusing, "a.pbx.test"),
+        Record::srv(
+            "_sip._tcp.pbx.test",
+            20,
+            0,
+            kamailio.addr().port(),
+            "b.pbx.test",
+        ),
+        Record::a("a.pbx.test", Ipv4Addr::LOCALHOST),
+        Record::a("b.pbx.test", Ipv4Addr::LOCALHOST),
+    ]);
+    let gateway = gateway_with_dns("sip:pbx.test", "transport = \"tcp\"\n", &dns);
+    let over_tcp = |bindings: &[(String, String)]| {
+        bindings
+            .iter()
+            .any(|(aor, address)| aor == "voxgate" && address.ends_with(";transport=tcp"))
+    };
+    let bindings = kamailio.wait_bindings(Duration::from_secs(10), over_tcp);
+    assert!(
+        over_tcp(&bindings),
+        "no binding at the second server within 10 s: {bindings:?}\nDNS queries: {:?}\nlog:\n{}",
+        dns.queries(),
+        gateway.log()
+    );
+    assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    assert_metric(
+        &gateway,
+        ATTEMPTS,
+        &[TRUNK, ("result", "transport_error")],
+        |v| v == 1.0,
+    );
+    assert_eq!(attempts(&gateway, "timeout"), 0.0);
+    let log = gateway.log();
+    assert!(
+        log.contains("could not open a SIP TCP connection")
+            && log.contains("trying the registrar's next server: b.pbx.test (SRV priority 20)"),
+        "log:\n{log}"
+    );
+    call_the_aor_through(&kamailio);
     assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 1.0);
 }

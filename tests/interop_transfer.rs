@@ -353,6 +353,78 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
     standin.assert_no_violations();
 }
 
+/// Over TCP (`;transport=tcp`), the destination's preferred server refuses the connection
+/// (nothing listens on its port). voxgate takes that as a 503 from it (RFC 3261 §8.1.3.1) and
+/// INVITEs the next server at once, over TCP, which answers; the model hears nothing of it.
+#[test]
+fn bridged_destination_over_tcp_fails_over_at_once_from_a_server_that_refuses_the_connection() {
+    if common::sipp::skip_without_root("bridged_destination_over_tcp_fails_over_at_once") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let agent = answering_agent().transport(common::sipp::Transport::TcpOne);
+    let refusing = common::PortBlock::reserve(2).port(0);
+    let dns = DnsStub::start(vec![
+        Record::srv("_sip._tcp.agents.test", 10, 0, refusing, "a.agents.test"),
+        Record::srv(
+            "_sip._tcp.agents.test",
+            20,
+            0,
+            agent.sip_port(),
+            "b.agents.test",
+        ),
+        Record::a("a.agents.test", Ipv4Addr::LOCALHOST),
+        Record::a("b.agents.test", Ipv4Addr::LOCALHOST),
+    ]);
+    let gateway = gateway_at(
+        &standin.url(),
+        "sip:agent@agents.test;transport=tcp",
+        "bridge",
+        &format!("\n[dns]\nservers = [\"{}\"]\n", dns.addr()),
+    );
+    let agent_sink = RtpSink::bind(agent.echo_addr());
+    let agent_run = agent.spawn();
+    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(450)
+        .pause_ms(8_000);
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let to_caller = caller_sink.finish();
+    let to_agent = agent_sink.finish();
+    outcome.assert_success();
+    agent_outcome.assert_success(); // the INVITE answered over TCP, BYE from voxgate
+
+    assert!(
+        dns.queries()
+            .contains(&("_sip._tcp.agents.test.".to_owned(), "SRV".to_owned())),
+        "queries: {:?}",
+        dns.queries()
+    );
+    assert!(
+        pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250).len() >= 200,
+        "the caller heard the destination"
+    );
+    assert!(
+        pcap_indices(&to_agent, 0..450).len() >= 200,
+        "the destination heard the caller"
+    );
+    assert_transfers(&gateway, "bridge", "success");
+    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
+    assert!(
+        session.function_outputs.is_empty(),
+        "the model heard nothing of the refused connection"
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("could not open a SIP TCP connection")
+            && log.contains("could not be reached; trying the next one")
+            && !log.contains("did not answer the INVITE within"),
+        "failed over on the refusal, not after 8·T1 of silence; log:\n{log}"
+    );
+    standin.assert_no_violations();
+}
+
 /// The caller's scenario refusing the REFER with `status` (SIPp checks a response's status
 /// when it loads the scenario, so the test writes it in).
 fn refusing_caller(dir: &std::path::Path, status: &str) -> String {

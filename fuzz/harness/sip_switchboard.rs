@@ -23,6 +23,8 @@
 //! | `%%n` | the register trunk's registrar was resolved (its registration starts) |
 //! | `%%l` + bytes | the newest call's bridged transfer's next hop was located (RFC 3263): up to
 //! four servers the bytes pick, in that order; no bytes, the lookup failed |
+//! | `%%E` [index] | a request voxgate sent (newest first; index 0–3) could not be sent (TCP
+//! connection refused, name not located) |
 //! | `%%z` | the PBX's TCP connection closed |
 //! | `%%d` | draining starts (calls hung up after 30 s) |
 //! | `%%L` | after the script, run the clock 4,000 s instead of 40 s |
@@ -41,7 +43,7 @@ use voxgate::call::switchboard::Switchboard;
 use voxgate::call::transfer::TransferRequest;
 use voxgate::call::{CallKey, Output};
 use voxgate::config::Settings;
-use voxgate::sip::endpoint::{ConnectionId, Flow, Target};
+use voxgate::sip::endpoint::{ClientTxId, ConnectionId, Flow, Target};
 use voxgate::sip::framing::{Frame, StreamFramer};
 use voxgate::sip::message::{self, Message, Transport};
 
@@ -153,6 +155,8 @@ struct Rig {
     inbound_rejected: bool,
     /// voxgate's newest requests (at most four): their text and where they went.
     requests: Vec<(String, SocketAddr)>,
+    /// The client transaction of each of `requests` (`None` for a 2xx's ACK).
+    clients: Vec<Option<ClientTxId>>,
 }
 
 impl Rig {
@@ -234,6 +238,8 @@ impl Rig {
                         let text = String::from_utf8_lossy(&transmit.bytes).into_owned();
                         self.requests.insert(0, (text, to));
                         self.requests.truncate(4);
+                        self.clients.insert(0, transmit.client);
+                        self.clients.truncate(4);
                     }
                 }
             }
@@ -442,6 +448,7 @@ pub fn run(data: &[u8]) {
         to_tag: String::new(),
         inbound_rejected: false,
         requests: Vec::new(),
+        clients: Vec::new(),
     };
     let mut long = false;
     for (op, payload) in records(data).into_iter().take(64) {
@@ -476,6 +483,16 @@ pub fn run(data: &[u8]) {
                 let extra: Vec<&str> = lines.collect();
                 let body = body.replace('\n', "\r\n");
                 rig.answer(index, status, &extra.join("\n"), &body);
+            }
+            b'E' => {
+                let index = std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if let Some(Some(tx)) = rig.clients.get(index).copied() {
+                    rig.switchboard.handle_send_failed(rig.now, tx);
+                    rig.pump();
+                }
             }
             b't' => {
                 let ms = std::str::from_utf8(payload)

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::transfer::BridgeResult;
-use super::{sdp_body, Call, Ctx, MediaCommand, MediaParams, Output, SentAuth};
+use super::{sdp_body, Call, Ctx, MediaCommand, MediaParams, Output, RequestFailure, SentAuth};
 use crate::media::sdp::{LocalMedia, Negotiator};
 use crate::media::G711;
 use crate::metrics::CallResult;
@@ -772,26 +772,41 @@ impl Call {
     }
 
     /// A request of the agent leg got no answer (Timer B / F); false when not the leg's.
-    pub(super) fn handle_agent_leg_request_timeout(
+    pub(super) fn handle_agent_leg_request_failure(
         &mut self,
         ctx: &mut Ctx<'_>,
         tx: ClientTxId,
+        failure: RequestFailure,
     ) -> bool {
         let Some(leg) = self.agent_leg.as_mut() else {
             return false;
         };
-        match leg.state {
-            LegState::Calling { tx: invite, .. } if invite == tx => {
+        match (leg.state.clone(), failure) {
+            (LegState::Calling { tx: invite, .. }, RequestFailure::TimedOut) if invite == tx => {
                 tracing::warn!("transfer destination did not answer the INVITE (Timer B)");
                 self.fail_bridge(ctx, BridgeResult::failed(408, "Request Timeout"));
                 true
             }
-            LegState::Cancelling { tx: invite, .. } if invite == tx => {
+            (LegState::Calling { tx: invite, .. }, RequestFailure::Transport) if invite == tx => {
+                // RFC 3261 §8.1.3.1: as a 503 from that server, so the next one is tried
+                // (RFC 3263 §4.3).
+                if let Some(next) = leg.fail_over(ctx, "could not be reached") {
+                    self.started_requests.push(next);
+                    return true;
+                }
+                tracing::warn!(
+                    server = %leg.flow.remote,
+                    "the transfer destination's server could not be reached"
+                );
+                self.fail_bridge(ctx, BridgeResult::failed(503, "Service Unavailable"));
+                true
+            }
+            (LegState::Cancelling { tx: invite, .. }, _) if invite == tx => {
                 leg.state = LegState::Terminated;
                 true
             }
-            LegState::Ending { bye, .. } if bye == tx => {
-                tracing::warn!("transfer destination's BYE got no answer");
+            (LegState::Ending { bye, .. }, _) if bye == tx => {
+                tracing::warn!("transfer destination's BYE {}", failure.words());
                 leg.state = LegState::Terminated;
                 true
             }

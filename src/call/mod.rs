@@ -345,6 +345,25 @@ struct SentAuth {
     retries: u8,
 }
 
+/// How a request the call sent failed before any final response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFailure {
+    /// No final response (Timer B / F).
+    TimedOut,
+    /// The transport could not send it.
+    Transport,
+}
+
+impl RequestFailure {
+    /// For the log: "BYE got no answer".
+    fn words(self) -> &'static str {
+        match self {
+            RequestFailure::TimedOut => "got no answer",
+            RequestFailure::Transport => "could not be sent",
+        }
+    }
+}
+
 impl Call {
     /// Creates the call and asks `io/` for media ports.
     pub fn start(ctx: &mut Ctx<'_>, new: NewCall) -> Call {
@@ -1045,14 +1064,30 @@ impl Call {
 
     /// A request this call sent got no answer (Timer B / F).
     pub fn handle_request_timeout(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId) {
+        self.handle_request_failure(ctx, tx, RequestFailure::TimedOut);
+    }
+
+    /// A request this call sent could not be sent (RFC 3261 §8.1.3.1: its TCP connection was
+    /// refused, its host name has no server): it ends as a timeout would, except that a bridged
+    /// transfer's INVITE goes to the destination's next server at once (RFC 3263 §4.3).
+    pub fn handle_transport_failure(&mut self, ctx: &mut Ctx<'_>, tx: ClientTxId) {
+        self.handle_request_failure(ctx, tx, RequestFailure::Transport);
+    }
+
+    fn handle_request_failure(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tx: ClientTxId,
+        failure: RequestFailure,
+    ) {
         let _entered = self.span.clone().entered();
-        if self.handle_agent_leg_request_timeout(ctx, tx) {
+        if self.handle_agent_leg_request_failure(ctx, tx, failure) {
             return;
         }
         self.sent_auth.remove(&tx);
         if let State::Ending { bye } = self.state {
             if bye == tx {
-                tracing::warn!("BYE got no answer; forgetting the call");
+                tracing::warn!("BYE {}; forgetting the call", failure.words());
                 self.finish();
                 return;
             }
@@ -1062,8 +1097,12 @@ impl Call {
         }
         if self.refresh.is_some_and(|refresh| refresh.tx == tx) {
             self.refresh = None;
-            tracing::warn!("session refresh got no answer; hanging up");
-            self.hang_up(ctx, "session refresh timed out", CallResult::Failed);
+            tracing::warn!("session refresh {}; hanging up", failure.words());
+            let why = match failure {
+                RequestFailure::TimedOut => "session refresh timed out",
+                RequestFailure::Transport => "session refresh could not be sent",
+            };
+            self.hang_up(ctx, why, CallResult::Failed);
         }
     }
 

@@ -10,8 +10,9 @@
 //!      to the current target; a timeout, transport error or 503 ──▶ Event::FailOver ──▶ the next
 //!      target at once; every target failed ──▶ backoff, then the first target again.
 //!      Called again when DNS changes: the list is replaced, the current server kept if listed
-//!  Endpoint events: Response / RequestTimedOut on a REGISTER or OPTIONS transaction
-//!      ──▶ handle_response / handle_request_timeout ──▶ that trunk's Registration / keepalive
+//!  Endpoint events: Response / RequestTimedOut / TransportFailed on a REGISTER or OPTIONS
+//!      transaction ──▶ handle_response / handle_request_timeout / handle_transport_failure
+//!      ──▶ that trunk's Registration / keepalive
 //!  handle_timeout: refresh, retry, binding expiry, keepalive due, unregistration deadline
 //!  keepalive: OPTIONS every keepalive_secs; the first one unanswered (Timer F) ──▶
 //!             handle_binding_lost, and again when the registrar answers after failing
@@ -344,6 +345,31 @@ impl Registrations {
                 Purpose::Register { cseq } => {
                     if let Some(machine) = &mut trunk.machine {
                         machine.handle_request_timeout(now, cseq);
+                    }
+                }
+                Purpose::Keepalive => trunk.keepalive_timed_out(now),
+            }
+        }
+        self.pump(now, endpoint);
+        true
+    }
+
+    /// Client transaction `tx` could not be sent (a REGISTER goes to the registrar's next
+    /// server at once; a keepalive counts as unanswered); false when it is not ours.
+    pub fn handle_transport_failure(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        tx: ClientTxId,
+    ) -> bool {
+        let Some((index, purpose)) = self.transactions.remove(&tx) else {
+            return false;
+        };
+        if let Some(trunk) = self.trunks.get_mut(index) {
+            match purpose {
+                Purpose::Register { cseq } => {
+                    if let Some(machine) = &mut trunk.machine {
+                        machine.handle_transport_error(now, cseq);
                     }
                 }
                 Purpose::Keepalive => trunk.keepalive_timed_out(now),

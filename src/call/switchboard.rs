@@ -175,6 +175,13 @@ impl Switchboard {
         self.registrations.statuses()
     }
 
+    /// `io/` could not send a message of client transaction `tx` (see
+    /// [`Endpoint::handle_transport_error`]).
+    pub fn handle_send_failed(&mut self, now: Instant, tx: ClientTxId) {
+        self.endpoint.handle_transport_error(now, tx);
+        self.dispatch_events(now);
+    }
+
     /// One SIP message arrived on `flow`.
     pub fn handle_inbound(&mut self, now: Instant, bytes: &[u8], flow: Flow) {
         self.endpoint.handle_inbound(now, bytes, flow);
@@ -392,6 +399,16 @@ impl Switchboard {
                     } else {
                         self.registrations
                             .handle_request_timeout(now, &mut self.endpoint, tx);
+                    }
+                }
+                Event::TransportFailed { tx } => {
+                    if let Some(key) = self.requests.remove(&tx) {
+                        self.with_call(now, key, |call, ctx| {
+                            call.handle_transport_failure(ctx, tx)
+                        });
+                    } else {
+                        self.registrations
+                            .handle_transport_failure(now, &mut self.endpoint, tx);
                     }
                 }
             }

@@ -346,6 +346,27 @@ fn unanswered_bye_is_given_up_after_timer_f() {
     assert_eq!(h.switchboard.active_calls(), 0, "forgotten at Timer F");
 }
 
+#[test]
+fn a_bye_that_cannot_be_sent_forgets_the_call_at_once() {
+    let mut h = harness();
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.media_ended(key, "no RTP");
+    let bye = h
+        .take()
+        .into_iter()
+        .find(|s| s.request().is_some_and(|r| r.method().to_string() == "BYE"))
+        .expect("BYE sent");
+    assert_eq!(h.switchboard.active_calls(), 1);
+    // e.g. the caller's Contact names a host DNS does not know.
+    h.send_failed(&bye);
+    assert_eq!(h.switchboard.active_calls(), 0, "no Timer F to wait for");
+    h.advance(SIXTY_FOUR_T1);
+    assert!(h.take().is_empty(), "no retransmission of the failed BYE");
+    assert_clean(&mut h);
+}
+
 // ---- admission ----
 
 #[test]

@@ -66,6 +66,12 @@ pub enum CoreInput {
         /// Its number.
         id: ConnectionId,
     },
+    /// A message of a client transaction could not be sent (TCP connection refused, host name
+    /// not located, send error).
+    SendFailed {
+        /// The client transaction.
+        tx: crate::sip::endpoint::ClientTxId,
+    },
     /// The speech agent of a call is ready: answer.
     AgentReady {
         /// The call.
@@ -297,6 +303,7 @@ impl Core {
                     self.switchboard.handle_connection_closed(now, peer);
                 }
             }
+            CoreInput::SendFailed { tx } => self.switchboard.handle_send_failed(now, tx),
             CoreInput::NextHopResolved {
                 trunk,
                 targets,
@@ -356,6 +363,14 @@ impl Core {
                     self.metrics.count_sip(&method, false);
                 }
                 self.transports.send(transmit);
+            }
+            let failures = self.transports.take_failures();
+            if !failures.is_empty() {
+                progressed = true;
+                let now = Instant::now();
+                for tx in failures {
+                    self.switchboard.handle_send_failed(now, tx);
+                }
             }
             while let Some(output) = self.switchboard.poll_output() {
                 progressed = true;

@@ -4,7 +4,9 @@
 //! on. The core's [`Transmit`]s come back through [`Transports::send`]: UDP from the listening
 //! socket (so replies leave from the port peers know), TCP on the connection named in the
 //! transmit or an open one to the same peer, else a new connection. A transmit to a host name
-//! goes to the server [`HostCache`] located for it (RFC 3263).
+//! goes to the server [`HostCache`] located for it (RFC 3263). A client transaction's message
+//! that cannot be sent (TCP connection refused, name not located, send error) is reported back,
+//! so the transaction fails at once instead of at Timer B or F.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +24,7 @@ use super::locate::HostCache;
 use super::CoreInput;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::sip::endpoint::{ConnectionId, Flow, Target, Transmit};
+use crate::sip::endpoint::{ClientTxId, ConnectionId, Flow, Target, Transmit};
 use crate::sip::framing::{Frame, StreamFramer};
 use crate::sip::message::Transport;
 
@@ -38,6 +40,9 @@ pub struct Transports {
     shutdown: CancellationToken,
     /// Locates host names (set with [`Transports::locate_with`]; until then, none resolve).
     hosts: Option<Arc<HostCache>>,
+    /// Client transactions whose message could not be sent here and now (see
+    /// [`Transports::take_failures`]).
+    failures: Vec<ClientTxId>,
 }
 
 impl Transports {
@@ -89,6 +94,7 @@ impl Transports {
             max_message_bytes: max,
             shutdown,
             hosts: None,
+            failures: Vec::new(),
         })
     }
 
@@ -142,6 +148,13 @@ impl Transports {
         Some(peer)
     }
 
+    /// The client transactions whose messages [`Transports::send`] could not send at once
+    /// (for the endpoint's `handle_transport_error`). Failures found later (a TCP connection
+    /// refused, a name that cannot be located) come as [`CoreInput::SendFailed`].
+    pub fn take_failures(&mut self) -> Vec<ClientTxId> {
+        std::mem::take(&mut self.failures)
+    }
+
     /// Puts a message on the wire (never blocks the core task).
     pub fn send(&mut self, transmit: Transmit) {
         match transmit.transport {
@@ -171,8 +184,17 @@ impl Transports {
             let Some(socket) = self.udp_socket_for(address.ip()) else {
                 return;
             };
-            if let Err(error) = socket.try_send_to(&transmit.bytes, address) {
-                tracing::warn!(%address, %error, "could not send SIP over UDP");
+            match socket.try_send_to(&transmit.bytes, address) {
+                Ok(_) => {}
+                // The socket's buffer is full: lost like a datagram on the way (UDP
+                // transactions retransmit).
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    tracing::warn!(%address, "SIP UDP socket buffer full; message dropped")
+                }
+                Err(error) => {
+                    tracing::warn!(%address, %error, "could not send SIP over UDP");
+                    self.failures.extend(transmit.client);
+                }
             }
             return;
         }
@@ -182,8 +204,14 @@ impl Transports {
         };
         let sockets = self.udp.clone();
         let hosts = self.hosts.clone();
+        let core_tx = self.core_tx.clone();
         tokio::spawn(async move {
+            let failed = SendFailure {
+                core_tx,
+                client: transmit.client,
+            };
             let Some(address) = resolve(hosts, &host, port, Transport::Udp).await else {
+                failed.report().await;
                 return;
             };
             let socket = sockets
@@ -197,6 +225,7 @@ impl Transports {
             if let Some(socket) = socket {
                 if let Err(error) = socket.send_to(&transmit.bytes, address).await {
                     tracing::warn!(%address, %error, "could not send SIP over UDP");
+                    failed.report().await;
                 }
             }
         });
@@ -214,9 +243,10 @@ impl Transports {
             if writer.try_send(transmit.bytes.clone()).is_ok() {
                 return;
             }
-            tracing::warn!(
-                "TCP connection is backed up; message dropped (the transaction retries)"
-            );
+            // TCP transactions do not retransmit: the request fails now rather than at
+            // Timer B or F.
+            tracing::warn!("SIP TCP connection is backed up or closing; message dropped");
+            self.failures.extend(transmit.client);
             return;
         }
         let core_tx = self.core_tx.clone();
@@ -225,12 +255,16 @@ impl Transports {
         let shutdown = self.shutdown.clone();
         let hosts = self.hosts.clone();
         tokio::spawn(async move {
+            let failed = SendFailure {
+                core_tx: core_tx.clone(),
+                client: transmit.client,
+            };
             let address = match transmit.target {
                 Target::Addr(address) => address,
                 Target::Host(host, port) => match resolve(hosts, &host, port, Transport::Tcp).await
                 {
                     Some(address) => address,
-                    None => return,
+                    None => return failed.report().await,
                 },
             };
             match TcpStream::connect(address).await {
@@ -239,10 +273,25 @@ impl Transports {
                     run_connection(stream, id, core_tx, max, Some(transmit.bytes), shutdown).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%address, %error, "could not open a SIP TCP connection")
+                    tracing::warn!(%address, %error, "could not open a SIP TCP connection");
+                    failed.report().await;
                 }
             }
         });
+    }
+}
+
+/// Tells the core that a client transaction's message could not be sent (when it had one).
+struct SendFailure {
+    core_tx: mpsc::Sender<CoreInput>,
+    client: Option<ClientTxId>,
+}
+
+impl SendFailure {
+    async fn report(self) {
+        if let Some(tx) = self.client {
+            let _ = self.core_tx.send(CoreInput::SendFailed { tx }).await;
+        }
     }
 }
 

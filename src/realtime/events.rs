@@ -214,7 +214,7 @@ pub enum ServerEvent<'a> {
     /// An error; most leave the session open.
     #[serde(rename = "error")]
     Error {
-        /// What went wrong (see [`lenient`]).
+        /// What went wrong (see `lenient`).
         #[serde(default, deserialize_with = "lenient")]
         error: ErrorInfo,
     },
@@ -227,7 +227,7 @@ pub enum ServerEvent<'a> {
     /// A response started.
     #[serde(rename = "response.created")]
     ResponseCreated {
-        /// The response (see [`lenient`]: the event counts even when this is malformed).
+        /// The response (see `lenient`: the event counts even when this is malformed).
         #[serde(default, deserialize_with = "lenient")]
         response: ResponseInfo,
     },
@@ -269,7 +269,7 @@ pub enum ServerEvent<'a> {
     /// A response finished.
     #[serde(rename = "response.done")]
     ResponseDone {
-        /// The response, with usage (see [`lenient`]).
+        /// The response, with usage (see `lenient`).
         #[serde(default, deserialize_with = "lenient")]
         response: ResponseInfo,
     },
@@ -283,7 +283,7 @@ pub enum ServerEvent<'a> {
     /// Transcription failed for a caller turn.
     #[serde(rename = "conversation.item.input_audio_transcription.failed")]
     InputTranscriptFailed {
-        /// Why (see [`lenient`]).
+        /// Why (see `lenient`).
         #[serde(default, deserialize_with = "lenient")]
         error: ErrorInfo,
     },

@@ -21,10 +21,10 @@ use bytes::Bytes;
 
 use crate::sip::dialog::OutgoingRequest;
 use crate::sip::message::{self, Message, Request, Response, Rport, Transport};
-use crate::sip::transaction::invite_client::InviteClient;
+use crate::sip::transaction::invite_client::{InviteClient, InviteClientState};
 use crate::sip::transaction::invite_server::{InviteServer, InviteServerState};
 use crate::sip::transaction::key::TransactionKey;
-use crate::sip::transaction::non_invite_client::NonInviteClient;
+use crate::sip::transaction::non_invite_client::{NonInviteClient, NonInviteClientState};
 use crate::sip::transaction::non_invite_server::NonInviteServer;
 use crate::sip::transaction::{ClientOutput, ServerOutput, Timers};
 
@@ -75,6 +75,9 @@ pub struct Transmit {
     pub connection: Option<ConnectionId>,
     /// The serialised message.
     pub bytes: Bytes,
+    /// The client transaction whose request (or ACK) this is: `io/` reports a failure to send
+    /// it with [`Endpoint::handle_transport_error`]. `None` for responses and 2xx ACKs.
+    pub client: Option<ClientTxId>,
 }
 
 /// A server transaction, as handed to the transaction user.
@@ -123,6 +126,13 @@ pub enum Event {
     },
     /// A request voxgate sent got no final response in time (Timer B / Timer F).
     RequestTimedOut {
+        /// The client transaction.
+        tx: ClientTxId,
+    },
+    /// A request voxgate sent could not be sent (RFC 3261 §8.1.3.1: as a 503 from the server;
+    /// e.g. its TCP connection was refused, or its host name has no server): it failed before
+    /// any final response.
+    TransportFailed {
         /// The client transaction.
         tx: ClientTxId,
     },
@@ -271,6 +281,7 @@ impl Endpoint {
                         target: Target::Addr(flow.remote),
                         connection: flow.connection,
                         bytes,
+                        client: None,
                     });
                 }
             }
@@ -634,6 +645,7 @@ impl Endpoint {
             target,
             connection: flow.connection,
             bytes,
+            client: None,
         });
     }
 
@@ -681,6 +693,46 @@ impl Endpoint {
         let before = self.clients.len();
         self.clients.retain(|_, entry| entry.id != tx);
         self.clients.len() < before
+    }
+
+    /// `io/` could not send a message of client transaction `tx` (RFC 3261 §17.1.4: the TCP
+    /// connection was refused or lost, the host name has no server, the network is
+    /// unreachable). Before a final response the transaction ends with
+    /// [`Event::TransportFailed`] (§8.1.3.1: as a 503), so the transaction user can try
+    /// another server at once instead of waiting for Timer B or F. Once a final response has
+    /// been delivered (a lost ACK for a non-2xx), the transaction only ends. Ignored when `tx`
+    /// is gone.
+    pub fn handle_transport_error(&mut self, now: Instant, tx: ClientTxId) {
+        let Some(key) = self
+            .clients
+            .iter()
+            .find(|(_, entry)| entry.id == tx)
+            .map(|(key, _)| key.clone())
+        else {
+            return;
+        };
+        let Some(entry) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let answered = match &entry.machine {
+            ClientMachine::Invite(machine) => !matches!(
+                machine.state(),
+                InviteClientState::Calling | InviteClientState::Proceeding
+            ),
+            ClientMachine::NonInvite(machine) => !matches!(
+                machine.state(),
+                NonInviteClientState::Trying | NonInviteClientState::Proceeding
+            ),
+        };
+        if answered {
+            self.clients.remove(&key);
+            return;
+        }
+        match &mut entry.machine {
+            ClientMachine::Invite(machine) => machine.handle_transport_error(now),
+            ClientMachine::NonInvite(machine) => machine.handle_transport_error(now),
+        }
+        self.drain_client(&key);
     }
 
     /// Feeds expired timers to every transaction and drops terminated ones.
@@ -762,6 +814,7 @@ impl Endpoint {
                     target: entry.reply_target.clone(),
                     connection: entry.reply.connection,
                     bytes,
+                    client: None,
                 }),
                 Some(ServerOutput::TimedOut | ServerOutput::TransportFailed) => {
                     if matches!(entry.machine, ServerMachine::Invite(_)) {
@@ -799,14 +852,18 @@ impl Endpoint {
                     target: entry.target.clone(),
                     connection: entry.flow.connection,
                     bytes,
+                    client: Some(entry.id),
                 }),
                 Some(ClientOutput::Response(response)) => self.events.push_back(Event::Response {
                     tx: entry.id,
                     response: Box::new(response),
                 }),
-                Some(ClientOutput::TimedOut | ClientOutput::TransportFailed) => self
+                Some(ClientOutput::TimedOut) => self
                     .events
                     .push_back(Event::RequestTimedOut { tx: entry.id }),
+                Some(ClientOutput::TransportFailed) => self
+                    .events
+                    .push_back(Event::TransportFailed { tx: entry.id }),
                 Some(ClientOutput::Terminated) => terminated = true,
                 None => break,
             }
@@ -1112,6 +1169,98 @@ mod tests {
             request_target(&request("sip:bob@192.0.2.9", None), &udp()),
             Target::Addr("192.0.2.9:5060".parse().expect("literal"))
         );
+    }
+
+    fn options_request() -> OutgoingRequest {
+        OutgoingRequest {
+            method: "OPTIONS".into(),
+            request_uri: format!("sip:{}", pbx_addr()),
+            headers: vec![
+                ("From", "<sip:voxgate@example.com>;tag=a".into()),
+                ("To", format!("<sip:{}>", pbx_addr())),
+                ("Call-ID", "transport-error@test".into()),
+                ("CSeq", "1 OPTIONS".into()),
+            ],
+            cseq: 1,
+        }
+    }
+
+    /// Every client transaction event so far, as (tx, "timed out" / "transport" / status).
+    fn client_events(endpoint: &mut Endpoint) -> Vec<(ClientTxId, String)> {
+        std::iter::from_fn(|| endpoint.poll_event())
+            .filter_map(|event| match event {
+                Event::Response { tx, response } => Some((tx, response.status().to_string())),
+                Event::RequestTimedOut { tx } => Some((tx, "timed out".into())),
+                Event::TransportFailed { tx } => Some((tx, "transport".into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_transport_error_before_any_answer_fails_the_request_at_once() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let tx = endpoint.send_request(now, &udp(), &options_request(), None);
+        let first = endpoint.poll_transmit().expect("the OPTIONS goes out");
+        assert_eq!(first.client, Some(tx), "io/ can tell whose message it is");
+        endpoint.handle_transport_error(now + secs(1), tx);
+        assert_eq!(client_events(&mut endpoint), [(tx, "transport".into())]);
+        assert_eq!(
+            endpoint.transaction_counts(),
+            (0, 0),
+            "no Timer F to wait for"
+        );
+        // No retransmission follows, and a later error for it is ignored.
+        endpoint.handle_timeout(now + secs(40));
+        endpoint.handle_transport_error(now + secs(41), tx);
+        assert!(endpoint.poll_transmit().is_none());
+        assert!(client_events(&mut endpoint).is_empty());
+    }
+
+    #[test]
+    fn a_transport_error_after_a_provisional_answer_still_fails_the_invite() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut invite = options_request();
+        invite.method = "INVITE".into();
+        invite.headers[3] = ("CSeq", "1 INVITE".into());
+        let tx = endpoint.send_request(now, &udp(), &invite, None);
+        let sent = endpoint.poll_transmit().expect("the INVITE goes out");
+        let request = match message::parse(&sent.bytes, Transport::Udp, 65_535) {
+            Ok(Message::Request(request)) => request,
+            other => panic!("not a request: {other:?}"),
+        };
+        let ringing = message::response(&request, 180).to_tag("b").build();
+        endpoint.handle_inbound(now, &ringing, udp());
+        assert_eq!(client_events(&mut endpoint), [(tx, "180".into())]);
+        endpoint.handle_transport_error(now + secs(1), tx);
+        assert_eq!(client_events(&mut endpoint), [(tx, "transport".into())]);
+        assert_eq!(endpoint.transaction_counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_transport_error_after_the_final_answer_only_ends_the_transaction() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut invite = options_request();
+        invite.method = "INVITE".into();
+        invite.headers[3] = ("CSeq", "1 INVITE".into());
+        let tx = endpoint.send_request(now, &udp(), &invite, None);
+        let sent = endpoint.poll_transmit().expect("the INVITE goes out");
+        let request = match message::parse(&sent.bytes, Transport::Udp, 65_535) {
+            Ok(Message::Request(request)) => request,
+            other => panic!("not a request: {other:?}"),
+        };
+        let busy = message::response(&request, 486).to_tag("b").build();
+        endpoint.handle_inbound(now, &busy, udp());
+        assert_eq!(client_events(&mut endpoint), [(tx, "486".into())]);
+        let ack = endpoint.poll_transmit().expect("the ACK for the 486");
+        assert_eq!(ack.client, Some(tx));
+        // The ACK could not be sent: the TU already has its answer and hears nothing more.
+        endpoint.handle_transport_error(now, tx);
+        assert!(client_events(&mut endpoint).is_empty());
+        assert_eq!(endpoint.transaction_counts(), (0, 0));
     }
 
     #[test]

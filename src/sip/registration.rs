@@ -517,7 +517,7 @@ impl<A: Authenticator> Registration<A> {
     /// refused). Ignored for a superseded REGISTER.
     pub fn handle_transport_error(&mut self, now: Instant, cseq: u32) {
         if self.pending().is_some_and(|pending| pending.cseq == cseq) {
-            let text = format!("{} failed: transport error", self.verb());
+            let text = format!("{} could not be sent (transport error)", self.verb());
             self.fail(now, AttemptResult::TransportError, None, text, None);
         }
     }

@@ -799,3 +799,72 @@ fn the_lookup_counts_toward_the_transfer_timeout() {
     let (at, _) = h.next_request("CANCEL", secs(60)).expect("CANCEL");
     assert_eq!(at - asked, secs(20), "15 s of DNS and 5 s of ringing");
 }
+
+/// The INVITE to `to` among `sent`, as sent.
+fn invite_to(sent: &[Sent], to: SocketAddr) -> Sent {
+    sent.iter()
+        .find(|s| {
+            s.target == Target::Addr(to)
+                && s.request()
+                    .is_some_and(|r| r.method().to_string() == "INVITE")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("an INVITE to {to}: {sent:?}"))
+}
+
+#[test]
+fn a_server_that_cannot_be_reached_moves_the_invite_to_the_next_at_once() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    let [first, second] = servers();
+    h.agent_leg_located(key, Ok(&servers()));
+    let refused = invite_to(&h.take(), first);
+    let asked = h.now;
+    // e.g. its TCP connection was refused: RFC 3261 §8.1.3.1, as a 503 from it.
+    h.send_failed(&refused);
+    let sent = h.take();
+    let retry = invite_to(&sent, second);
+    assert_eq!(retry.at, asked, "at once, not after 8·T1 or Timer B");
+    assert!(
+        sent.iter().all(|s| s.target != Target::Addr(first)),
+        "nothing more to the server that could not be reached (no ACK, no CANCEL): {sent:?}"
+    );
+    let (invite, retry) = (
+        refused.request().expect("a request"),
+        retry.request().expect("a request").clone(),
+    );
+    assert_eq!(retry.call_id(), invite.call_id(), "RFC 3263 §4.3");
+    assert_eq!(retry.cseq().seq, invite.cseq().seq + 1);
+    assert!(transfer_failures(&h.take_outputs()).is_empty());
+    h.advance(secs(5));
+    assert!(
+        h.take().iter().all(|s| s.target != Target::Addr(first)),
+        "the failed INVITE is not retransmitted"
+    );
+
+    h.send_from(second, &from_agent(&retry, 200, Some(AGENT_SDP)));
+    assert_eq!(success_count(&h.take_outputs()), 1);
+    hang_up_bridged(&mut h, &mut caller);
+}
+
+#[test]
+fn the_last_server_unreachable_is_a_503_failure_and_the_call_goes_on() {
+    let mut h = Harness::new(&named_settings(20));
+    let mut caller = Caller::new("echo");
+    let key = located_transfer(&mut h, &mut caller);
+    let [_, second] = servers();
+    h.agent_leg_located(key, Ok(&[second]));
+    let refused = invite_to(&h.take(), second);
+    h.take_outputs();
+    h.send_failed(&refused);
+    let outputs = h.take_outputs();
+    assert!(leg_commands(&outputs).contains(&AgentLegCommand::Release));
+    let failures = transfer_failures(&outputs);
+    let output: serde_json::Value =
+        serde_json::from_str(failures.first().expect("a failure at once")).expect("JSON");
+    assert_eq!(output["sip_status"], 503, "{output}");
+    assert_eq!(h.switchboard.active_calls(), 1, "the caller stays");
+    h.send(&caller.request("BYE", &[], None));
+    assert_clean(&mut h);
+}

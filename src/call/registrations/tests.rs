@@ -490,6 +490,41 @@ fn when_every_server_failed_it_backs_off_then_starts_again_from_the_first() {
 }
 
 #[test]
+fn a_server_that_cannot_be_reached_over_tcp_fails_over_at_once() {
+    let [a, b, _] = servers();
+    let mut harness = Harness::new(&settings(None));
+    harness.next_hops("carrier", &[a, b], Transport::Tcp);
+    let sent = harness
+        .run_until(secs(1), |sent| {
+            sent.request()
+                .filter(|r| r.method().to_string() == "REGISTER")
+                .map(|_| sent.clone())
+        })
+        .map(|(_, sent)| sent)
+        .expect("REGISTER");
+    assert_eq!(sent.target, Target::Addr(a));
+    let first = sent.request().expect("a request").clone();
+    let refused_at = harness.now;
+    // The connection to a was refused: no Timer F (32 s) to wait for.
+    harness.send_failed(&sent);
+    let (at, to, second) =
+        next_new_register(&mut harness, first.cseq().seq, secs(1)).expect("fail-over");
+    assert_eq!((to, at), (b, refused_at));
+    assert_eq!(second.call_id(), first.call_id());
+    harness.send_from(b, &ok(&second, 600));
+    let status = carrier_status(&harness);
+    assert!(status.up);
+    let stats = status.stats.expect("attempts");
+    assert_eq!(
+        (
+            stats.attempts(AttemptResult::TransportError),
+            stats.attempts(AttemptResult::Ok)
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
 fn a_refusal_is_the_registrars_answer_and_does_not_fail_over() {
     let [a, b, _] = servers();
     let mut harness = Harness::new(&settings(None));
