@@ -469,9 +469,8 @@ impl Settings {
             trunk::resolve_password(trunk, i, &lookup)
                 .map_err(|problem| error(problem.key, problem.reason))?;
         }
-        if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
-            return Ok(());
-        }
+        // Read (and checked) even when no agent uses the Realtime service yet, so a wrong path
+        // is reported at start-up, not when an OpenAI agent is added.
         if let Some(path) = &self.realtime.ca_file {
             self.realtime.ca_certs = realtime::read_ca_file(path)
                 .map_err(|reason| error("realtime.ca_file".into(), reason))?;
@@ -495,6 +494,9 @@ impl Settings {
                 ));
             }
             self.realtime.apology = Some(bytes::Bytes::from(audio));
+        }
+        if !self.agents.iter().any(|a| a.kind == AgentKind::Openai) {
+            return Ok(());
         }
         let key = match &self.realtime.api_key_file {
             Some(path) => {

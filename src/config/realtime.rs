@@ -555,6 +555,33 @@ parameters = { type = "object", properties = { order = { type = "string" } } }
     }
 
     #[test]
+    fn realtime_files_are_checked_even_without_an_openai_agent() {
+        // Echo agents only: a wrong path still stops start-up, rather than when an OpenAI agent
+        // is added later.
+        const ECHO_ONLY: &str = "[[agents]]\nname = \"assistant\"\nkind = \"echo\"\n";
+        let missing = "/nonexistent/voxgate/ca.pem";
+        let (key, reason) = load(
+            ECHO_ONLY,
+            &format!("[realtime]\nca_file = {missing:?}\n"),
+            None,
+        )
+        .expect_err("refused");
+        assert_eq!(key, "realtime.ca_file");
+        assert!(reason.contains("cannot read"), "{reason}");
+        let (key, _) = load(
+            ECHO_ONLY,
+            "[realtime]\napology_file = \"/nonexistent/voxgate/sorry.ulaw\"\n",
+            None,
+        )
+        .expect_err("refused");
+        assert_eq!(key, "realtime.apology_file");
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/ca.pem");
+        let settings =
+            load(ECHO_ONLY, &format!("[realtime]\nca_file = {ca:?}\n"), None).expect("valid");
+        assert_eq!(settings.realtime.ca_certs.len(), 1);
+    }
+
+    #[test]
     fn refused_settings_name_their_key() {
         let cases = [
             (
