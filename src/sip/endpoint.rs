@@ -21,10 +21,10 @@ use bytes::Bytes;
 
 use crate::sip::dialog::OutgoingRequest;
 use crate::sip::message::{self, Message, Request, Response, Rport, Transport};
-use crate::sip::transaction::invite_client::{InviteClient, InviteClientState};
+use crate::sip::transaction::invite_client::InviteClient;
 use crate::sip::transaction::invite_server::{InviteServer, InviteServerState};
 use crate::sip::transaction::key::TransactionKey;
-use crate::sip::transaction::non_invite_client::{NonInviteClient, NonInviteClientState};
+use crate::sip::transaction::non_invite_client::NonInviteClient;
 use crate::sip::transaction::non_invite_server::NonInviteServer;
 use crate::sip::transaction::{ClientOutput, ServerOutput, Timers};
 
@@ -695,43 +695,22 @@ impl Endpoint {
         self.clients.len() < before
     }
 
-    /// `io/` could not send a message of client transaction `tx` (RFC 3261 §17.1.4: the TCP
-    /// connection was refused or lost, the host name has no server, the network is
+    /// `io/` could not send a message of client transaction `tx` (RFC 3261 §17.1.4: its TCP
+    /// connection was refused or is backed up, its host name has no server, the network is
     /// unreachable). Before a final response the transaction ends with
     /// [`Event::TransportFailed`] (§8.1.3.1: as a 503), so the transaction user can try
     /// another server at once instead of waiting for Timer B or F. Once a final response has
     /// been delivered (a lost ACK for a non-2xx), the transaction only ends. Ignored when `tx`
     /// is gone.
     pub fn handle_transport_error(&mut self, now: Instant, tx: ClientTxId) {
-        let Some(key) = self
-            .clients
-            .iter()
-            .find(|(_, entry)| entry.id == tx)
-            .map(|(key, _)| key.clone())
-        else {
+        let Some((key, entry)) = self.clients.iter_mut().find(|(_, entry)| entry.id == tx) else {
             return;
         };
-        let Some(entry) = self.clients.get_mut(&key) else {
-            return;
-        };
-        let answered = match &entry.machine {
-            ClientMachine::Invite(machine) => !matches!(
-                machine.state(),
-                InviteClientState::Calling | InviteClientState::Proceeding
-            ),
-            ClientMachine::NonInvite(machine) => !matches!(
-                machine.state(),
-                NonInviteClientState::Trying | NonInviteClientState::Proceeding
-            ),
-        };
-        if answered {
-            self.clients.remove(&key);
-            return;
-        }
         match &mut entry.machine {
             ClientMachine::Invite(machine) => machine.handle_transport_error(now),
             ClientMachine::NonInvite(machine) => machine.handle_transport_error(now),
         }
+        let key = key.clone();
         self.drain_client(&key);
     }
 

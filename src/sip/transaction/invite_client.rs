@@ -169,12 +169,17 @@ impl<R> InviteClient<R> {
         }
     }
 
-    /// The transport could not send the INVITE or ACK (RFC 3261 §17.1.4): tell the TU and
-    /// terminate.
+    /// The transport could not send the INVITE or ACK (RFC 3261 §17.1.4): terminate, telling
+    /// the TU when it has no final response yet (a lost ACK for a non-2xx, or a 2xx's
+    /// retransmission window, is only the end of the transaction).
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != InviteClientState::Terminated {
-            self.out.push_back(ClientOutput::TransportFailed);
-            self.terminate();
+        match self.state {
+            InviteClientState::Calling | InviteClientState::Proceeding => {
+                self.out.push_back(ClientOutput::TransportFailed);
+                self.terminate();
+            }
+            InviteClientState::Accepted | InviteClientState::Completed => self.terminate(),
+            InviteClientState::Terminated => {}
         }
     }
 
@@ -521,5 +526,23 @@ mod tests {
         );
         assert_eq!(transaction.poll_output(), Some(ClientOutput::Terminated));
         assert_eq!(transaction.poll_timeout(), None);
+    }
+
+    #[test]
+    fn transport_error_after_the_final_response_only_terminates() {
+        let t0 = testkit::t0();
+        let mut transaction = start(false, &Timers::default());
+        transaction.poll_output();
+        transaction.handle_response(t0, 486, "486", |_| Bytes::from_static(b"ACK"));
+        while transaction
+            .poll_output()
+            .is_some_and(|o| o != ClientOutput::Terminated)
+        {}
+        assert_eq!(transaction.state(), InviteClientState::Completed);
+        // The ACK could not be sent: the TU has its answer already.
+        transaction.handle_transport_error(t0);
+        assert_eq!(transaction.poll_output(), Some(ClientOutput::Terminated));
+        assert_eq!(transaction.poll_output(), None);
+        assert_eq!(transaction.state(), InviteClientState::Terminated);
     }
 }

@@ -116,9 +116,14 @@ impl<R> NonInviteClient<R> {
 
     /// The transport could not send the request (RFC 3261 §17.1.4): tell the TU and terminate.
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != NonInviteClientState::Terminated {
-            self.out.push_back(ClientOutput::TransportFailed);
-            self.terminate();
+        match self.state {
+            NonInviteClientState::Trying | NonInviteClientState::Proceeding => {
+                self.out.push_back(ClientOutput::TransportFailed);
+                self.terminate();
+            }
+            // The TU has its final response already.
+            NonInviteClientState::Completed => self.terminate(),
+            NonInviteClientState::Terminated => {}
         }
     }
 
@@ -423,5 +428,21 @@ mod tests {
         transaction.handle_transport_error(t0 + ms(2));
         assert_eq!(transaction.poll_output(), None);
         assert_eq!(transaction.poll_timeout(), None);
+    }
+
+    #[test]
+    fn transport_error_after_the_final_response_only_terminates() {
+        let t0 = testkit::t0();
+        let mut transaction = start(false, &Timers::default());
+        transaction.poll_output();
+        transaction.handle_response(t0 + ms(10), 200, "200 OK");
+        assert_eq!(
+            transaction.poll_output(),
+            Some(ClientOutput::Response("200 OK"))
+        );
+        assert_eq!(transaction.state(), NonInviteClientState::Completed);
+        transaction.handle_transport_error(t0 + ms(20));
+        assert_eq!(transaction.poll_output(), Some(ClientOutput::Terminated));
+        assert_eq!(transaction.poll_output(), None);
     }
 }
