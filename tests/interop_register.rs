@@ -15,7 +15,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::dns::{DnsStub, Record};
+use common::dns::{two_servers, DnsStub, Record};
 use common::kamailio::{Kamailio, KamailioConfig};
 use common::sip;
 use common::sipp::{SippOutcome, SippRun};
@@ -489,24 +489,11 @@ fn a_registrar_name_with_a_port_is_resolved_without_srv_by_the_configured_name_s
 fn locates_the_registrar_by_srv_and_fails_over_from_a_503_to_the_next_server() {
     let kamailio = kamailio(3_600);
     let (unavailable, unavailable_addr) = registrar("registrar_unavailable.xml");
-    let dns = DnsStub::start(vec![
-        Record::srv(
-            "_sip._udp.pbx.test",
-            10,
-            0,
-            unavailable_addr.port(),
-            "a.pbx.test",
-        ),
-        Record::srv(
-            "_sip._udp.pbx.test",
-            20,
-            0,
-            kamailio.addr().port(),
-            "b.pbx.test",
-        ),
-        Record::a("a.pbx.test", Ipv4Addr::LOCALHOST),
-        Record::a("b.pbx.test", Ipv4Addr::LOCALHOST),
-    ]);
+    let dns = DnsStub::start(two_servers(
+        "pbx.test",
+        "udp",
+        [unavailable_addr.port(), kamailio.addr().port()],
+    ));
     let gateway = gateway_with_dns("sip:pbx.test", "", &dns);
 
     assert_bound_at(&kamailio, &gateway, &dns, Duration::from_secs(10));
@@ -587,18 +574,11 @@ fn over_tcp_a_server_that_refuses_the_connection_is_failed_over_at_once() {
         tcp: true,
     });
     let refusing = PortBlock::reserve(2).port(0);
-    let dns = DnsStub::start(vec![
-        Record::srv("_sip._tcp.pbx.test", 10, 0, refusing, "a.pbx.test"),
-        Record::srv(
-            "_sip._tcp.pbx.test",
-            20,
-            0,
-            kamailio.addr().port(),
-            "b.pbx.test",
-        ),
-        Record::a("a.pbx.test", Ipv4Addr::LOCALHOST),
-        Record::a("b.pbx.test", Ipv4Addr::LOCALHOST),
-    ]);
+    let dns = DnsStub::start(two_servers(
+        "pbx.test",
+        "tcp",
+        [refusing, kamailio.addr().port()],
+    ));
     let gateway = gateway_with_dns("sip:pbx.test", "transport = \"tcp\"\n", &dns);
     let over_tcp = |bindings: &[(String, String)]| {
         bindings

@@ -10,10 +10,10 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::dns::{DnsStub, Record};
+use common::dns::{two_servers, DnsStub};
 use common::pcap;
 use common::realtime::{frame_index, tagged_audio, Behaviour, RealtimeStandIn, Reply};
 use common::rtp::{RtpPacket, RtpSink};
@@ -265,24 +265,11 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
     let unavailable = Sipp::new("uas_agent_unavailable.xml", "127.0.0.1:9".parse().unwrap())
         .deadline(Duration::from_secs(40));
     let agent = answering_agent();
-    let dns = DnsStub::start(vec![
-        Record::srv(
-            "_sip._udp.agents.test",
-            10,
-            0,
-            unavailable.sip_port(),
-            "a.agents.test",
-        ),
-        Record::srv(
-            "_sip._udp.agents.test",
-            20,
-            0,
-            agent.sip_port(),
-            "b.agents.test",
-        ),
-        Record::a("a.agents.test", Ipv4Addr::LOCALHOST),
-        Record::a("b.agents.test", Ipv4Addr::LOCALHOST),
-    ]);
+    let dns = DnsStub::start(two_servers(
+        "agents.test",
+        "udp",
+        [unavailable.sip_port(), agent.sip_port()],
+    ));
     let gateway = gateway_at(
         &standin.url(),
         "sip:agent@agents.test",
@@ -364,18 +351,11 @@ fn bridged_destination_over_tcp_fails_over_at_once_from_a_server_that_refuses_th
     let standin = RealtimeStandIn::start(transferring_model());
     let agent = answering_agent().transport(common::sipp::Transport::TcpOne);
     let refusing = common::PortBlock::reserve(2).port(0);
-    let dns = DnsStub::start(vec![
-        Record::srv("_sip._tcp.agents.test", 10, 0, refusing, "a.agents.test"),
-        Record::srv(
-            "_sip._tcp.agents.test",
-            20,
-            0,
-            agent.sip_port(),
-            "b.agents.test",
-        ),
-        Record::a("a.agents.test", Ipv4Addr::LOCALHOST),
-        Record::a("b.agents.test", Ipv4Addr::LOCALHOST),
-    ]);
+    let dns = DnsStub::start(two_servers(
+        "agents.test",
+        "tcp",
+        [refusing, agent.sip_port()],
+    ));
     let gateway = gateway_at(
         &standin.url(),
         "sip:agent@agents.test;transport=tcp",

@@ -329,50 +329,49 @@ impl Registrations {
         true
     }
 
-    /// Client transaction `tx` got no final response (Timer F, or the transport failed); false
-    /// when it is not ours.
+    /// Client transaction `tx` got no final response (Timer F); false when it is not ours.
     pub fn handle_request_timeout(
         &mut self,
         now: Instant,
         endpoint: &mut Endpoint,
         tx: ClientTxId,
     ) -> bool {
-        let Some((index, purpose)) = self.transactions.remove(&tx) else {
-            return false;
-        };
-        if let Some(trunk) = self.trunks.get_mut(index) {
-            match purpose {
-                Purpose::Register { cseq } => {
-                    if let Some(machine) = &mut trunk.machine {
-                        machine.handle_request_timeout(now, cseq);
-                    }
-                }
-                Purpose::Keepalive => trunk.keepalive_timed_out(now),
-            }
-        }
-        self.pump(now, endpoint);
-        true
+        self.handle_failure(now, endpoint, tx, false)
     }
 
     /// Client transaction `tx` could not be sent (a REGISTER goes to the registrar's next
-    /// server at once; a keepalive counts as unanswered); false when it is not ours.
+    /// server at once); false when it is not ours.
     pub fn handle_transport_failure(
         &mut self,
         now: Instant,
         endpoint: &mut Endpoint,
         tx: ClientTxId,
     ) -> bool {
+        self.handle_failure(now, endpoint, tx, true)
+    }
+
+    /// A REGISTER or keepalive without a final response: timed out, or `unsent`. A keepalive
+    /// counts as unanswered either way.
+    fn handle_failure(
+        &mut self,
+        now: Instant,
+        endpoint: &mut Endpoint,
+        tx: ClientTxId,
+        unsent: bool,
+    ) -> bool {
         let Some((index, purpose)) = self.transactions.remove(&tx) else {
             return false;
         };
         if let Some(trunk) = self.trunks.get_mut(index) {
-            match purpose {
-                Purpose::Register { cseq } => {
-                    if let Some(machine) = &mut trunk.machine {
-                        machine.handle_transport_error(now, cseq);
-                    }
+            match (purpose, &mut trunk.machine) {
+                (Purpose::Register { cseq }, Some(machine)) if unsent => {
+                    machine.handle_transport_error(now, cseq)
                 }
-                Purpose::Keepalive => trunk.keepalive_timed_out(now),
+                (Purpose::Register { cseq }, Some(machine)) => {
+                    machine.handle_request_timeout(now, cseq)
+                }
+                (Purpose::Register { .. }, None) => {}
+                (Purpose::Keepalive, _) => trunk.keepalive_timed_out(now),
             }
         }
         self.pump(now, endpoint);

@@ -1176,6 +1176,21 @@ mod tests {
             .collect()
     }
 
+    /// Sends an INVITE on a new client transaction; returns it as it went out.
+    fn send_invite(endpoint: &mut Endpoint, now: Instant) -> (ClientTxId, Request) {
+        let mut invite = options_request();
+        invite.method = "INVITE".into();
+        invite.headers[3] = ("CSeq", "1 INVITE".into());
+        let tx = endpoint.send_request(now, &udp(), &invite, None);
+        let sent = endpoint.poll_transmit().expect("the INVITE goes out");
+        assert_eq!(sent.client, Some(tx), "io/ can tell whose message it is");
+        let request = match message::parse(&sent.bytes, Transport::Udp, 65_535) {
+            Ok(Message::Request(request)) => request,
+            other => panic!("not a request: {other:?}"),
+        };
+        (tx, request)
+    }
+
     #[test]
     fn a_transport_error_before_any_answer_fails_the_request_at_once() {
         let now = testkit::t0();
@@ -1201,15 +1216,7 @@ mod tests {
     fn a_transport_error_after_a_provisional_answer_still_fails_the_invite() {
         let now = testkit::t0();
         let mut endpoint = endpoint();
-        let mut invite = options_request();
-        invite.method = "INVITE".into();
-        invite.headers[3] = ("CSeq", "1 INVITE".into());
-        let tx = endpoint.send_request(now, &udp(), &invite, None);
-        let sent = endpoint.poll_transmit().expect("the INVITE goes out");
-        let request = match message::parse(&sent.bytes, Transport::Udp, 65_535) {
-            Ok(Message::Request(request)) => request,
-            other => panic!("not a request: {other:?}"),
-        };
+        let (tx, request) = send_invite(&mut endpoint, now);
         let ringing = message::response(&request, 180).to_tag("b").build();
         endpoint.handle_inbound(now, &ringing, udp());
         assert_eq!(client_events(&mut endpoint), [(tx, "180".into())]);
@@ -1222,15 +1229,7 @@ mod tests {
     fn a_transport_error_after_the_final_answer_only_ends_the_transaction() {
         let now = testkit::t0();
         let mut endpoint = endpoint();
-        let mut invite = options_request();
-        invite.method = "INVITE".into();
-        invite.headers[3] = ("CSeq", "1 INVITE".into());
-        let tx = endpoint.send_request(now, &udp(), &invite, None);
-        let sent = endpoint.poll_transmit().expect("the INVITE goes out");
-        let request = match message::parse(&sent.bytes, Transport::Udp, 65_535) {
-            Ok(Message::Request(request)) => request,
-            other => panic!("not a request: {other:?}"),
-        };
+        let (tx, request) = send_invite(&mut endpoint, now);
         let busy = message::response(&request, 486).to_tag("b").build();
         endpoint.handle_inbound(now, &busy, udp());
         assert_eq!(client_events(&mut endpoint), [(tx, "486".into())]);

@@ -65,6 +65,20 @@ impl Record {
     }
 }
 
+/// Two servers of `domain` for `transport` (`"udp"` or `"tcp"`) on 127.0.0.1, in this order of
+/// preference: SRV `_sip._<transport>.<domain>` lists `a.<domain>` (priority 10) on
+/// `ports[0]` and `b.<domain>` (priority 20) on `ports[1]`.
+pub fn two_servers(domain: &str, transport: &str, ports: [u16; 2]) -> Vec<Record> {
+    let service = format!("_sip._{transport}.{domain}");
+    let (a, b) = (format!("a.{domain}"), format!("b.{domain}"));
+    vec![
+        Record::srv(&service, 10, 0, ports[0], &a),
+        Record::srv(&service, 20, 0, ports[1], &b),
+        Record::a(&a, Ipv4Addr::LOCALHOST),
+        Record::a(&b, Ipv4Addr::LOCALHOST),
+    ]
+}
+
 /// `name` as a fully qualified domain name.
 fn domain(name: &str) -> Name {
     let fqdn = format!("{}.", name.trim_end_matches('.'));
