@@ -17,6 +17,7 @@ use common::dns::{two_servers, DnsStub};
 use common::pcap;
 use common::realtime::{frame_index, tagged_audio, Behaviour, RealtimeStandIn, Reply};
 use common::rtp::{RtpPacket, RtpSink};
+use common::sipp::SippOutcome;
 use common::{Gateway, GatewayConfig, Sipp};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -103,6 +104,40 @@ fn answering_agent() -> Sipp {
         .deadline(Duration::from_secs(40))
 }
 
+/// What a bridged call left: both SIPp outcomes (successful) and the RTP each side received.
+struct Bridged {
+    outcome: SippOutcome,
+    agent: SippOutcome,
+    to_caller: Vec<RtpPacket>,
+    to_agent: Vec<RtpPacket>,
+}
+
+/// Runs `caller` through voxgate while `agent` (the transfer destination) answers; asserts that
+/// both scenarios succeeded.
+fn run_bridged(caller: Sipp, agent: Sipp) -> Bridged {
+    let agent_sink = RtpSink::bind(agent.echo_addr());
+    let agent_run = agent.spawn();
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    let agent_outcome = agent_run.wait();
+    let bridged = Bridged {
+        outcome,
+        agent: agent_outcome,
+        to_caller: caller_sink.finish(),
+        to_agent: agent_sink.finish(),
+    };
+    bridged.outcome.assert_success();
+    bridged.agent.assert_success();
+    bridged
+}
+
+/// The caller of most tests: 450 frames of the pcap, 8 s on the line.
+fn echo_caller(gateway: &Gateway) -> Sipp {
+    Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(450)
+        .pause_ms(8_000)
+}
+
 fn assert_increasing(indices: &[usize], what: &str) {
     assert!(
         indices.windows(2).all(|pair| pair[0] < pair[1]),
@@ -122,18 +157,13 @@ fn bridged_destination_answers_and_audio_flows_both_ways() {
     let agent = answering_agent();
     let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
     let gateway = gateway(&standin.url(), agent_sip);
-    let agent_sink = RtpSink::bind(agent.echo_addr());
-    let agent_run = agent.spawn();
-    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(450)
-        .pause_ms(8_000);
-    let caller_sink = RtpSink::bind(caller.echo_addr());
-    let outcome = caller.run();
-    let agent_outcome = agent_run.wait();
-    let to_caller = caller_sink.finish();
-    let to_agent = agent_sink.finish();
-    outcome.assert_success();
-    agent_outcome.assert_success(); // INVITE checked (caller-ID, PCMU offer), BYE from voxgate
+    // The agent's scenario checks the INVITE (caller-ID, PCMU offer); voxgate BYEs it.
+    let Bridged {
+        agent: agent_outcome,
+        to_caller,
+        to_agent,
+        ..
+    } = run_bridged(echo_caller(&gateway), agent);
 
     let invite = agent_outcome
         .received()
@@ -277,20 +307,15 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
         &format!("\n[dns]\nservers = [\"{}\"]\n", dns.addr()),
     );
     let unavailable_run = unavailable.spawn();
-    let agent_sink = RtpSink::bind(agent.echo_addr());
-    let agent_run = agent.spawn();
-    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(450)
-        .pause_ms(8_000);
-    let caller_sink = RtpSink::bind(caller.echo_addr());
-    let outcome = caller.run();
-    let agent_outcome = agent_run.wait();
+    // The second server answers the INVITE; voxgate BYEs it.
+    let Bridged {
+        agent: agent_outcome,
+        to_caller,
+        to_agent,
+        ..
+    } = run_bridged(echo_caller(&gateway), agent);
     let unavailable_outcome = unavailable_run.wait();
-    let to_caller = caller_sink.finish();
-    let to_agent = agent_sink.finish();
-    outcome.assert_success();
     unavailable_outcome.assert_success(); // one INVITE, the 503 ACKed
-    agent_outcome.assert_success(); // the INVITE answered, BYE from voxgate
 
     let first = unavailable_outcome
         .received()
@@ -362,18 +387,12 @@ fn bridged_destination_over_tcp_fails_over_at_once_from_a_server_that_refuses_th
         "bridge",
         &format!("\n[dns]\nservers = [\"{}\"]\n", dns.addr()),
     );
-    let agent_sink = RtpSink::bind(agent.echo_addr());
-    let agent_run = agent.spawn();
-    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(450)
-        .pause_ms(8_000);
-    let caller_sink = RtpSink::bind(caller.echo_addr());
-    let outcome = caller.run();
-    let agent_outcome = agent_run.wait();
-    let to_caller = caller_sink.finish();
-    let to_agent = agent_sink.finish();
-    outcome.assert_success();
-    agent_outcome.assert_success(); // the INVITE answered over TCP, BYE from voxgate
+    // The INVITE answered over TCP; voxgate BYEs it.
+    let Bridged {
+        to_caller,
+        to_agent,
+        ..
+    } = run_bridged(echo_caller(&gateway), agent);
 
     assert!(
         dns.queries()
@@ -423,15 +442,12 @@ fn falls_back_to_the_bridge(
     gateway: &Gateway,
     standin: &RealtimeStandIn,
 ) {
-    let agent_sink = RtpSink::bind(agent.echo_addr());
-    let agent_run = agent.spawn();
-    let caller_sink = RtpSink::bind(caller.echo_addr());
-    let outcome = caller.run();
-    let agent_outcome = agent_run.wait();
-    let to_caller = caller_sink.finish();
-    let to_agent = agent_sink.finish();
-    outcome.assert_success();
-    agent_outcome.assert_success();
+    let Bridged {
+        outcome,
+        to_caller,
+        to_agent,
+        ..
+    } = run_bridged(caller, agent);
     assert!(
         outcome
             .received()
