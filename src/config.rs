@@ -117,6 +117,15 @@ pub struct SipSettings {
     /// RFC 4028 smallest session interval voxgate accepts (422 below it), seconds (≥ 90).
     #[serde(default = "default_min_se_secs")]
     pub min_se_secs: u32,
+    /// Most TCP connections peers may have open to voxgate at once; a connection beyond it is
+    /// closed as soon as it is accepted (Kamailio `tcp_max_connections`). Connections voxgate
+    /// opens itself do not count.
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// A TCP connection a peer opens must deliver its first SIP message within this many
+    /// seconds, or it is closed (a connection that never speaks only holds a file descriptor).
+    #[serde(default = "default_tcp_first_message_secs")]
+    pub tcp_first_message_secs: u32,
 }
 
 /// `[rtp]`
@@ -795,6 +804,18 @@ impl SipSettings {
                 ),
             ));
         }
+        if self.tcp_max_connections == 0 {
+            return Err(Problem::new(
+                "sip.tcp_max_connections",
+                "must be at least 1: with 0 no peer could reach voxgate over TCP",
+            ));
+        }
+        if self.tcp_first_message_secs == 0 {
+            return Err(Problem::new(
+                "sip.tcp_first_message_secs",
+                "must be at least 1: with 0 every accepted connection would be closed at once",
+            ));
+        }
         Ok(())
     }
 }
@@ -1179,6 +1200,12 @@ fn default_session_expires_secs() -> u32 {
 fn default_min_se_secs() -> u32 {
     90
 }
+fn default_tcp_max_connections() -> usize {
+    1_024
+}
+fn default_tcp_first_message_secs() -> u32 {
+    32
+}
 
 impl Default for RtpSettings {
     fn default() -> Self {
@@ -1304,6 +1331,8 @@ mod tests {
             max_message_bytes = 8192
             session_expires_secs = 600
             min_se_secs = 120
+            tcp_max_connections = 64
+            tcp_first_message_secs = 5
 
             [rtp]
             bind_address = "10.0.0.5"
@@ -1374,6 +1403,13 @@ mod tests {
             (600, 120)
         );
         assert_eq!(
+            (
+                settings.sip.tcp_max_connections,
+                settings.sip.tcp_first_message_secs
+            ),
+            (64, 5)
+        );
+        assert_eq!(
             settings.rtp.bind_address,
             Some("10.0.0.5".parse().expect("ip"))
         );
@@ -1442,6 +1478,13 @@ mod tests {
         assert_eq!(
             (settings.sip.session_expires_secs, settings.sip.min_se_secs),
             (1_800, 90)
+        );
+        assert_eq!(
+            (
+                settings.sip.tcp_max_connections,
+                settings.sip.tcp_first_message_secs
+            ),
+            (1_024, 32)
         );
         assert_eq!(
             (settings.rtp.port_min, settings.rtp.port_max),
@@ -1670,6 +1713,22 @@ mod tests {
         );
         let equal = "min_se_secs = 90\nsession_expires_secs = 90";
         assert!(load_text(&file(equal, ""), &[]).is_ok());
+    }
+
+    #[test]
+    fn refuses_tcp_limits_of_zero() {
+        assert_rejected(
+            &file("tcp_max_connections = 0", ""),
+            &[],
+            "sip.tcp_max_connections",
+            "at least 1",
+        );
+        assert_rejected(
+            &file("tcp_first_message_secs = 0", ""),
+            &[],
+            "sip.tcp_first_message_secs",
+            "at least 1",
+        );
     }
 
     #[test]

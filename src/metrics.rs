@@ -50,6 +50,12 @@ pub struct Metrics {
     pub sip_messages_total: IntCounterVec,
     /// Datagrams or stream messages that could not be parsed.
     pub sip_parse_errors_total: IntCounter,
+    /// SIP TCP connections open now, by direction (`inbound`: a peer opened it; `outbound`:
+    /// voxgate did).
+    pub sip_tcp_connections: IntGaugeVec,
+    /// TCP connections from peers closed as they were accepted: `sip.tcp_max_connections` was
+    /// reached.
+    pub sip_tcp_connections_refused_total: IntCounter,
     /// RTP packets, by direction (`in`, `out`).
     pub rtp_packets_total: IntCounterVec,
     /// RTP packets the far end sent that never arrived (RFC 3550 cumulative loss).
@@ -408,6 +414,19 @@ impl Metrics {
             "SIP messages that could not be parsed (dropped or answered 400)",
         )
         .expect("valid metric definition");
+        let sip_tcp_connections = IntGaugeVec::new(
+            Opts::new(
+                "voxgate_sip_tcp_connections",
+                "SIP TCP connections open now, by who opened them (inbound: a peer)",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric definition");
+        let sip_tcp_connections_refused_total = IntCounter::new(
+            "voxgate_sip_tcp_connections_refused_total",
+            "TCP connections from peers closed at once: sip.tcp_max_connections reached",
+        )
+        .expect("valid metric definition");
         let rtp_packets_total = IntCounterVec::new(
             Opts::new("voxgate_rtp_packets_total", "RTP packets by direction"),
             &["direction"],
@@ -469,6 +488,8 @@ impl Metrics {
             calls_total,
             sip_messages_total,
             sip_parse_errors_total,
+            sip_tcp_connections,
+            sip_tcp_connections_refused_total,
             rtp_packets_total,
             rtp_packets_lost_total,
             jitter_buffer_delay_seconds,
@@ -480,7 +501,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(self.dtmf_digits_total.clone()),
             Box::new(self.inbound_auth_total.clone()),
             Box::new(self.calls_active.clone()),
@@ -488,6 +509,8 @@ impl Metrics {
             Box::new(self.calls_total.clone()),
             Box::new(self.sip_messages_total.clone()),
             Box::new(self.sip_parse_errors_total.clone()),
+            Box::new(self.sip_tcp_connections.clone()),
+            Box::new(self.sip_tcp_connections_refused_total.clone()),
             Box::new(self.rtp_packets_total.clone()),
             Box::new(self.rtp_packets_lost_total.clone()),
             Box::new(self.jitter_buffer_delay_seconds.clone()),
@@ -514,6 +537,9 @@ impl Metrics {
         }
         for direction in ["in", "out"] {
             self.rtp_packets_total.with_label_values(&[direction]);
+        }
+        for direction in ["inbound", "outbound"] {
+            self.sip_tcp_connections.with_label_values(&[direction]);
         }
         for source in ["rfc4733", "info"] {
             self.dtmf_digits_total.with_label_values(&[source]);

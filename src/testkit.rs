@@ -77,6 +77,8 @@ pub fn settings() -> Settings {
             max_message_bytes: 65_535,
             session_expires_secs: 1_800,
             min_se_secs: 90,
+            tcp_max_connections: 1_024,
+            tcp_first_message_secs: 32,
         },
         rtp: Default::default(),
         calls: CallSettings {

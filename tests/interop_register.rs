@@ -336,6 +336,42 @@ fn registers_over_tcp_and_takes_calls_down_the_registration_connection() {
     call_the_aor_through(&kamailio);
 }
 
+/// Two trunks registering over TCP with one Kamailio at start-up send their REGISTERs at the
+/// same instant, before any connection is up: both go over one connection, not one each.
+#[test]
+fn trunks_registering_over_tcp_with_one_registrar_share_one_connection() {
+    let kamailio = Kamailio::start(KamailioConfig {
+        port: PortBlock::reserve(2).port(0),
+        realm: "voxgate.test".into(),
+        user: "voxgate".into(),
+        password: PASSWORD.into(),
+        max_expires: 3_600,
+        tcp: true,
+    });
+    // The second trunk's user is unknown to this Kamailio: it is challenged, then refused.
+    let second = format!(
+        "transport = \"tcp\"\n\n[[trunks]]\nname = \"second\"\nmode = \"register\"\n\
+         registrar = \"sip:{}\"\nusername = \"stranger\"\n\
+         password_env = \"{PASSWORD_ENV}\"\ntransport = \"tcp\"\n",
+        kamailio.addr()
+    );
+    let gateway = gateway(kamailio.addr(), &second, Some(100));
+    assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
+    assert_metric(
+        &gateway,
+        ATTEMPTS,
+        &[("trunk", "second"), ("result", "refused")],
+        |v| v >= 1.0,
+    );
+    assert_metric(
+        &gateway,
+        "voxgate_sip_tcp_connections",
+        &[("direction", "outbound")],
+        |v| v == 1.0,
+    );
+    call_the_aor_through(&kamailio);
+}
+
 #[test]
 fn a_423_is_retried_with_the_registrars_min_expires() {
     let (run, registrar) = registrar("registrar_423.xml");

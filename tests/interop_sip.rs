@@ -487,3 +487,67 @@ fn same_invite_on_two_branches_makes_one_call_and_482_for_the_copy() {
     let total = gateway.wait_metric(CALLS_TOTAL, &[], Duration::from_secs(10), |v| v > before);
     assert_eq!(total, before + 1.0, "exactly one call counted");
 }
+
+/// Reads `stream` until voxgate closes it (the end of the stream, or a reset); what it sent.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(within)).expect("read timeout");
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("voxgate did not close the connection within {within:?}: {error}"),
+    }
+    received
+}
+
+/// TCP from peers stays within its limits: with `tcp_max_connections = 2`, a third connection
+/// is closed as it is accepted and counted; connections that send no SIP message are closed
+/// after `tcp_first_message_secs`; a SIPp call over TCP then comes in as usual.
+#[test]
+fn tcp_connections_beyond_the_limit_or_silent_are_closed_and_calls_still_come_in() {
+    const OPEN: &str = "voxgate_sip_tcp_connections";
+    const REFUSED: &str = "voxgate_sip_tcp_connections_refused_total";
+    let mut gateway = Gateway::start_with(GatewayConfig {
+        sip_extra: "tcp_max_connections = 2\ntcp_first_message_secs = 1".into(),
+        ..GatewayConfig::default()
+    });
+    let target = gateway.sip_addr();
+    let inbound = [("direction", "inbound")];
+
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(target).expect("connects"))
+        .collect();
+    assert_eq!(
+        gateway.wait_metric(OPEN, &inbound, Duration::from_secs(5), |v| v == 2.0),
+        2.0,
+        "both connections are open"
+    );
+    let mut third = TcpStream::connect(target).expect("the kernel accepts it");
+    assert!(read_until_closed(&mut third, Duration::from_secs(5)).is_empty());
+    assert_eq!(gateway.metrics().get(REFUSED, &[]), Some(1.0));
+    let log = gateway.log();
+    assert!(
+        log.contains("sip.tcp_max_connections reached"),
+        "the log says why: {log}"
+    );
+
+    // Silent ones are closed once tcp_first_message_secs has passed.
+    for stream in &mut silent {
+        assert!(read_until_closed(stream, Duration::from_secs(10)).is_empty());
+    }
+    assert_eq!(
+        gateway.wait_metric(OPEN, &inbound, Duration::from_secs(5), |v| v == 0.0),
+        0.0
+    );
+    assert!(gateway
+        .log()
+        .contains("no SIP message within sip.tcp_first_message_secs"));
+
+    let outcome = Sipp::new("uac_basic.xml", target)
+        .transport(common::sipp::Transport::TcpOne)
+        .pause_ms(300)
+        .run();
+    outcome.assert_success();
+    assert_eq!(gateway.metrics().get(REFUSED, &[]), Some(1.0));
+    assert_still_serving(&mut gateway);
+}

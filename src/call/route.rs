@@ -159,6 +159,8 @@ mod tests {
                 max_message_bytes: 65535,
                 session_expires_secs: 1800,
                 min_se_secs: 90,
+                tcp_max_connections: 1_024,
+                tcp_first_message_secs: 32,
             },
             rtp: Default::default(),
             calls: Default::default(),

@@ -58,10 +58,16 @@ pub enum CoreInput {
         id: ConnectionId,
         /// The peer.
         peer: std::net::SocketAddr,
-        /// Where to write messages for it.
-        writer: mpsc::Sender<Bytes>,
+        /// Where to queue messages for it.
+        writer: sip_transport::ConnectionWriter,
     },
-    /// A TCP connection closed.
+    /// A message to a host name, now addressed to the server located for it: sent like any
+    /// located message (not counted again in the metrics).
+    SipLocated {
+        /// The message.
+        transmit: crate::sip::endpoint::Transmit,
+    },
+    /// A TCP connection closed, or one voxgate was opening could not be opened.
     ConnectionClosed {
         /// Its number.
         id: ConnectionId,
@@ -298,6 +304,7 @@ impl Core {
             CoreInput::ConnectionOpened { id, peer, writer } => {
                 self.transports.connection_opened(id, peer, writer)
             }
+            CoreInput::SipLocated { transmit } => self.transports.send(transmit),
             CoreInput::ConnectionClosed { id } => {
                 if let Some(peer) = self.transports.connection_closed(id) {
                     self.switchboard.handle_connection_closed(now, peer);

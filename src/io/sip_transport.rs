@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -28,16 +29,72 @@ use crate::sip::endpoint::{ClientTxId, ConnectionId, Flow, Target, Transmit};
 use crate::sip::framing::{Frame, StreamFramer};
 use crate::sip::message::Transport;
 
+/// A message on its way out over a TCP connection, with the client transaction it belongs to
+/// (reported back when the connection cannot carry it).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The serialised message.
+    pub bytes: Bytes,
+    /// The client transaction, as in [`Transmit::client`].
+    pub client: Option<ClientTxId>,
+}
+
+/// Where the core queues messages for one TCP connection.
+pub type ConnectionWriter = mpsc::Sender<Outgoing>;
+
+/// How many messages wait on one TCP connection at most before it counts as backed up.
+const CONNECTION_QUEUE: usize = 256;
+
+/// How long opening a TCP connection may take. The kernel alone would go on for about two
+/// minutes of SYN retries; no transaction waits that long (Timer B and F are 64·T1).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// TCP keep-alive probes on every SIP connection: a peer that vanished (power cut, NAT state
+/// dropped) is noticed after about four minutes of silence, and a registration over the
+/// connection is refreshed on a new one.
+const KEEPALIVE_IDLE_SECS: u32 = 120;
+const KEEPALIVE_INTERVAL_SECS: u32 = 30;
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// The limits on connections peers open to voxgate (`sip.tcp_max_connections`,
+/// `sip.tcp_first_message_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Most accepted connections open at once.
+    pub max_accepted: usize,
+    /// How long an accepted connection may stay open without a whole SIP message.
+    pub first_message: Duration,
+}
+
+impl TcpLimits {
+    fn from_settings(settings: &Settings) -> TcpLimits {
+        TcpLimits {
+            max_accepted: settings.sip.tcp_max_connections,
+            first_message: Duration::from_secs(u64::from(settings.sip.tcp_first_message_secs)),
+        }
+    }
+}
+
+/// A TCP connection the core can write to: open, or still being opened by voxgate (messages
+/// queue until it is up).
+struct Connection {
+    peer: SocketAddr,
+    writer: ConnectionWriter,
+    /// `false` until the connection is up ([`CoreInput::ConnectionOpened`]).
+    open: bool,
+}
+
 /// The bound SIP sockets and the open TCP connections.
 pub struct Transports {
     udp: Vec<Arc<UdpSocket>>,
     locals: Vec<SocketAddr>,
-    connections: HashMap<ConnectionId, (SocketAddr, mpsc::Sender<Bytes>)>,
+    connections: HashMap<ConnectionId, Connection>,
     by_peer: HashMap<SocketAddr, ConnectionId>,
     next_connection: Arc<AtomicU64>,
     core_tx: mpsc::Sender<CoreInput>,
     max_message_bytes: usize,
     shutdown: CancellationToken,
+    metrics: Metrics,
     /// Locates host names (set with [`Transports::locate_with`]; until then, none resolve).
     hosts: Option<Arc<HostCache>>,
     /// Client transactions whose message could not be sent here and now (see
@@ -53,11 +110,31 @@ impl Transports {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Transports> {
+        Transports::bind_to(
+            &settings.sip.listen,
+            settings.sip.max_message_bytes,
+            TcpLimits::from_settings(settings),
+            core_tx,
+            metrics,
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Transports::bind`] with its settings spelled out.
+    pub async fn bind_to(
+        listen: &[SocketAddr],
+        max_message_bytes: usize,
+        limits: TcpLimits,
+        core_tx: mpsc::Sender<CoreInput>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Transports> {
         let next_connection = Arc::new(AtomicU64::new(1));
-        let max = settings.sip.max_message_bytes;
+        let accepted = Arc::new(AtomicUsize::new(0));
         let mut udp = Vec::new();
         let mut locals = Vec::new();
-        for address in &settings.sip.listen {
+        for address in listen {
             let socket = UdpSocket::bind(address)
                 .await
                 .with_context(|| format!("binding SIP UDP on {address}"))?;
@@ -74,13 +151,19 @@ impl Transports {
                 metrics.clone(),
                 shutdown.clone(),
             ));
-            tokio::spawn(accept_loop(
-                listener,
-                core_tx.clone(),
-                next_connection.clone(),
-                max,
-                shutdown.clone(),
-            ));
+            tokio::spawn(
+                Acceptor {
+                    listener,
+                    metrics: metrics.clone(),
+                    core_tx: core_tx.clone(),
+                    ids: next_connection.clone(),
+                    max_message_bytes,
+                    limits,
+                    accepted: accepted.clone(),
+                    shutdown: shutdown.clone(),
+                }
+                .run(),
+            );
             udp.push(socket);
             locals.push(local);
         }
@@ -91,8 +174,9 @@ impl Transports {
             by_peer: HashMap::new(),
             next_connection,
             core_tx,
-            max_message_bytes: max,
+            max_message_bytes,
             shutdown,
+            metrics,
             hosts: None,
             failures: Vec::new(),
         })
@@ -128,24 +212,37 @@ impl Transports {
         Some(SocketAddr::new(ip, bound.port()))
     }
 
-    /// Records a TCP connection's writer.
+    /// Records a TCP connection that is up: one a peer opened, or one voxgate was opening.
     pub fn connection_opened(
         &mut self,
         id: ConnectionId,
         peer: SocketAddr,
-        writer: mpsc::Sender<Bytes>,
+        writer: ConnectionWriter,
     ) {
-        self.connections.insert(id, (peer, writer));
+        self.connections.insert(
+            id,
+            Connection {
+                peer,
+                writer,
+                open: true,
+            },
+        );
         self.by_peer.insert(peer, id);
     }
 
-    /// Forgets a closed TCP connection; returns its peer.
+    /// Forgets a TCP connection that closed, or that voxgate could not open. Returns its peer
+    /// when the connection had been up (its closing may matter to a registration).
     pub fn connection_closed(&mut self, id: ConnectionId) -> Option<SocketAddr> {
-        let (peer, _) = self.connections.remove(&id)?;
-        if self.by_peer.get(&peer) == Some(&id) {
-            self.by_peer.remove(&peer);
+        let connection = self.connections.remove(&id)?;
+        if self.by_peer.get(&connection.peer) == Some(&id) {
+            self.by_peer.remove(&connection.peer);
         }
-        Some(peer)
+        connection.open.then_some(connection.peer)
+    }
+
+    /// TCP connections known now, open or being opened.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
     }
 
     /// The client transactions whose messages [`Transports::send`] could not send at once
@@ -198,35 +295,29 @@ impl Transports {
             }
             return;
         }
-        // A name not located yet (or whose answer expired): locate it, then send.
-        let Target::Host(host, port) = transmit.target else {
+        self.locate_then_send(transmit);
+    }
+
+    /// Locates a transmit's host name (not located yet, or its answer expired), then hands it
+    /// back to the core as [`CoreInput::SipLocated`], addressed to the server found, so that it
+    /// is sent like any located message (over TCP: on the connection to that server, open or
+    /// being opened, rather than on one of its own).
+    fn locate_then_send(&mut self, transmit: Transmit) {
+        let Target::Host(host, port) = transmit.target.clone() else {
             return;
         };
-        let sockets = self.udp.clone();
         let hosts = self.hosts.clone();
         let core_tx = self.core_tx.clone();
         tokio::spawn(async move {
-            let failed = SendFailure {
-                core_tx,
-                client: transmit.client,
-            };
-            let Some(address) = resolve(hosts, &host, port, Transport::Udp).await else {
-                failed.report().await;
-                return;
-            };
-            let socket = sockets
-                .iter()
-                .find(|s| {
-                    s.local_addr()
-                        .map(|l| l.is_ipv4() == address.is_ipv4())
-                        .unwrap_or(false)
-                })
-                .or(sockets.first());
-            if let Some(socket) = socket {
-                if let Err(error) = socket.send_to(&transmit.bytes, address).await {
-                    tracing::warn!(%address, %error, "could not send SIP over UDP");
-                    failed.report().await;
+            match resolve(hosts, &host, port, transmit.transport).await {
+                Some(address) => {
+                    let transmit = Transmit {
+                        target: Target::Addr(address),
+                        ..transmit
+                    };
+                    let _ = core_tx.send(CoreInput::SipLocated { transmit }).await;
                 }
+                None => report_failures(&core_tx, transmit.client).await,
             }
         });
     }
@@ -239,60 +330,74 @@ impl Transports {
                 let address = self.located(&transmit.target, Transport::Tcp)?;
                 self.by_peer.get(&address).copied()
             });
-        if let Some((_, writer)) = existing.and_then(|id| self.connections.get(&id)) {
-            if writer.try_send(transmit.bytes.clone()).is_ok() {
+        let outgoing = Outgoing {
+            bytes: transmit.bytes.clone(),
+            client: transmit.client,
+        };
+        if let Some(connection) = existing.and_then(|id| self.connections.get(&id)) {
+            if connection.writer.try_send(outgoing).is_ok() {
                 return;
             }
             // TCP transactions do not retransmit: the request fails now rather than at
             // Timer B or F.
-            tracing::warn!("SIP TCP connection is backed up or closing; message dropped");
+            tracing::warn!(
+                peer = %connection.peer,
+                "SIP TCP connection is backed up or closing; message dropped"
+            );
             self.failures.extend(transmit.client);
             return;
         }
-        let core_tx = self.core_tx.clone();
-        let ids = self.next_connection.clone();
-        let max = self.max_message_bytes;
-        let shutdown = self.shutdown.clone();
-        let hosts = self.hosts.clone();
-        tokio::spawn(async move {
-            let failed = SendFailure {
-                core_tx: core_tx.clone(),
-                client: transmit.client,
-            };
-            let address = match transmit.target {
-                Target::Addr(address) => address,
-                Target::Host(host, port) => match resolve(hosts, &host, port, Transport::Tcp).await
-                {
-                    Some(address) => address,
-                    None => return failed.report().await,
-                },
-            };
-            match TcpStream::connect(address).await {
-                Ok(stream) => {
-                    let id = ConnectionId(ids.fetch_add(1, Ordering::Relaxed));
-                    run_connection(stream, id, core_tx, max, Some(transmit.bytes), shutdown).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%address, %error, "could not open a SIP TCP connection");
-                    failed.report().await;
-                }
-            }
-        });
+        let Some(address) = self.located(&transmit.target, Transport::Tcp) else {
+            self.locate_then_send(transmit);
+            return;
+        };
+        // No connection to that server yet: open one. Until it is up, it is known here as
+        // being opened, so the messages that follow (a CANCEL after its INVITE, a burst of
+        // requests to one registrar) queue on it instead of opening connections of their own.
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let (writer, queue) = mpsc::channel(CONNECTION_QUEUE);
+        if writer.try_send(outgoing).is_err() {
+            return;
+        }
+        self.connections.insert(
+            id,
+            Connection {
+                peer: address,
+                writer: writer.clone(),
+                open: false,
+            },
+        );
+        self.by_peer.insert(address, id);
+        let link = Link {
+            id,
+            core_tx: self.core_tx.clone(),
+            max_message_bytes: self.max_message_bytes,
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(link.dial(address, writer, queue));
     }
 }
 
 /// Tells the core that a client transaction's message could not be sent (when it had one).
-struct SendFailure {
-    core_tx: mpsc::Sender<CoreInput>,
-    client: Option<ClientTxId>,
+async fn report_failures(
+    core_tx: &mpsc::Sender<CoreInput>,
+    clients: impl IntoIterator<Item = ClientTxId>,
+) {
+    for tx in clients {
+        let _ = core_tx.send(CoreInput::SendFailed { tx }).await;
+    }
 }
 
-impl SendFailure {
-    async fn report(self) {
-        if let Some(tx) = self.client {
-            let _ = self.core_tx.send(CoreInput::SendFailed { tx }).await;
-        }
+/// Fails every message still queued for a connection that cannot carry them, and refuses new
+/// ones (the core's next `try_send` to it fails at once).
+async fn fail_queue(core_tx: &mpsc::Sender<CoreInput>, queue: &mut mpsc::Receiver<Outgoing>) {
+    queue.close();
+    let mut clients = Vec::new();
+    while let Ok(outgoing) = queue.try_recv() {
+        clients.extend(outgoing.client);
     }
+    report_failures(core_tx, clients).await;
 }
 
 /// Where a message to `host` goes: the server `hosts` locates (RFC 3263).
@@ -383,110 +488,312 @@ fn local_ip_toward(
     ip
 }
 
-async fn accept_loop(
+/// Accepts the TCP connections peers open, within [`TcpLimits`].
+struct Acceptor {
     listener: TcpListener,
+    metrics: Metrics,
     core_tx: mpsc::Sender<CoreInput>,
     ids: Arc<AtomicU64>,
-    max: usize,
+    max_message_bytes: usize,
+    limits: TcpLimits,
+    /// Accepted connections open now (on every listener).
+    accepted: Arc<AtomicUsize>,
     shutdown: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let id = ConnectionId(ids.fetch_add(1, Ordering::Relaxed));
-                tokio::spawn(run_connection(
-                    stream,
-                    id,
-                    core_tx.clone(),
-                    max,
-                    None,
-                    shutdown.clone(),
-                ));
-            }
-            Err(error) => tracing::warn!(%error, "TCP accept failed"),
+}
+
+impl Acceptor {
+    async fn run(self) {
+        // A flood of connections beyond the limit is logged once a minute, not once each.
+        let mut refused_since_log = 0u64;
+        let mut last_log: Option<tokio::time::Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "TCP accept failed");
+                    // Out of file descriptors and the like: do not spin on the error.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = AcceptedSlot::take(&self.accepted, self.limits.max_accepted) else {
+                refused_since_log += 1;
+                self.metrics.sip_tcp_connections_refused_total.inc();
+                let now = tokio::time::Instant::now();
+                if last_log.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+                    tracing::warn!(
+                        %peer,
+                        limit = self.limits.max_accepted,
+                        refused = refused_since_log,
+                        "SIP TCP connection closed at once: sip.tcp_max_connections reached"
+                    );
+                    refused_since_log = 0;
+                    last_log = Some(now);
+                }
+                drop(stream);
+                continue;
+            };
+            let link = Link {
+                id: ConnectionId(self.ids.fetch_add(1, Ordering::Relaxed)),
+                core_tx: self.core_tx.clone(),
+                max_message_bytes: self.max_message_bytes,
+                shutdown: self.shutdown.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let (writer, queue) = mpsc::channel(CONNECTION_QUEUE);
+            let first_message = self.limits.first_message;
+            tokio::spawn(async move {
+                let _slot = slot;
+                link.run(stream, writer, queue, OpenedBy::Peer { first_message })
+                    .await;
+            });
         }
     }
 }
 
-/// Reads framed messages from a TCP connection and writes what the core sends it.
-async fn run_connection(
-    stream: TcpStream,
+/// One of the `tcp_max_connections` places for accepted connections, given back when dropped.
+struct AcceptedSlot(Arc<AtomicUsize>);
+
+impl AcceptedSlot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<AcceptedSlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| AcceptedSlot(count.clone()))
+    }
+}
+
+impl Drop for AcceptedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Who opened a TCP connection.
+enum OpenedBy {
+    /// A peer: it must deliver a whole SIP message within `first_message`.
+    Peer { first_message: Duration },
+    /// voxgate.
+    Voxgate,
+}
+
+/// One SIP TCP connection's tasks.
+struct Link {
     id: ConnectionId,
     core_tx: mpsc::Sender<CoreInput>,
-    max: usize,
-    first: Option<Bytes>,
+    max_message_bytes: usize,
     shutdown: CancellationToken,
-) {
-    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return;
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
-    let (writer_tx, mut writer_rx) = mpsc::channel::<Bytes>(256);
-    if core_tx
-        .send(CoreInput::ConnectionOpened {
-            id,
-            peer: remote,
-            writer: writer_tx.clone(),
-        })
-        .await
-        .is_err()
-    {
-        return;
+    metrics: Metrics,
+}
+
+impl Link {
+    /// Opens a connection the core has already queued messages for; when it cannot be opened,
+    /// those messages fail and the core forgets the connection.
+    async fn dial(
+        self,
+        address: SocketAddr,
+        writer: ConnectionWriter,
+        mut queue: mpsc::Receiver<Outgoing>,
+    ) {
+        let connected = tokio::select! {
+            connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)) => connected,
+            _ = self.shutdown.cancelled() => return,
+        };
+        let error = match connected {
+            Ok(Ok(stream)) => return self.run(stream, writer, queue, OpenedBy::Voxgate).await,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        };
+        tracing::warn!(%address, %error, "could not open a SIP TCP connection");
+        drop(writer);
+        fail_queue(&self.core_tx, &mut queue).await;
+        let _ = self
+            .core_tx
+            .send(CoreInput::ConnectionClosed { id: self.id })
+            .await;
     }
-    if let Some(first) = first {
-        let _ = writer_tx.try_send(first);
-    }
-    let write_task = tokio::spawn(async move {
-        while let Some(bytes) = writer_rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
+
+    /// Reads framed messages from a connection and writes what the core queues for it, until
+    /// either side closes it.
+    async fn run(
+        self,
+        stream: TcpStream,
+        writer: ConnectionWriter,
+        queue: mpsc::Receiver<Outgoing>,
+        opened: OpenedBy,
+    ) {
+        let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return;
+        };
+        let (direction, first_message) = match opened {
+            OpenedBy::Peer { first_message } => ("inbound", Some(first_message)),
+            OpenedBy::Voxgate => ("outbound", None),
+        };
+        let open = self
+            .metrics
+            .sip_tcp_connections
+            .with_label_values(&[direction]);
+        open.inc();
+        let counted = scopeguard(move || open.dec());
+        let _ = stream.set_nodelay(true);
+        if let Err(error) = keep_alive(&stream) {
+            tracing::debug!(%remote, %error, "TCP keep-alive not set");
         }
-    });
-    let mut framer = StreamFramer::new(max);
-    let mut buffer = vec![0u8; 16 * 1024];
-    let flow = Flow {
-        transport: Transport::Tcp,
-        remote,
-        local,
-        connection: Some(id),
-    };
-    'read: loop {
-        let read = tokio::select! {
-            read = reader.read(&mut buffer) => read,
-            _ = shutdown.cancelled() => break,
+        let (mut reader, sink) = stream.into_split();
+        if self
+            .core_tx
+            .send(CoreInput::ConnectionOpened {
+                id: self.id,
+                peer: remote,
+                writer: writer.clone(),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // A write that fails ends the connection: the messages behind it fail with it.
+        let closing = self.shutdown.child_token();
+        let write_task = tokio::spawn(write_loop(
+            sink,
+            queue,
+            self.core_tx.clone(),
+            closing.clone(),
+        ));
+        let mut framer = StreamFramer::new(self.max_message_bytes);
+        let mut buffer = vec![0u8; 16 * 1024];
+        let flow = Flow {
+            transport: Transport::Tcp,
+            remote,
+            local,
+            connection: Some(self.id),
         };
-        let length = match read {
-            Ok(0) | Err(_) => break,
-            Ok(length) => length,
-        };
-        framer.push(&buffer[..length]);
-        while let Some(frame) = framer.poll_message() {
-            match frame {
-                Ok(Frame::Message(bytes)) => {
-                    if core_tx.send(CoreInput::Sip { bytes, flow }).await.is_err() {
+        let silent_until = first_message.map(|limit| tokio::time::Instant::now() + limit);
+        let mut spoke = false;
+        'read: loop {
+            let deadline = async {
+                match silent_until {
+                    Some(at) if !spoke => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                read = reader.read(&mut buffer) => read,
+                _ = closing.cancelled() => break,
+                _ = deadline => {
+                    tracing::info!(
+                        %remote,
+                        "closing SIP TCP connection: no SIP message within sip.tcp_first_message_secs"
+                    );
+                    break;
+                }
+            };
+            let length = match read {
+                Ok(0) => break,
+                Ok(length) => length,
+                Err(error) => {
+                    tracing::info!(%remote, %error, "SIP TCP connection lost");
+                    break;
+                }
+            };
+            framer.push(&buffer[..length]);
+            while let Some(frame) = framer.poll_message() {
+                match frame {
+                    Ok(Frame::Message(bytes)) => {
+                        spoke = true;
+                        if self
+                            .core_tx
+                            .send(CoreInput::Sip { bytes, flow })
+                            .await
+                            .is_err()
+                        {
+                            break 'read;
+                        }
+                    }
+                    // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong.
+                    Ok(Frame::KeepAlive) => {
+                        let _ = writer.try_send(Outgoing {
+                            bytes: Bytes::from_static(b"\r\n"),
+                            client: None,
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "closing SIP TCP connection: bad framing");
                         break 'read;
                     }
                 }
-                // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong.
-                Ok(Frame::KeepAlive) => {
-                    let _ = writer_tx.try_send(Bytes::from_static(b"\r\n"));
-                }
-                Err(error) => {
-                    tracing::warn!(%remote, %error, "closing SIP TCP connection: bad framing");
-                    break 'read;
-                }
+            }
+        }
+        drop(writer);
+        closing.cancel();
+        let _ = write_task.await;
+        drop(counted);
+        let _ = self
+            .core_tx
+            .send(CoreInput::ConnectionClosed { id: self.id })
+            .await;
+    }
+}
+
+/// Writes a connection's queued messages in order until the queue ends, a write fails or
+/// `closing` is cancelled; then fails what is left.
+async fn write_loop(
+    mut sink: tokio::net::tcp::OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outgoing>,
+    core_tx: mpsc::Sender<CoreInput>,
+    closing: CancellationToken,
+) {
+    loop {
+        let outgoing = tokio::select! {
+            outgoing = queue.recv() => outgoing,
+            _ = closing.cancelled() => break,
+        };
+        let Some(outgoing) = outgoing else { break };
+        let written = tokio::select! {
+            written = sink.write_all(&outgoing.bytes) => written,
+            _ = closing.cancelled() => Err(std::io::ErrorKind::ConnectionAborted.into()),
+        };
+        if let Err(error) = written {
+            if !closing.is_cancelled() {
+                tracing::info!(%error, "SIP TCP write failed; closing the connection");
+            }
+            report_failures(&core_tx, outgoing.client).await;
+            break;
+        }
+    }
+    closing.cancel();
+    fail_queue(&core_tx, &mut queue).await;
+}
+
+/// Runs `on_drop` when dropped (however the connection's task ends).
+fn scopeguard(on_drop: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(on_drop) = self.0.take() {
+                on_drop();
             }
         }
     }
-    drop(writer_tx);
-    write_task.abort();
-    let _ = core_tx.send(CoreInput::ConnectionClosed { id }).await;
+    Guard(Some(on_drop))
+}
+
+/// Turns on TCP keep-alive probes (see [`KEEPALIVE_IDLE_SECS`]).
+fn keep_alive(stream: &TcpStream) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    setsockopt(fd, sockopt::KeepAlive, &true)?;
+    setsockopt(fd, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
+    setsockopt(fd, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
+    setsockopt(fd, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+    Ok(())
 }
 
 /// The method of a SIP message for metrics: the request method, or a response's CSeq method.
@@ -511,6 +818,257 @@ pub fn method_of(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::timeout;
+
+    /// Long enough for anything on loopback; reached only when the behaviour under test is
+    /// broken.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:voxgate@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+
+    async fn transports(limits: TcpLimits) -> (Transports, mpsc::Receiver<CoreInput>, Metrics) {
+        let (core_tx, core_rx) = mpsc::channel(64);
+        let listen = ["127.0.0.1:0".parse().expect("an address")];
+        let metrics = Metrics::new();
+        let transports = Transports::bind_to(
+            &listen,
+            65_535,
+            limits,
+            core_tx,
+            metrics.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("binds on loopback");
+        (transports, core_rx, metrics)
+    }
+
+    fn open_connections(metrics: &Metrics, direction: &str) -> i64 {
+        metrics
+            .sip_tcp_connections
+            .with_label_values(&[direction])
+            .get()
+    }
+
+    fn lenient() -> TcpLimits {
+        TcpLimits {
+            max_accepted: 16,
+            first_message: BOUND,
+        }
+    }
+
+    fn tcp_to(address: SocketAddr, bytes: &'static [u8], client: Option<u64>) -> Transmit {
+        Transmit {
+            transport: Transport::Tcp,
+            target: Target::Addr(address),
+            connection: None,
+            bytes: Bytes::from_static(bytes),
+            client: client.map(ClientTxId),
+        }
+    }
+
+    async fn next_input(core: &mut mpsc::Receiver<CoreInput>) -> CoreInput {
+        timeout(BOUND, core.recv())
+            .await
+            .expect("the core hears something in time")
+            .expect("the transports are alive")
+    }
+
+    /// Reads from `stream` until `expected` bytes have arrived.
+    async fn read_exactly(stream: &mut TcpStream, expected: usize) -> Vec<u8> {
+        let mut received = vec![0u8; expected];
+        timeout(BOUND, stream.read_exact(&mut received))
+            .await
+            .expect("the bytes arrive in time")
+            .expect("the connection stays up");
+        received
+    }
+
+    /// A loopback port where nothing listens (connections to it are refused).
+    fn refusing_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        listener.local_addr().expect("has an address")
+    }
+
+    #[tokio::test]
+    async fn messages_to_a_server_whose_connection_is_still_opening_queue_on_it() {
+        let (mut transports, mut core, metrics) = transports(lenient()).await;
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = server.local_addr().expect("has an address");
+
+        // An INVITE and its CANCEL, sent before the connection can be up.
+        transports.send(tcp_to(address, b"INVITE;", Some(1)));
+        transports.send(tcp_to(address, b"CANCEL;", Some(2)));
+        assert_eq!(transports.connection_count(), 1, "one connection for both");
+        assert!(transports.take_failures().is_empty());
+
+        let (mut stream, _) = timeout(BOUND, server.accept())
+            .await
+            .expect("voxgate connects in time")
+            .expect("accepts");
+        assert_eq!(read_exactly(&mut stream, 14).await, b"INVITE;CANCEL;");
+        let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
+            panic!("the core is told the connection is up");
+        };
+        assert_eq!(peer, address);
+        transports.connection_opened(id, peer, writer);
+        assert_eq!(open_connections(&metrics, "outbound"), 1);
+
+        // Once up, later messages use it too.
+        transports.send(tcp_to(address, b"ACK;", None));
+        assert_eq!(transports.connection_count(), 1);
+        assert_eq!(read_exactly(&mut stream, 4).await, b"ACK;");
+    }
+
+    #[tokio::test]
+    async fn every_message_queued_on_a_refused_connection_fails() {
+        let (mut transports, mut core, _) = transports(lenient()).await;
+        let address = refusing_port();
+
+        transports.send(tcp_to(address, b"REGISTER;", Some(7)));
+        transports.send(tcp_to(address, b"OPTIONS;", Some(8)));
+        transports.send(tcp_to(address, b"SIP/2.0 200 OK;", None));
+
+        let mut failed = Vec::new();
+        let id = loop {
+            match next_input(&mut core).await {
+                CoreInput::SendFailed { tx } => failed.push(tx),
+                CoreInput::ConnectionClosed { id } => break id,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(failed, [ClientTxId(7), ClientTxId(8)]);
+        assert_eq!(
+            transports.connection_closed(id),
+            None,
+            "a connection that never came up is no closed flow for a registration"
+        );
+        assert_eq!(transports.connection_count(), 0);
+
+        // The next message tries again.
+        transports.send(tcp_to(address, b"REGISTER;", Some(9)));
+        assert_eq!(transports.connection_count(), 1);
+        assert!(matches!(
+            next_input(&mut core).await,
+            CoreInput::SendFailed { tx: ClientTxId(9) }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_message_to_a_connection_that_is_gone_fails_at_once() {
+        let (mut transports, mut core, _) = transports(lenient()).await;
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = server.local_addr().expect("has an address");
+        transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
+        let (stream, _) = timeout(BOUND, server.accept())
+            .await
+            .expect("voxgate connects in time")
+            .expect("accepts");
+        let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
+            panic!("the core is told the connection is up");
+        };
+        transports.connection_opened(id, peer, writer);
+
+        // The server closes; until the core hears of it, a message to it fails at once.
+        drop(stream);
+        let CoreInput::ConnectionClosed { id: closed } = next_input(&mut core).await else {
+            panic!("the core is told the connection closed");
+        };
+        assert_eq!(closed, id);
+        transports.send(tcp_to(address, b"BYE;", Some(2)));
+        assert_eq!(transports.take_failures(), [ClientTxId(2)]);
+        assert_eq!(transports.connection_closed(id), Some(address));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_as_they_are_accepted() {
+        let limits = TcpLimits {
+            max_accepted: 2,
+            first_message: BOUND,
+        };
+        let (transports, mut core, metrics) = transports(limits).await;
+        let listening = transports.local_addresses()[0];
+        // Each client's reading half waits for the end of its stream and reports its index.
+        let (ended_tx, mut ended) = mpsc::channel(3);
+        let mut writers = Vec::new();
+        for index in 0..3 {
+            let client = TcpStream::connect(listening).await.expect("connects");
+            let (mut read, mut write) = client.into_split();
+            write.write_all(OPTIONS).await.expect("writes");
+            writers.push(write);
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut rest = Vec::new();
+                let _ = read.read_to_end(&mut rest).await;
+                let _ = ended_tx.send((index, rest)).await;
+            });
+        }
+
+        // Two are taken: their messages reach the core.
+        let (mut opened, mut messages) = (Vec::new(), 0);
+        while opened.len() < 2 || messages < 2 {
+            match next_input(&mut core).await {
+                CoreInput::ConnectionOpened { id, .. } => opened.push(id),
+                CoreInput::Sip { flow, .. } => {
+                    assert!(opened.contains(&flow.connection.expect("over TCP")));
+                    messages += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The third is closed as it is accepted, with nothing sent to it.
+        let (closed, rest) = timeout(BOUND, ended.recv())
+            .await
+            .expect("one connection is closed in time")
+            .expect("the readers are alive");
+        assert!(rest.is_empty());
+        assert_eq!(metrics.sip_tcp_connections_refused_total.get(), 1);
+        assert_eq!(open_connections(&metrics, "inbound"), 2);
+
+        // A slot is given back when an accepted connection closes.
+        let accepted = (0..3).find(|index| *index != closed).expect("one of three");
+        drop(writers.remove(accepted));
+        assert!(matches!(
+            next_input(&mut core).await,
+            CoreInput::ConnectionClosed { .. }
+        ));
+        assert_eq!(open_connections(&metrics, "inbound"), 1);
+        let mut late = TcpStream::connect(listening).await.expect("connects");
+        late.write_all(OPTIONS).await.expect("writes");
+        assert!(matches!(
+            next_input(&mut core).await,
+            CoreInput::ConnectionOpened { .. }
+        ));
+        assert!(matches!(next_input(&mut core).await, CoreInput::Sip { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_message_in_time_is_closed() {
+        let limits = TcpLimits {
+            max_accepted: 16,
+            first_message: Duration::from_millis(300),
+        };
+        let (transports, mut core, metrics) = transports(limits).await;
+        let listening = transports.local_addresses()[0];
+        let mut talker = TcpStream::connect(listening).await.expect("connects");
+        talker.write_all(OPTIONS).await.expect("writes");
+        while !matches!(next_input(&mut core).await, CoreInput::Sip { .. }) {}
+        // Keep-alive pings are answered but are no SIP message.
+        let mut silent = TcpStream::connect(listening).await.expect("connects");
+        silent.write_all(b"\r\n\r\n").await.expect("writes");
+
+        let mut pong = Vec::new();
+        timeout(BOUND, silent.read_to_end(&mut pong))
+            .await
+            .expect("the silent connection is closed in time")
+            .expect("reads to the end");
+        assert_eq!(pong, b"\r\n", "the ping was answered before the close");
+        assert_eq!(metrics.sip_tcp_connections_refused_total.get(), 0);
+
+        // The one that spoke in time stays up past the limit.
+        talker.write_all(OPTIONS).await.expect("writes");
+        while !matches!(next_input(&mut core).await, CoreInput::Sip { .. }) {}
+    }
 
     #[test]
     fn method_of_reads_request_line_and_response_cseq() {
