@@ -241,7 +241,8 @@ impl Transports {
     }
 
     /// TCP connections known now, open or being opened.
-    pub fn connection_count(&self) -> usize {
+    #[cfg(test)]
+    fn connection_count(&self) -> usize {
         self.connections.len()
     }
 
@@ -599,7 +600,7 @@ impl Link {
         self,
         address: SocketAddr,
         writer: ConnectionWriter,
-        mut queue: mpsc::Receiver<Outgoing>,
+        queue: mpsc::Receiver<Outgoing>,
     ) {
         let connected = tokio::select! {
             connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)) => connected,
@@ -612,6 +613,12 @@ impl Link {
         };
         tracing::warn!(%address, %error, "could not open a SIP TCP connection");
         drop(writer);
+        self.give_up(queue).await;
+    }
+
+    /// Ends a connection that never came up: what is queued on it fails, and the core forgets
+    /// it.
+    async fn give_up(self, mut queue: mpsc::Receiver<Outgoing>) {
         fail_queue(&self.core_tx, &mut queue).await;
         let _ = self
             .core_tx
@@ -629,7 +636,8 @@ impl Link {
         opened: OpenedBy,
     ) {
         let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-            return;
+            // Reset as soon as it was up.
+            return self.give_up(queue).await;
         };
         let (direction, first_message) = match opened {
             OpenedBy::Peer { first_message } => ("inbound", Some(first_message)),
@@ -674,19 +682,15 @@ impl Link {
             local,
             connection: Some(self.id),
         };
-        let silent_until = first_message.map(|limit| tokio::time::Instant::now() + limit);
-        let mut spoke = false;
+        // Until a peer's connection has delivered a SIP message, it must do so by `deadline`.
+        let mut awaiting_first = first_message.is_some();
+        let deadline = tokio::time::sleep(first_message.unwrap_or_default());
+        tokio::pin!(deadline);
         'read: loop {
-            let deadline = async {
-                match silent_until {
-                    Some(at) if !spoke => tokio::time::sleep_until(at).await,
-                    _ => std::future::pending().await,
-                }
-            };
             let read = tokio::select! {
                 read = reader.read(&mut buffer) => read,
                 _ = closing.cancelled() => break,
-                _ = deadline => {
+                _ = &mut deadline, if awaiting_first => {
                     tracing::info!(
                         %remote,
                         "closing SIP TCP connection: no SIP message within sip.tcp_first_message_secs"
@@ -706,7 +710,7 @@ impl Link {
             while let Some(frame) = framer.poll_message() {
                 match frame {
                     Ok(Frame::Message(bytes)) => {
-                        spoke = true;
+                        awaiting_first = false;
                         if self
                             .core_tx
                             .send(CoreInput::Sip { bytes, flow })
