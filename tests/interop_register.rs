@@ -106,13 +106,18 @@ fn register_at(outcome: &SippOutcome, cseq: u32) -> f64 {
 }
 
 fn kamailio(max_expires: u32) -> Kamailio {
+    kamailio_over(max_expires, false)
+}
+
+/// A Kamailio registrar for user `voxgate`, also listening on TCP when `tcp`.
+fn kamailio_over(max_expires: u32, tcp: bool) -> Kamailio {
     Kamailio::start(KamailioConfig {
         port: PortBlock::reserve(2).port(0),
         realm: "voxgate.test".into(),
         user: "voxgate".into(),
         password: PASSWORD.into(),
         max_expires,
-        tcp: false,
+        tcp,
     })
 }
 
@@ -282,14 +287,7 @@ fn the_keepalive_notices_a_restarted_kamailio_and_voxgate_registers_again() {
 /// a new one.
 #[test]
 fn registers_over_tcp_and_takes_calls_down_the_registration_connection() {
-    let mut kamailio = Kamailio::start(KamailioConfig {
-        port: PortBlock::reserve(2).port(0),
-        realm: "voxgate.test".into(),
-        user: "voxgate".into(),
-        password: PASSWORD.into(),
-        max_expires: 3_600,
-        tcp: true,
-    });
+    let mut kamailio = kamailio_over(3_600, true);
     let gateway = gateway(kamailio.addr(), "transport = \"tcp\"\n", Some(100));
     let listen_port = format!(":{};", gateway.sip_addr().port());
     // The binding names the connection's port, not the listening one.
@@ -340,14 +338,7 @@ fn registers_over_tcp_and_takes_calls_down_the_registration_connection() {
 /// same instant, before any connection is up: both go over one connection, not one each.
 #[test]
 fn trunks_registering_over_tcp_with_one_registrar_share_one_connection() {
-    let kamailio = Kamailio::start(KamailioConfig {
-        port: PortBlock::reserve(2).port(0),
-        realm: "voxgate.test".into(),
-        user: "voxgate".into(),
-        password: PASSWORD.into(),
-        max_expires: 3_600,
-        tcp: true,
-    });
+    let kamailio = kamailio_over(3_600, true);
     // The second trunk's user is unknown to this Kamailio: it is challenged, then refused.
     let second = format!(
         "transport = \"tcp\"\n\n[[trunks]]\nname = \"second\"\nmode = \"register\"\n\
@@ -601,14 +592,7 @@ fn when_dns_moves_the_registrar_voxgate_registers_with_the_new_server() {
 /// Kamailio over TCP, at once: not after Timer F (32 s), which is beyond the wait here.
 #[test]
 fn over_tcp_a_server_that_refuses_the_connection_is_failed_over_at_once() {
-    let kamailio = Kamailio::start(KamailioConfig {
-        port: PortBlock::reserve(2).port(0),
-        realm: "voxgate.test".into(),
-        user: "voxgate".into(),
-        password: PASSWORD.into(),
-        max_expires: 3_600,
-        tcp: true,
-    });
+    let kamailio = kamailio_over(3_600, true);
     let refusing = PortBlock::reserve(2).port(0);
     let dns = DnsStub::start(two_servers(
         "pbx.test",

@@ -888,6 +888,22 @@ mod tests {
         received
     }
 
+    /// A peer's listening socket on loopback, and its address.
+    async fn server() -> (TcpListener, SocketAddr) {
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = server.local_addr().expect("has an address");
+        (server, address)
+    }
+
+    /// The connection voxgate opens to `server`.
+    async fn accept(server: &TcpListener) -> TcpStream {
+        let (stream, _) = timeout(BOUND, server.accept())
+            .await
+            .expect("voxgate connects in time")
+            .expect("accepts");
+        stream
+    }
+
     /// A loopback port where nothing listens (connections to it are refused).
     fn refusing_port() -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
@@ -897,8 +913,7 @@ mod tests {
     #[tokio::test]
     async fn messages_to_a_server_whose_connection_is_still_opening_queue_on_it() {
         let (mut transports, mut core, metrics) = transports(lenient()).await;
-        let server = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let address = server.local_addr().expect("has an address");
+        let (server, address) = server().await;
 
         // An INVITE and its CANCEL, sent before the connection can be up.
         transports.send(tcp_to(address, b"INVITE;", Some(1)));
@@ -906,10 +921,7 @@ mod tests {
         assert_eq!(transports.connection_count(), 1, "one connection for both");
         assert!(transports.take_failures().is_empty());
 
-        let (mut stream, _) = timeout(BOUND, server.accept())
-            .await
-            .expect("voxgate connects in time")
-            .expect("accepts");
+        let mut stream = accept(&server).await;
         assert_eq!(read_exactly(&mut stream, 14).await, b"INVITE;CANCEL;");
         let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
             panic!("the core is told the connection is up");
@@ -961,13 +973,9 @@ mod tests {
     #[tokio::test]
     async fn a_message_to_a_connection_that_is_gone_fails_at_once() {
         let (mut transports, mut core, _) = transports(lenient()).await;
-        let server = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let address = server.local_addr().expect("has an address");
+        let (server, address) = server().await;
         transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
-        let (stream, _) = timeout(BOUND, server.accept())
-            .await
-            .expect("voxgate connects in time")
-            .expect("accepts");
+        let stream = accept(&server).await;
         let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
             panic!("the core is told the connection is up");
         };
