@@ -551,3 +551,50 @@ fn tcp_connections_beyond_the_limit_or_silent_are_closed_and_calls_still_come_in
     assert_eq!(gateway.metrics().get(REFUSED, &[]), Some(1.0));
     assert_still_serving(&mut gateway);
 }
+
+/// voxgate's `Max open files` line in /proc: (soft, hard).
+fn open_file_limits(gateway: &Gateway) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.pid()))
+        .expect("the process's limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open-file line");
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().unwrap_or_default().to_owned(),
+        values.next().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Started with a soft open-file limit of 256 under a hard one of 8192 (as systemd starts
+/// services with 1024 under 524288), voxgate raises the soft limit to the hard one. Under a
+/// hard limit of 512, short of what its 20 calls and 1024 peer connections may need (64 + 5 per
+/// call + 1 per connection), it says so and still serves.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_one_and_a_short_one_is_reported() {
+    let roomy = Gateway::start_with(GatewayConfig {
+        open_files: Some((256, 8_192)),
+        ..GatewayConfig::default()
+    });
+    assert_eq!(open_file_limits(&roomy), ("8192".into(), "8192".into()));
+    let log = roomy.log();
+    assert!(
+        log.contains("open-file limit raised") && log.contains("to=8192"),
+        "{log}"
+    );
+    assert!(!log.contains("open-file limit is below"), "{log}");
+    drop(roomy);
+
+    let mut tight = Gateway::start_with(GatewayConfig {
+        open_files: Some((256, 512)),
+        ..GatewayConfig::default()
+    });
+    assert_eq!(open_file_limits(&tight), ("512".into(), "512".into()));
+    let log = tight.log();
+    assert!(
+        log.contains("open-file limit is below") && log.contains("limit=512"),
+        "{log}"
+    );
+    assert_still_serving(&mut tight);
+}

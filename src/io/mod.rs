@@ -13,6 +13,7 @@ pub mod call_task;
 pub mod locate;
 pub mod media_runtime;
 pub mod metrics_http;
+pub mod open_files;
 pub mod realtime_ws;
 pub mod sip_transport;
 pub mod speech_leg;
@@ -143,6 +144,7 @@ pub enum CoreInput {
 
 /// Runs the gateway until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    open_files::raise_for(&settings);
     realtime_ws::trust(&settings.realtime.ca_certs);
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();

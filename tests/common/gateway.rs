@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     pub env: Vec<(String, String)>,
     /// Extra `key = value` lines inside `[sip]` (e.g. `session_expires_secs = 90`).
     pub sip_extra: String,
+    /// The open-file limit (soft, hard) voxgate starts with (through util-linux's `prlimit`);
+    /// `None` inherits the test's.
+    pub open_files: Option<(u64, u64)>,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +66,7 @@ impl Default for GatewayConfig {
             route_agent: "echo".into(),
             env: Vec::new(),
             sip_extra: String::new(),
+            open_files: None,
         }
     }
 }
@@ -154,7 +158,19 @@ impl Gateway {
         // VOXGATE_BIN: another build of the binary (A/B benchmark runs).
         let binary =
             std::env::var_os("VOXGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_voxgate").into());
-        let child = Command::new(binary)
+        // prlimit sets the limit and executes voxgate in its place (same process).
+        let mut command = match config.open_files {
+            Some((soft, hard)) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&file)
             .env(
