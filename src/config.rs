@@ -126,6 +126,11 @@ pub struct SipSettings {
     /// seconds, or it is closed (a connection that never speaks only holds a file descriptor).
     #[serde(default = "default_tcp_first_message_secs")]
     pub tcp_first_message_secs: u32,
+    /// A TCP connection (either side's) that has carried nothing for this many seconds is
+    /// closed, unless a call, a registration or a transaction still uses it (Kamailio's
+    /// `tcp_connection_lifetime`, pjsip's idle transports).
+    #[serde(default = "default_tcp_idle_secs")]
+    pub tcp_idle_secs: u32,
 }
 
 /// `[rtp]`
@@ -816,6 +821,12 @@ impl SipSettings {
                 "must be at least 1: with 0 every accepted connection would be closed at once",
             ));
         }
+        if self.tcp_idle_secs == 0 {
+            return Err(Problem::new(
+                "sip.tcp_idle_secs",
+                "must be at least 1: with 0 every connection no call uses would be closed at once",
+            ));
+        }
         Ok(())
     }
 }
@@ -1206,6 +1217,9 @@ fn default_tcp_max_connections() -> usize {
 fn default_tcp_first_message_secs() -> u32 {
     32
 }
+fn default_tcp_idle_secs() -> u32 {
+    120
+}
 
 impl Default for RtpSettings {
     fn default() -> Self {
@@ -1333,6 +1347,7 @@ mod tests {
             min_se_secs = 120
             tcp_max_connections = 64
             tcp_first_message_secs = 5
+            tcp_idle_secs = 300
 
             [rtp]
             bind_address = "10.0.0.5"
@@ -1405,9 +1420,10 @@ mod tests {
         assert_eq!(
             (
                 settings.sip.tcp_max_connections,
-                settings.sip.tcp_first_message_secs
+                settings.sip.tcp_first_message_secs,
+                settings.sip.tcp_idle_secs
             ),
-            (64, 5)
+            (64, 5, 300)
         );
         assert_eq!(
             settings.rtp.bind_address,
@@ -1482,9 +1498,10 @@ mod tests {
         assert_eq!(
             (
                 settings.sip.tcp_max_connections,
-                settings.sip.tcp_first_message_secs
+                settings.sip.tcp_first_message_secs,
+                settings.sip.tcp_idle_secs
             ),
-            (1_024, 32)
+            (1_024, 32, 120)
         );
         assert_eq!(
             (settings.rtp.port_min, settings.rtp.port_max),
@@ -1727,6 +1744,12 @@ mod tests {
             &file("tcp_first_message_secs = 0", ""),
             &[],
             "sip.tcp_first_message_secs",
+            "at least 1",
+        );
+        assert_rejected(
+            &file("tcp_idle_secs = 0", ""),
+            &[],
+            "sip.tcp_idle_secs",
             "at least 1",
         );
     }

@@ -79,6 +79,7 @@ pub fn settings() -> Settings {
             min_se_secs: 90,
             tcp_max_connections: 1_024,
             tcp_first_message_secs: 32,
+            tcp_idle_secs: 120,
         },
         rtp: Default::default(),
         calls: CallSettings {

@@ -32,10 +32,16 @@ const PASSWORD: &str = "s3cret";
 /// voxgate with the static trunk `pbx` (allowing 192.0.2.0/24 only) and the register-mode trunk
 /// `carrier` registering as `voxgate` with `registrar`, plus `extra` trunk keys.
 fn gateway(registrar: SocketAddr, extra: &str, t1_ms: Option<u64>) -> Gateway {
+    gateway_with(registrar, extra, t1_ms, "")
+}
+
+/// [`gateway`] with lines for `[sip]`.
+fn gateway_with(registrar: SocketAddr, extra: &str, t1_ms: Option<u64>, sip: &str) -> Gateway {
     Gateway::start_with(GatewayConfig {
         allow_from: vec!["192.0.2.0/24".into()],
         t1_ms,
         env: vec![(PASSWORD_ENV.into(), PASSWORD.into())],
+        sip_extra: sip.into(),
         extra: format!(
             "[[trunks]]\nname = \"carrier\"\nmode = \"register\"\n\
              registrar = \"sip:{registrar}\"\nusername = \"voxgate\"\n\
@@ -335,7 +341,9 @@ fn registers_over_tcp_and_takes_calls_down_the_registration_connection() {
 }
 
 /// Two trunks registering over TCP with one Kamailio at start-up send their REGISTERs at the
-/// same instant, before any connection is up: both go over one connection, not one each.
+/// same instant, before any connection is up: both go over one connection, not one each. The
+/// connection stays open while it carries the registration, however long it is quiet
+/// (`tcp_idle_secs = 1` here): Kamailio sends calls for the binding over it.
 #[test]
 fn trunks_registering_over_tcp_with_one_registrar_share_one_connection() {
     let kamailio = kamailio_over(3_600, true);
@@ -346,13 +354,27 @@ fn trunks_registering_over_tcp_with_one_registrar_share_one_connection() {
          password_env = \"{PASSWORD_ENV}\"\ntransport = \"tcp\"\n",
         kamailio.addr()
     );
-    let gateway = gateway(kamailio.addr(), &second, Some(100));
+    let gateway = gateway_with(kamailio.addr(), &second, Some(100), "tcp_idle_secs = 1");
     assert_metric(&gateway, UP, &[TRUNK], |v| v == 1.0);
     assert_metric(
         &gateway,
         ATTEMPTS,
         &[("trunk", "second"), ("result", "refused")],
         |v| v >= 1.0,
+    );
+    assert_metric(
+        &gateway,
+        "voxgate_sip_tcp_connections",
+        &[("direction", "outbound")],
+        |v| v == 1.0,
+    );
+    // Quiet for three idle periods: still the same connection.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = gateway.log();
+    assert!(!log.contains("closing idle SIP TCP connection"), "{log}");
+    assert!(
+        !log.contains("TCP connection to the registrar closed"),
+        "{log}"
     );
     assert_metric(
         &gateway,

@@ -552,6 +552,50 @@ fn tcp_connections_beyond_the_limit_or_silent_are_closed_and_calls_still_come_in
     assert_still_serving(&mut gateway);
 }
 
+/// With `tcp_idle_secs = 1`: a peer's connection that carried one OPTIONS and went quiet is
+/// closed (the peer reads its 200, then the end); a SIPp call over TCP that stays quiet for
+/// three seconds keeps its connection, and the caller's BYE crosses it.
+#[test]
+fn idle_tcp_connections_are_closed_unless_a_call_uses_them() {
+    const OPEN: &str = "voxgate_sip_tcp_connections";
+    let mut gateway = Gateway::start_with(GatewayConfig {
+        sip_extra: "tcp_idle_secs = 1".into(),
+        ..GatewayConfig::default()
+    });
+    let target = gateway.sip_addr();
+    let inbound = [("direction", "inbound")];
+
+    let mut quiet = TcpStream::connect(target).expect("connects");
+    let local = quiet.local_addr().expect("has an address");
+    let options = sip::request("OPTIONS", target, local, "").text;
+    quiet.write_all(options.as_bytes()).expect("writes");
+    let asked = Instant::now();
+    let received = String::from_utf8_lossy(&read_until_closed(&mut quiet, Duration::from_secs(10)))
+        .into_owned();
+    assert!(received.starts_with("SIP/2.0 200"), "{received}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "not closed before it was idle for tcp_idle_secs"
+    );
+    assert_eq!(
+        gateway.wait_metric(OPEN, &inbound, Duration::from_secs(5), |v| v == 0.0),
+        0.0
+    );
+    let log = gateway.log();
+    assert!(
+        log.contains("closing idle SIP TCP connection"),
+        "the log says why: {log}"
+    );
+
+    // ACK, three quiet seconds, BYE: all on one connection, which stays up under the call.
+    let outcome = Sipp::new("uac_basic.xml", target)
+        .transport(common::sipp::Transport::TcpOne)
+        .pause_ms(3_000)
+        .run();
+    outcome.assert_success();
+    assert_still_serving(&mut gateway);
+}
+
 /// voxgate's `Max open files` line in /proc: (soft, hard).
 fn open_file_limits(gateway: &Gateway) -> (String, String) {
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.pid()))

@@ -43,7 +43,9 @@ use crate::media::G711;
 use crate::metrics::CallResult;
 use crate::sip::auth::DigestClient;
 use crate::sip::dialog::{Dialog, DialogId, OutgoingRequest, UacSetup};
-use crate::sip::endpoint::{uri_host_and_port, uri_host_port, ClientTxId, Flow, ServerTxId, ALLOW};
+use crate::sip::endpoint::{
+    uri_host_and_port, uri_host_port, ClientTxId, ConnectionId, Flow, ServerTxId, ALLOW,
+};
 use crate::sip::locate::Target;
 use crate::sip::message::{self, Request, Response, Transport};
 
@@ -144,6 +146,12 @@ impl AgentLeg {
     /// Whether the leg is over (nothing of it is left in flight).
     pub fn is_terminated(&self) -> bool {
         matches!(self.state, LegState::Terminated)
+    }
+
+    /// Whether the leg (unless over) reaches its destination over TCP connection `id` or to
+    /// `peer`.
+    pub fn uses_connection(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        !self.is_terminated() && self.flow.rides(id, peer)
     }
 
     /// Whether the legs are joined.

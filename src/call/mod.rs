@@ -43,7 +43,9 @@ use crate::sip::auth::{
     AuthHeader, ChallengeOrigin, ChallengeOutcome, ClientCredentials, DigestClient,
 };
 use crate::sip::dialog::{Dialog, DialogError, OutgoingRequest};
-use crate::sip::endpoint::{ClientTxId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED};
+use crate::sip::endpoint::{
+    ClientTxId, ConnectionId, Endpoint, Flow, ServerTxId, ALLOW, SUPPORTED,
+};
 use crate::sip::message::{self, Request, Response};
 use crate::sip::session_timer::{
     self, Agreement, Refresher, SessionTimer, SessionTimerOutput, TimerRequest,
@@ -452,6 +454,16 @@ impl Call {
     /// The (re-)INVITE transaction whose 2xx is still being retransmitted until an ACK.
     pub fn awaiting_ack(&self) -> Option<ServerTxId> {
         self.awaiting_ack
+    }
+
+    /// Whether the call (its dialog with the caller, or a bridged transfer's leg) reaches its
+    /// peer over TCP connection `id` or to `peer`.
+    pub fn uses_connection(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        (self.state != State::Ended && self.flow.rides(id, peer))
+            || self
+                .agent_leg
+                .as_ref()
+                .is_some_and(|leg| leg.uses_connection(id, peer))
     }
 
     /// The call has ended and can be forgotten.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use crate::config::{RegisterSettings, Settings, TrunkTransport};
 use crate::sip::auth::ClientCredentials;
 use crate::sip::dialog::OutgoingRequest;
-use crate::sip::endpoint::{uri_host_port, ClientTxId, Endpoint, Flow};
+use crate::sip::endpoint::{uri_host_port, ClientTxId, ConnectionId, Endpoint, Flow};
 use crate::sip::message::{self, Response, Transport};
 use crate::sip::registration::{
     AttemptResult, DigestAuthenticator, Event, Registration, RegistrationConfig, RegistrationStats,
@@ -376,6 +376,14 @@ impl Registrations {
         }
         self.pump(now, endpoint);
         true
+    }
+
+    /// Whether a register-mode trunk's registrar (the server in use) is reached over TCP
+    /// connection `id` or to `peer`: the registrar sends calls for the binding over it.
+    pub fn uses_connection(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        self.trunks
+            .iter()
+            .any(|trunk| trunk.flow().is_some_and(|flow| flow.rides(id, peer)))
     }
 
     /// A TCP connection to `peer` closed: a registration over it may be gone with it (registrars

@@ -161,6 +161,7 @@ mod tests {
                 min_se_secs: 90,
                 tcp_max_connections: 1_024,
                 tcp_first_message_secs: 32,
+                tcp_idle_secs: 120,
             },
             rtp: Default::default(),
             calls: Default::default(),

@@ -37,7 +37,8 @@ use crate::metrics::CallResult;
 use crate::sip::auth::ClientCredentials;
 use crate::sip::dialog::{Dialog, DialogId, UasSetup};
 use crate::sip::endpoint::{
-    ClientTxId, Endpoint, EndpointConfig, Event, Flow, ServerTxId, Transmit, ALLOW, SUPPORTED,
+    ClientTxId, ConnectionId, Endpoint, EndpointConfig, Event, Flow, ServerTxId, Transmit, ALLOW,
+    SUPPORTED,
 };
 use crate::sip::message::{self, Request};
 use crate::sip::session_timer;
@@ -127,6 +128,18 @@ impl Switchboard {
             drain_hung_up: false,
             drained_reported: false,
         }
+    }
+
+    /// Whether anything still needs TCP connection `id` to `peer`: a call (its dialog or a
+    /// bridged transfer's leg), a registration, or a transaction under way. One that nothing
+    /// uses may be closed when idle.
+    pub fn uses_connection(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        self.endpoint.uses_connection(id, peer)
+            || self.registrations.uses_connection(id, peer)
+            || self
+                .calls
+                .values()
+                .any(|call| call.uses_connection(id, peer))
     }
 
     /// Calls in the table (ringing, up or hanging up).

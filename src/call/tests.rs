@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::call::{CallKey, MediaCommand, MediaParams, Output};
 use crate::metrics::CallResult;
-use crate::sip::endpoint::Target;
-use crate::sip::message::Response;
+use crate::sip::endpoint::{ConnectionId, Target};
+use crate::sip::message::{Response, Transport};
 use crate::testkit::{
     answer, direction_of, g729_offer, ms, offer, pbx_addr, sdp_version, secs, settings, summarise,
     Caller, Harness, FIRST_RTP_PORT, PBX_RTP_PORT,
@@ -323,6 +323,39 @@ fn hang_up_from_voxgate_sends_an_in_dialog_bye_and_forgets_the_call_when_answere
     h.send(&answer(&bye, 200, &[], None));
     assert_eq!(h.switchboard.active_calls(), 0);
     assert_clean(&mut h);
+}
+
+#[test]
+fn a_call_over_tcp_keeps_its_connection_in_use_until_its_last_transaction_ends() {
+    let mut h = harness();
+    let connection = ConnectionId(7);
+    h.flow.transport = Transport::Tcp;
+    h.flow.connection = Some(connection);
+    let elsewhere: SocketAddr = "192.0.2.99:5060".parse().expect("literal");
+    assert!(!h.switchboard.uses_connection(connection, pbx_addr()));
+
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.advance(secs(600));
+    assert!(h.switchboard.uses_connection(connection, pbx_addr()));
+    assert!(
+        h.switchboard.uses_connection(ConnectionId(8), pbx_addr()),
+        "a later connection from the same peer"
+    );
+    assert!(!h.switchboard.uses_connection(ConnectionId(8), elsewhere));
+
+    // Hung up: the BYE's transaction still needs the connection for its answer.
+    h.media_ended(key, "no RTP");
+    let bye = h
+        .take()
+        .iter()
+        .find_map(|s| s.request().cloned())
+        .expect("BYE sent");
+    assert!(h.switchboard.uses_connection(connection, pbx_addr()));
+    h.send(&answer(&bye, 200, &[], None));
+    assert_eq!(h.switchboard.active_calls(), 0);
+    assert!(!h.switchboard.uses_connection(connection, pbx_addr()));
 }
 
 #[test]

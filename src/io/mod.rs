@@ -61,6 +61,16 @@ pub enum CoreInput {
         peer: std::net::SocketAddr,
         /// Where to queue messages for it.
         writer: sip_transport::ConnectionWriter,
+        /// Closes it.
+        closer: CancellationToken,
+    },
+    /// Nothing has arrived on a TCP connection since `quiet_since`, for `sip.tcp_idle_secs`
+    /// or more: the core closes it unless it sent something since, or something still uses it.
+    ConnectionIdle {
+        /// Its number.
+        id: ConnectionId,
+        /// When it last received anything (a message or a keep-alive ping).
+        quiet_since: Instant,
     },
     /// A message to a host name, now addressed to the server located for it: sent like any
     /// located message (not counted again in the metrics).
@@ -303,8 +313,23 @@ impl Core {
                 }
                 self.switchboard.handle_inbound(now, &bytes, flow);
             }
-            CoreInput::ConnectionOpened { id, peer, writer } => {
-                self.transports.connection_opened(id, peer, writer)
+            CoreInput::ConnectionOpened {
+                id,
+                peer,
+                writer,
+                closer,
+            } => self.transports.connection_opened(id, peer, writer, closer),
+            CoreInput::ConnectionIdle { id, quiet_since } => {
+                if let Some(peer) = self.transports.idle_peer(id, quiet_since, now) {
+                    if !self.switchboard.uses_connection(id, peer) {
+                        tracing::info!(
+                            %peer,
+                            idle_secs = self.settings.sip.tcp_idle_secs,
+                            "closing idle SIP TCP connection: no call, registration or transaction uses it"
+                        );
+                        self.transports.close(id);
+                    }
+                }
             }
             CoreInput::SipLocated { transmit } => self.transports.send(transmit),
             CoreInput::ConnectionClosed { id } => {

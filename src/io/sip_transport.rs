@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -56,14 +56,17 @@ const KEEPALIVE_IDLE_SECS: u32 = 120;
 const KEEPALIVE_INTERVAL_SECS: u32 = 30;
 const KEEPALIVE_PROBES: u32 = 4;
 
-/// The limits on connections peers open to voxgate (`sip.tcp_max_connections`,
-/// `sip.tcp_first_message_secs`).
+/// The limits on TCP connections (`sip.tcp_max_connections`, `sip.tcp_first_message_secs`,
+/// `sip.tcp_idle_secs`).
 #[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
     /// Most accepted connections open at once.
     pub max_accepted: usize,
     /// How long an accepted connection may stay open without a whole SIP message.
     pub first_message: Duration,
+    /// How long a connection (either side's) may carry nothing before the core is asked
+    /// whether to close it.
+    pub idle: Duration,
 }
 
 impl TcpLimits {
@@ -71,6 +74,7 @@ impl TcpLimits {
         TcpLimits {
             max_accepted: settings.sip.tcp_max_connections,
             first_message: Duration::from_secs(u64::from(settings.sip.tcp_first_message_secs)),
+            idle: Duration::from_secs(u64::from(settings.sip.tcp_idle_secs)),
         }
     }
 }
@@ -82,6 +86,10 @@ struct Connection {
     writer: ConnectionWriter,
     /// `false` until the connection is up ([`CoreInput::ConnectionOpened`]).
     open: bool,
+    /// Closes it.
+    closer: CancellationToken,
+    /// When the core last queued a message on it.
+    last_queued: Option<Instant>,
 }
 
 /// The bound SIP sockets and the open TCP connections.
@@ -93,6 +101,8 @@ pub struct Transports {
     next_connection: Arc<AtomicU64>,
     core_tx: mpsc::Sender<CoreInput>,
     max_message_bytes: usize,
+    /// How long a connection may carry nothing before it is closed, when nothing uses it.
+    idle: Duration,
     shutdown: CancellationToken,
     metrics: Metrics,
     /// Locates host names (set with [`Transports::locate_with`]; until then, none resolve).
@@ -175,6 +185,7 @@ impl Transports {
             next_connection,
             core_tx,
             max_message_bytes,
+            idle: limits.idle,
             shutdown,
             metrics,
             hosts: None,
@@ -218,16 +229,50 @@ impl Transports {
         id: ConnectionId,
         peer: SocketAddr,
         writer: ConnectionWriter,
+        closer: CancellationToken,
     ) {
+        let last_queued = self
+            .connections
+            .get(&id)
+            .and_then(|connection| connection.last_queued);
         self.connections.insert(
             id,
             Connection {
                 peer,
                 writer,
                 open: true,
+                closer,
+                last_queued,
             },
         );
         self.by_peer.insert(peer, id);
+    }
+
+    /// The peer of an open connection that has carried nothing for `sip.tcp_idle_secs`: nothing
+    /// received since `quiet_since` (its link says), nothing queued by the core since either.
+    /// `None` when it is not idle, or no longer known.
+    pub fn idle_peer(
+        &self,
+        id: ConnectionId,
+        quiet_since: Instant,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let connection = self.connections.get(&id).filter(|c| c.open)?;
+        let last = connection
+            .last_queued
+            .map_or(quiet_since, |queued| queued.max(quiet_since));
+        (now.saturating_duration_since(last) >= self.idle).then_some(connection.peer)
+    }
+
+    /// Closes a connection and forgets it at once: later messages to its peer open a new one.
+    /// Anything still queued on it fails (its transactions hear of it).
+    pub fn close(&mut self, id: ConnectionId) {
+        if let Some(connection) = self.connections.remove(&id) {
+            connection.closer.cancel();
+            if self.by_peer.get(&connection.peer) == Some(&id) {
+                self.by_peer.remove(&connection.peer);
+            }
+        }
     }
 
     /// Forgets a TCP connection that closed, or that voxgate could not open. Returns its peer
@@ -335,8 +380,9 @@ impl Transports {
             bytes: transmit.bytes.clone(),
             client: transmit.client,
         };
-        if let Some(connection) = existing.and_then(|id| self.connections.get(&id)) {
+        if let Some(connection) = existing.and_then(|id| self.connections.get_mut(&id)) {
             if connection.writer.try_send(outgoing).is_ok() {
+                connection.last_queued = Some(Instant::now());
                 return;
             }
             // TCP transactions do not retransmit: the request fails now rather than at
@@ -360,22 +406,25 @@ impl Transports {
         if writer.try_send(outgoing).is_err() {
             return;
         }
+        let link = Link {
+            id,
+            core_tx: self.core_tx.clone(),
+            max_message_bytes: self.max_message_bytes,
+            idle: self.idle,
+            closing: self.shutdown.child_token(),
+            metrics: self.metrics.clone(),
+        };
         self.connections.insert(
             id,
             Connection {
                 peer: address,
                 writer: writer.clone(),
                 open: false,
+                closer: link.closing.clone(),
+                last_queued: Some(Instant::now()),
             },
         );
         self.by_peer.insert(address, id);
-        let link = Link {
-            id,
-            core_tx: self.core_tx.clone(),
-            max_message_bytes: self.max_message_bytes,
-            shutdown: self.shutdown.clone(),
-            metrics: self.metrics.clone(),
-        };
         tokio::spawn(link.dial(address, writer, queue));
     }
 }
@@ -542,7 +591,8 @@ impl Acceptor {
                 id: ConnectionId(self.ids.fetch_add(1, Ordering::Relaxed)),
                 core_tx: self.core_tx.clone(),
                 max_message_bytes: self.max_message_bytes,
-                shutdown: self.shutdown.clone(),
+                idle: self.limits.idle,
+                closing: self.shutdown.child_token(),
                 metrics: self.metrics.clone(),
             };
             let (writer, queue) = mpsc::channel(CONNECTION_QUEUE);
@@ -589,7 +639,11 @@ struct Link {
     id: ConnectionId,
     core_tx: mpsc::Sender<CoreInput>,
     max_message_bytes: usize,
-    shutdown: CancellationToken,
+    /// After this long without receiving anything, the core is asked whether to close it
+    /// ([`CoreInput::ConnectionIdle`]).
+    idle: Duration,
+    /// Cancelled to close the connection: by the core, or at shutdown (a child of it).
+    closing: CancellationToken,
     metrics: Metrics,
 }
 
@@ -604,7 +658,7 @@ impl Link {
     ) {
         let connected = tokio::select! {
             connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)) => connected,
-            _ = self.shutdown.cancelled() => return,
+            _ = self.closing.cancelled() => return,
         };
         let error = match connected {
             Ok(Ok(stream)) => return self.run(stream, writer, queue, OpenedBy::Voxgate).await,
@@ -660,6 +714,7 @@ impl Link {
                 id: self.id,
                 peer: remote,
                 writer: writer.clone(),
+                closer: self.closing.clone(),
             })
             .await
             .is_err()
@@ -667,7 +722,7 @@ impl Link {
             return;
         }
         // A write that fails ends the connection: the messages behind it fail with it.
-        let closing = self.shutdown.child_token();
+        let closing = self.closing.clone();
         let write_task = tokio::spawn(write_loop(
             sink,
             queue,
@@ -686,10 +741,32 @@ impl Link {
         let mut awaiting_first = first_message.is_some();
         let deadline = tokio::time::sleep(first_message.unwrap_or_default());
         tokio::pin!(deadline);
+        // Nothing received since `quiet_since`: at `idle_check` the core is asked whether to
+        // close it (then again every quarter of the idle time while it stays quiet; the core
+        // may have sent on it, or something may still use it).
+        let mut quiet_since = tokio::time::Instant::now();
+        let idle_check = tokio::time::sleep_until(quiet_since + self.idle);
+        tokio::pin!(idle_check);
         'read: loop {
             let read = tokio::select! {
                 read = reader.read(&mut buffer) => read,
                 _ = closing.cancelled() => break,
+                _ = &mut idle_check => {
+                    let now = tokio::time::Instant::now();
+                    if now >= quiet_since + self.idle {
+                        let asked = self.core_tx.send(CoreInput::ConnectionIdle {
+                            id: self.id,
+                            quiet_since: quiet_since.into_std(),
+                        });
+                        if asked.await.is_err() {
+                            break;
+                        }
+                        idle_check.as_mut().reset(now + (self.idle / 4).max(Duration::from_millis(100)));
+                    } else {
+                        idle_check.as_mut().reset(quiet_since + self.idle);
+                    }
+                    continue;
+                }
                 _ = &mut deadline, if awaiting_first => {
                     tracing::info!(
                         %remote,
@@ -700,7 +777,10 @@ impl Link {
             };
             let length = match read {
                 Ok(0) => break,
-                Ok(length) => length,
+                Ok(length) => {
+                    quiet_since = tokio::time::Instant::now();
+                    length
+                }
                 Err(error) => {
                     tracing::info!(%remote, %error, "SIP TCP connection lost");
                     break;
@@ -858,6 +938,7 @@ mod tests {
         TcpLimits {
             max_accepted: 16,
             first_message: BOUND,
+            idle: BOUND,
         }
     }
 
@@ -923,11 +1004,17 @@ mod tests {
 
         let mut stream = accept(&server).await;
         assert_eq!(read_exactly(&mut stream, 14).await, b"INVITE;CANCEL;");
-        let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
+        let CoreInput::ConnectionOpened {
+            id,
+            peer,
+            writer,
+            closer,
+        } = next_input(&mut core).await
+        else {
             panic!("the core is told the connection is up");
         };
         assert_eq!(peer, address);
-        transports.connection_opened(id, peer, writer);
+        transports.connection_opened(id, peer, writer, closer);
         assert_eq!(open_connections(&metrics, "outbound"), 1);
 
         // Once up, later messages use it too.
@@ -976,10 +1063,16 @@ mod tests {
         let (server, address) = server().await;
         transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
         let stream = accept(&server).await;
-        let CoreInput::ConnectionOpened { id, peer, writer } = next_input(&mut core).await else {
+        let CoreInput::ConnectionOpened {
+            id,
+            peer,
+            writer,
+            closer,
+        } = next_input(&mut core).await
+        else {
             panic!("the core is told the connection is up");
         };
-        transports.connection_opened(id, peer, writer);
+        transports.connection_opened(id, peer, writer, closer);
 
         // The server closes; until the core hears of it, a message to it fails at once.
         drop(stream);
@@ -997,6 +1090,7 @@ mod tests {
         let limits = TcpLimits {
             max_accepted: 2,
             first_message: BOUND,
+            idle: BOUND,
         };
         let (transports, mut core, metrics) = transports(limits).await;
         let listening = transports.local_addresses()[0];
@@ -1059,6 +1153,7 @@ mod tests {
         let limits = TcpLimits {
             max_accepted: 16,
             first_message: Duration::from_millis(300),
+            idle: BOUND,
         };
         let (transports, mut core, metrics) = transports(limits).await;
         let listening = transports.local_addresses()[0];
@@ -1080,6 +1175,117 @@ mod tests {
         // The one that spoke in time stays up past the limit.
         talker.write_all(OPTIONS).await.expect("writes");
         while !matches!(next_input(&mut core).await, CoreInput::Sip { .. }) {}
+    }
+
+    /// Takes inputs until a connection is up, and records it as the core does.
+    async fn opened(
+        transports: &mut Transports,
+        core: &mut mpsc::Receiver<CoreInput>,
+    ) -> ConnectionId {
+        loop {
+            if let CoreInput::ConnectionOpened {
+                id,
+                peer,
+                writer,
+                closer,
+            } = next_input(core).await
+            {
+                transports.connection_opened(id, peer, writer, closer);
+                return id;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_reported_idle_and_closed_when_the_core_decides() {
+        let idle = Duration::from_millis(300);
+        let limits = TcpLimits { idle, ..lenient() };
+        let (mut transports, mut core, metrics) = transports(limits).await;
+        let listening = transports.local_addresses()[0];
+        let mut peer = TcpStream::connect(listening).await.expect("connects");
+        peer.write_all(OPTIONS).await.expect("writes");
+        let id = opened(&mut transports, &mut core).await;
+        assert!(matches!(next_input(&mut core).await, CoreInput::Sip { .. }));
+
+        // Nothing more arrives: the link asks the core.
+        let CoreInput::ConnectionIdle {
+            id: quiet,
+            quiet_since,
+        } = next_input(&mut core).await
+        else {
+            panic!("the quiet connection is reported idle");
+        };
+        assert_eq!(quiet, id);
+        let now = Instant::now();
+        assert!(now.duration_since(quiet_since) >= idle);
+        let address = peer.local_addr().expect("has an address");
+        assert_eq!(transports.idle_peer(id, quiet_since, now), Some(address));
+
+        // The core closes it: the peer sees the end, later messages to it open a new one.
+        transports.close(id);
+        let mut rest = Vec::new();
+        timeout(BOUND, peer.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("reads to the end");
+        assert!(rest.is_empty());
+        let CoreInput::ConnectionClosed { id: closed } = next_input(&mut core).await else {
+            panic!("the link reports the close");
+        };
+        assert_eq!(closed, id);
+        assert_eq!(
+            transports.connection_closed(id),
+            None,
+            "already forgotten: no registration is told"
+        );
+        assert_eq!(open_connections(&metrics, "inbound"), 0);
+    }
+
+    #[tokio::test]
+    async fn sending_on_a_connection_or_receiving_pings_keeps_it_from_being_idle() {
+        let idle = Duration::from_millis(600);
+        let limits = TcpLimits { idle, ..lenient() };
+        let (mut transports, mut core, _) = transports(limits).await;
+        let (server, address) = server().await;
+        transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
+        let mut stream = accept(&server).await;
+        let id = opened(&mut transports, &mut core).await;
+        let since = Instant::now();
+        assert_eq!(
+            transports.idle_peer(id, since, since + idle / 2),
+            None,
+            "queued on just now"
+        );
+
+        // What the core queued counts as much as what arrived.
+        let later = since + idle * 2;
+        assert_eq!(transports.idle_peer(id, since, later), Some(address));
+        transports.send(tcp_to(address, b"BYE;", Some(2)));
+        let queued = Instant::now();
+        assert_eq!(transports.idle_peer(id, since, queued + idle / 2), None);
+        assert_eq!(
+            transports.idle_peer(id, since, queued + idle),
+            Some(address)
+        );
+        assert_eq!(read_exactly(&mut stream, 12).await, b"OPTIONS;BYE;");
+
+        // Keep-alive pings every 100 ms for three idle periods: never reported idle.
+        for _ in 0..18 {
+            stream.write_all(b"\r\n\r\n").await.expect("pings");
+            assert_eq!(read_exactly(&mut stream, 2).await, b"\r\n");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        while let Ok(input) = core.try_recv() {
+            assert!(
+                !matches!(input, CoreInput::ConnectionIdle { .. }),
+                "a pinged connection is not idle"
+            );
+        }
+        // Silent again, it is reported.
+        assert!(matches!(
+            next_input(&mut core).await,
+            CoreInput::ConnectionIdle { id: quiet, .. } if quiet == id
+        ));
     }
 
     #[test]

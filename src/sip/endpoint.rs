@@ -54,6 +54,14 @@ pub struct Flow {
     pub connection: Option<ConnectionId>,
 }
 
+impl Flow {
+    /// Whether this flow goes over TCP connection `id`, or over TCP to `peer` (a flow may name
+    /// no connection yet, or one that closed and was replaced by another to the same peer).
+    pub fn rides(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        self.transport == Transport::Tcp && (self.connection == Some(id) || self.remote == peer)
+    }
+}
+
 /// Where to send a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -674,6 +682,18 @@ impl Endpoint {
             builder = builder.body(content_type, body);
         }
         builder.build()
+    }
+
+    /// Whether a transaction still under way uses TCP connection `id` (or any to `peer`): its
+    /// response or request may still have to cross it.
+    pub fn uses_connection(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        self.servers
+            .values()
+            .any(|entry| entry.reply.rides(id, peer))
+            || self
+                .clients
+                .values()
+                .any(|entry| entry.flow.rides(id, peer))
     }
 
     /// The host:port voxgate advertises toward a flow's peer (Via, Contact).

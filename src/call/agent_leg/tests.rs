@@ -783,6 +783,10 @@ fn an_outbound_proxy_by_name_is_located_instead_of_the_destination() {
     assert!(invite
         .header("Route")
         .is_some_and(|route| route.contains("proxy.example.com")));
+    // The TCP connection to the proxy is in use: not closed when idle.
+    assert!(h
+        .switchboard
+        .uses_connection(crate::sip::endpoint::ConnectionId(99), proxy));
 }
 
 #[test]

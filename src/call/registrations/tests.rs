@@ -360,6 +360,10 @@ fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
         .is_some_and(|c| c.contains("transport=tcp")));
     harness.send_from(registrar(), &ok(&first, 3_600));
     harness.advance(secs(10));
+    // The registrar sends calls over that connection: it is in use, idle or not.
+    let connection = crate::sip::endpoint::ConnectionId(3);
+    assert!(harness.switchboard.uses_connection(connection, registrar()));
+    assert!(!harness.switchboard.uses_connection(connection, stranger()));
     harness.connection_closed(stranger());
     assert!(
         next_register(&mut harness, secs(1)).is_none(),
