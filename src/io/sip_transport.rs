@@ -959,6 +959,25 @@ mod tests {
             .expect("the transports are alive")
     }
 
+    /// The core's next input, which must be a connection coming up; records it as the core
+    /// does. Its number and peer.
+    async fn opened(
+        transports: &mut Transports,
+        core: &mut mpsc::Receiver<CoreInput>,
+    ) -> (ConnectionId, SocketAddr) {
+        let CoreInput::ConnectionOpened {
+            id,
+            peer,
+            writer,
+            closer,
+        } = next_input(core).await
+        else {
+            panic!("the core is told the connection is up");
+        };
+        transports.connection_opened(id, peer, writer, closer);
+        (id, peer)
+    }
+
     /// Reads from `stream` until `expected` bytes have arrived.
     async fn read_exactly(stream: &mut TcpStream, expected: usize) -> Vec<u8> {
         let mut received = vec![0u8; expected];
@@ -1004,17 +1023,8 @@ mod tests {
 
         let mut stream = accept(&server).await;
         assert_eq!(read_exactly(&mut stream, 14).await, b"INVITE;CANCEL;");
-        let CoreInput::ConnectionOpened {
-            id,
-            peer,
-            writer,
-            closer,
-        } = next_input(&mut core).await
-        else {
-            panic!("the core is told the connection is up");
-        };
+        let (_, peer) = opened(&mut transports, &mut core).await;
         assert_eq!(peer, address);
-        transports.connection_opened(id, peer, writer, closer);
         assert_eq!(open_connections(&metrics, "outbound"), 1);
 
         // Once up, later messages use it too.
@@ -1063,16 +1073,7 @@ mod tests {
         let (server, address) = server().await;
         transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
         let stream = accept(&server).await;
-        let CoreInput::ConnectionOpened {
-            id,
-            peer,
-            writer,
-            closer,
-        } = next_input(&mut core).await
-        else {
-            panic!("the core is told the connection is up");
-        };
-        transports.connection_opened(id, peer, writer, closer);
+        let (id, _) = opened(&mut transports, &mut core).await;
 
         // The server closes; until the core hears of it, a message to it fails at once.
         drop(stream);
@@ -1177,25 +1178,6 @@ mod tests {
         while !matches!(next_input(&mut core).await, CoreInput::Sip { .. }) {}
     }
 
-    /// Takes inputs until a connection is up, and records it as the core does.
-    async fn opened(
-        transports: &mut Transports,
-        core: &mut mpsc::Receiver<CoreInput>,
-    ) -> ConnectionId {
-        loop {
-            if let CoreInput::ConnectionOpened {
-                id,
-                peer,
-                writer,
-                closer,
-            } = next_input(core).await
-            {
-                transports.connection_opened(id, peer, writer, closer);
-                return id;
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_quiet_connection_is_reported_idle_and_closed_when_the_core_decides() {
         let idle = Duration::from_millis(300);
@@ -1204,7 +1186,7 @@ mod tests {
         let listening = transports.local_addresses()[0];
         let mut peer = TcpStream::connect(listening).await.expect("connects");
         peer.write_all(OPTIONS).await.expect("writes");
-        let id = opened(&mut transports, &mut core).await;
+        let (id, _) = opened(&mut transports, &mut core).await;
         assert!(matches!(next_input(&mut core).await, CoreInput::Sip { .. }));
 
         // Nothing more arrives: the link asks the core.
@@ -1249,7 +1231,7 @@ mod tests {
         let (server, address) = server().await;
         transports.send(tcp_to(address, b"OPTIONS;", Some(1)));
         let mut stream = accept(&server).await;
-        let id = opened(&mut transports, &mut core).await;
+        let (id, _) = opened(&mut transports, &mut core).await;
         let since = Instant::now();
         assert_eq!(
             transports.idle_peer(id, since, since + idle / 2),
