@@ -582,6 +582,28 @@ fn unreachable_or_silent_service_gets_503_with_a_reason() {
         1.0
     );
 
+    // A refused upgrade (a wrong key): the status and the error's code, never the key.
+    let refusing = RealtimeStandIn::start(Behaviour::new().refuse_handshake(401));
+    let gateway_refused = gateway(&refusing.url(), "", "");
+    let last = invite(&gateway_refused).pop().expect("a final response");
+    assert_eq!(last.status, 503);
+    let reason = last.header("Reason").expect("Reason header");
+    assert!(
+        reason.contains("HTTP 401 Unauthorized (invalid_api_key)"),
+        "{reason}"
+    );
+    let log = gateway_refused.log();
+    assert!(log.contains("(invalid_api_key)"), "{log}");
+    assert!(!log.contains("sk-test-key"), "the key stays out of the log");
+    assert_eq!(
+        metric(
+            &gateway_refused,
+            "voxgate_realtime_session_failures_total",
+            &[("reason", "connect")]
+        ),
+        1.0
+    );
+
     let silent = RealtimeStandIn::start(Behaviour::new().without_session_confirmation());
     let gateway_silent = gateway(&silent.url(), "", "");
     let started = Instant::now();

@@ -61,12 +61,47 @@ pub async fn connect(url: &str, model: &str, key: &Secret) -> Result<RealtimeSoc
 fn describe(url: &str, error: tokio_tungstenite::tungstenite::Error) -> String {
     use tokio_tungstenite::tungstenite::Error;
     match error {
-        Error::Http(response) => format!(
-            "{url} refused the WebSocket upgrade: HTTP {}",
-            response.status()
-        ),
+        Error::Http(response) => refusal(url, &response),
         other => format!("cannot connect to {url}: {other}"),
     }
+}
+
+/// What a refused upgrade says: the HTTP status, and the error's `code` (or `type`) when the body
+/// is an OpenAI-style error (`{"error": {"code": "invalid_api_key", ...}}`). The message itself
+/// is left out: it may quote part of the key, and the text goes into the SIP Reason header.
+fn refusal(
+    url: &str,
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> String {
+    let status = response.status();
+    let mut text = format!(
+        "{url} refused the WebSocket upgrade: HTTP {}",
+        status.as_u16()
+    );
+    if let Some(phrase) = status.canonical_reason() {
+        text.push(' ');
+        text.push_str(phrase);
+    }
+    let code = response
+        .body()
+        .as_deref()
+        .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .and_then(|body| {
+            let error = body.get("error")?;
+            ["code", "type"]
+                .iter()
+                .find_map(|field| error.get(field)?.as_str().map(str::to_owned))
+        })
+        .filter(|code| {
+            code.len() <= 64
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+    if let Some(code) = code {
+        text.push_str(&format!(" ({code})"));
+    }
+    text
 }
 
 /// Percent-escapes a query value (model names are plain, but a typo must not break the URL).
@@ -157,10 +192,42 @@ impl Tls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::http::{Response, StatusCode};
 
     #[test]
     fn model_names_are_escaped_in_the_query() {
         assert_eq!(query_escape("gpt-realtime-2.1"), "gpt-realtime-2.1");
         assert_eq!(query_escape("a b&c"), "a%20b%26c");
+    }
+
+    fn refused(status: StatusCode, body: Option<&str>) -> String {
+        let mut response = Response::new(body.map(|text| text.as_bytes().to_vec()));
+        *response.status_mut() = status;
+        refusal("wss://api.example/v1/realtime", &response)
+    }
+
+    #[test]
+    fn a_refused_upgrade_names_the_status_and_the_errors_code_but_not_its_message() {
+        let body = r#"{"error": {"message": "Incorrect API key provided: sk-ab***yz",
+            "type": "invalid_request_error", "code": "invalid_api_key", "param": null}}"#;
+        let text = refused(StatusCode::UNAUTHORIZED, Some(body));
+        assert_eq!(
+            text,
+            "wss://api.example/v1/realtime refused the WebSocket upgrade: \
+             HTTP 401 Unauthorized (invalid_api_key)"
+        );
+        assert!(!text.contains("sk-"));
+        // No code: the type.
+        let body = r#"{"error": {"message": "m", "type": "server_error", "code": null}}"#;
+        assert!(refused(StatusCode::INTERNAL_SERVER_ERROR, Some(body))
+            .ends_with("HTTP 500 Internal Server Error (server_error)"));
+        // Not OpenAI's shape, or a code that is no identifier: the status alone.
+        for body in [
+            None,
+            Some("<html>Forbidden</html>"),
+            Some(r#"{"error": {"code": "has spaces \" and quotes"}}"#),
+        ] {
+            assert!(refused(StatusCode::FORBIDDEN, body).ends_with("HTTP 403 Forbidden"));
+        }
     }
 }

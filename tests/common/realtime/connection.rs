@@ -83,9 +83,17 @@ pub(super) async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
                 }
                 record
             });
-            if let (None, Some(status)) = (refusal, behaviour.refuse_handshake) {
+            if let (None, Some(status)) = (&refusal, behaviour.refuse_handshake) {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-                refusal = Some((status, "Refused by the test's behaviour"));
+                let code = match status {
+                    StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
+                    StatusCode::TOO_MANY_REQUESTS => Some("rate_limit_exceeded"),
+                    _ => None,
+                };
+                refusal = Some((
+                    status,
+                    openai_error("Refused by the test's behaviour", "invalid_request_error", code),
+                ));
                 shared.session(index, |record| {
                     record.handshake.accepted = false;
                     record.end = Some(SessionEnd::Refused);
@@ -101,7 +109,7 @@ pub(super) async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
             match refusal {
                 None => Ok(response),
                 Some((status, body)) => {
-                    let mut error = ErrorResponse::new(Some(body.to_owned()));
+                    let mut error = ErrorResponse::new(Some(body));
                     *error.status_mut() = status;
                     Err(error)
                 }
@@ -266,17 +274,32 @@ fn handshake_of(request: &Request) -> Handshake {
 }
 
 /// The HTTP answer instead of the upgrade, as the API gives it.
-fn refusal(handshake: &Handshake) -> Option<(StatusCode, &'static str)> {
+fn refusal(handshake: &Handshake) -> Option<(StatusCode, String)> {
     if handshake.path != REALTIME_PATH {
-        return Some((StatusCode::NOT_FOUND, "Not found"));
+        return Some((
+            StatusCode::NOT_FOUND,
+            openai_error("Not found", "invalid_request_error", None),
+        ));
     }
     if handshake.api_key.is_none() {
         return Some((
             StatusCode::UNAUTHORIZED,
-            "Missing bearer authentication in header",
+            openai_error(
+                "Missing bearer authentication in header",
+                "invalid_request_error",
+                None,
+            ),
         ));
     }
     None
+}
+
+/// An error body in the shape of OpenAI's HTTP API errors.
+fn openai_error(message: &str, kind: &str, code: Option<&str>) -> String {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    })
+    .to_string()
 }
 
 /// Everything wrong with the opening request (each one a violation).
