@@ -323,9 +323,10 @@ impl Harness {
         self.pump();
     }
 
-    /// Reports a TCP connection to `peer` closed.
-    pub fn connection_closed(&mut self, peer: SocketAddr) {
-        self.switchboard.handle_connection_closed(self.now, peer);
+    /// Reports TCP connection `id` to `peer` closed.
+    pub fn connection_closed(&mut self, id: crate::sip::endpoint::ConnectionId, peer: SocketAddr) {
+        self.switchboard
+            .handle_connection_closed(self.now, id, peer);
         self.pump();
     }
 

@@ -283,6 +283,56 @@ fn busy_destination_goes_back_to_the_model() {
     standin.assert_no_violations();
 }
 
+/// The destination, over TCP, rings and then goes away with its connection (its process
+/// ends): voxgate fails the INVITE at once (RFC 3261 §17.1.4, as pjsip does), long before the
+/// 30 s transfer timeout. The model hears a 503 failure and apologises; the caller stays.
+#[test]
+fn a_ringing_destination_whose_tcp_connection_closes_fails_the_transfer_at_once() {
+    if common::sipp::skip_without_root("a_ringing_destination_whose_tcp_connection_closes") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    let agent = Sipp::new(
+        "uas_agent_ring_then_vanish.xml",
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .transport(common::sipp::Transport::TcpOne)
+    .deadline(Duration::from_secs(30));
+    let agent_sip = format!("sip:agent@127.0.0.1:{};transport=tcp", agent.sip_port());
+    let gateway = gateway_at(&standin.url(), &agent_sip, "bridge", "");
+    let agent_run = agent.spawn();
+    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
+        .with_audio(250)
+        .pause_ms(4_000);
+    let caller_sink = RtpSink::bind(caller.echo_addr());
+    let outcome = caller.run();
+    agent_run.wait().assert_success();
+    let to_caller = caller_sink.finish();
+    outcome.assert_success(); // the caller's own BYE ends the call
+    let session = standin.wait_for_session(0, WAIT, "the transfer's failure", |s| {
+        !s.function_outputs.is_empty()
+    });
+    let output: serde_json::Value =
+        serde_json::from_str(&session.function_outputs[0].output).expect("JSON output");
+    assert_eq!(output["status"], "failed", "{output}");
+    assert_eq!(output["sip_status"], 503, "{output}");
+    assert!(
+        to_caller
+            .iter()
+            .any(|p| frame_index(&p.payload).is_some_and(|(tag, _)| tag == 3)),
+        "the model's apology reached the caller"
+    );
+    assert!(
+        !outcome
+            .received()
+            .iter()
+            .any(|m| m.first_line().starts_with("BYE ")),
+        "voxgate did not hang up"
+    );
+    assert_transfers(&gateway, "bridge", "failed");
+    standin.assert_no_violations();
+}
+
 /// The destination is a name (`sip:agent@agents.test`, no port): voxgate asks the DNS stub for
 /// `_sip._udp.agents.test` (RFC 3263), INVITEs the preferred server, which answers 503, and at
 /// once the next one, which answers; audio flows both ways through the second.

@@ -192,8 +192,11 @@ impl Rig {
         if self.framer.is_failed() {
             // io/ closes such a connection.
             self.framer = StreamFramer::new(65_535);
-            self.switchboard
-                .handle_connection_closed(self.now, addr("192.0.2.10:5060"));
+            self.switchboard.handle_connection_closed(
+                self.now,
+                ConnectionId(1),
+                addr("192.0.2.10:5060"),
+            );
             self.pump();
         }
     }
@@ -590,8 +593,11 @@ pub fn run(data: &[u8]) {
             }
             b'z' => {
                 rig.framer = StreamFramer::new(65_535);
-                rig.switchboard
-                    .handle_connection_closed(rig.now, addr("192.0.2.10:5060"));
+                rig.switchboard.handle_connection_closed(
+                    rig.now,
+                    ConnectionId(1),
+                    addr("192.0.2.10:5060"),
+                );
                 rig.pump();
             }
             b'd' => {

@@ -177,8 +177,11 @@ impl Switchboard {
             .handle_next_hops(now, &mut self.endpoint, trunk, targets);
     }
 
-    /// A TCP connection to `peer` closed (registrations over it refresh).
-    pub fn handle_connection_closed(&mut self, now: Instant, peer: SocketAddr) {
+    /// TCP connection `id` to `peer` closed: the client transactions over it fail (their users
+    /// fail over or give up at once), then registrations over it refresh.
+    pub fn handle_connection_closed(&mut self, now: Instant, id: ConnectionId, peer: SocketAddr) {
+        self.endpoint.handle_connection_lost(now, id, peer);
+        self.dispatch_events(now);
         self.registrations
             .handle_connection_closed(now, &mut self.endpoint, peer);
     }

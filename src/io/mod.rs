@@ -334,7 +334,7 @@ impl Core {
             CoreInput::SipLocated { transmit } => self.transports.send(transmit),
             CoreInput::ConnectionClosed { id } => {
                 if let Some(peer) = self.transports.connection_closed(id) {
-                    self.switchboard.handle_connection_closed(now, peer);
+                    self.switchboard.handle_connection_closed(now, id, peer);
                 }
             }
             CoreInput::SendFailed { tx } => self.switchboard.handle_send_failed(now, tx),

@@ -734,6 +734,24 @@ impl Endpoint {
         self.drain_client(&key);
     }
 
+    /// TCP connection `id` to `peer` closed: every client transaction over it fails as on a
+    /// transport error (RFC 3261 §17.1.4; pjsip and sofia-sip do the same), so a request whose
+    /// server vanished is retried elsewhere or given up now rather than at Timer B or F. One
+    /// that already has its final response just ends. Server transactions are left alone: a
+    /// response still goes out on a new connection (§18.2.2).
+    pub fn handle_connection_lost(&mut self, now: Instant, id: ConnectionId, peer: SocketAddr) {
+        let mut over_it: Vec<ClientTxId> = self
+            .clients
+            .values()
+            .filter(|entry| entry.flow.rides(id, peer))
+            .map(|entry| entry.id)
+            .collect();
+        over_it.sort();
+        for tx in over_it {
+            self.handle_transport_error(now, tx);
+        }
+    }
+
     /// Feeds expired timers to every transaction and drops terminated ones.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due_servers: Vec<TransactionKey> = self
@@ -1243,6 +1261,63 @@ mod tests {
         endpoint.handle_transport_error(now + secs(1), tx);
         assert_eq!(client_events(&mut endpoint), [(tx, "transport".into())]);
         assert_eq!(endpoint.transaction_counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_lost_tcp_connection_fails_the_client_transactions_over_it_and_no_others() {
+        let now = testkit::t0();
+        let mut endpoint = endpoint();
+        let tcp = |connection: u64, remote: SocketAddr| Flow {
+            transport: Transport::Tcp,
+            remote,
+            local: voxgate_addr(),
+            connection: Some(ConnectionId(connection)),
+        };
+        let elsewhere: SocketAddr = "192.0.2.77:5060".parse().expect("literal");
+        let mut request = |flow: Flow, cseq: u32| {
+            let mut options = options_request();
+            options.headers[3] = ("CSeq", format!("{cseq} OPTIONS"));
+            let tx = endpoint.send_request(now, &flow, &options, None);
+            while endpoint.poll_transmit().is_some() {}
+            tx
+        };
+        let over_it = request(tcp(1, pbx_addr()), 1);
+        let to_its_peer = request(
+            Flow {
+                connection: None,
+                ..tcp(1, pbx_addr())
+            },
+            2,
+        );
+        let other_connection = request(tcp(2, elsewhere), 3);
+        let over_udp = request(
+            Flow {
+                remote: elsewhere,
+                ..udp()
+            },
+            4,
+        );
+
+        endpoint.handle_connection_lost(now + secs(1), ConnectionId(1), pbx_addr());
+        assert_eq!(
+            client_events(&mut endpoint),
+            [
+                (over_it, "transport".into()),
+                (to_its_peer, "transport".into())
+            ]
+        );
+        // The other two go on until they are answered, or until Timer F.
+        assert_eq!(endpoint.transaction_counts(), (0, 2));
+        endpoint.handle_timeout(now + secs(40));
+        let mut timed_out = client_events(&mut endpoint);
+        timed_out.sort();
+        assert_eq!(
+            timed_out,
+            [
+                (other_connection, "timed out".into()),
+                (over_udp, "timed out".into())
+            ]
+        );
     }
 
     #[test]

@@ -872,3 +872,41 @@ fn the_last_server_unreachable_is_a_503_failure_and_the_call_goes_on() {
     h.send(&caller.request("BYE", &[], None));
     assert_clean(&mut h);
 }
+
+#[test]
+fn a_tcp_connection_lost_while_the_destination_rings_fails_the_transfer_at_once() {
+    let mut settings = bridge_settings();
+    if let Some(destination) = settings
+        .agents
+        .first_mut()
+        .and_then(|agent| agent.transfers.first_mut())
+    {
+        destination.uri = Some(format!("sip:agent@{AGENT};transport=tcp"));
+    }
+    let mut h = Harness::new(&settings);
+    let mut caller = Caller::new("echo");
+    h.establish(&mut caller, &[]);
+    let key = call_key(&h.take_outputs());
+    h.take();
+    h.transfer(key, request());
+    let agent: SocketAddr = AGENT.parse().expect("literal");
+    let (to, invite) = invites_sent(&mut h).pop().expect("INVITE");
+    assert_eq!(to, agent);
+    h.send_from(agent, &from_agent(&invite, 180, None));
+    h.take_outputs();
+    let lost = h.now + secs(2);
+    h.advance(secs(2));
+
+    // Its server vanished with the connection: a 503 failure now, not at the transfer timeout.
+    h.connection_closed(crate::sip::endpoint::ConnectionId(9), agent);
+    let outputs = h.take_outputs();
+    assert!(leg_commands(&outputs).contains(&AgentLegCommand::Release));
+    let failures = transfer_failures(&outputs);
+    let output: serde_json::Value =
+        serde_json::from_str(failures.first().expect("a failure at once")).expect("JSON");
+    assert_eq!(output["sip_status"], 503, "{output}");
+    assert_eq!(h.now, lost);
+    assert_eq!(h.switchboard.active_calls(), 1, "the caller stays");
+    h.send(&caller.request("BYE", &[], None));
+    assert_clean(&mut h);
+}

@@ -364,12 +364,12 @@ fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
     let connection = crate::sip::endpoint::ConnectionId(3);
     assert!(harness.switchboard.uses_connection(connection, registrar()));
     assert!(!harness.switchboard.uses_connection(connection, stranger()));
-    harness.connection_closed(stranger());
+    harness.connection_closed(crate::sip::endpoint::ConnectionId(4), stranger());
     assert!(
         next_register(&mut harness, secs(1)).is_none(),
         "another peer's connection"
     );
-    harness.connection_closed(registrar());
+    harness.connection_closed(connection, registrar());
     assert!(
         next_register(&mut harness, secs(1)).is_some(),
         "refreshed at once"

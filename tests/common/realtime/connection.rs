@@ -92,7 +92,11 @@ pub(super) async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
                 };
                 refusal = Some((
                     status,
-                    openai_error("Refused by the test's behaviour", "invalid_request_error", code),
+                    openai_error(
+                        "Refused by the test's behaviour",
+                        "invalid_request_error",
+                        code,
+                    ),
                 ));
                 shared.session(index, |record| {
                     record.handshake.accepted = false;
