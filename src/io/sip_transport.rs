@@ -761,7 +761,8 @@ impl Link {
                         if asked.await.is_err() {
                             break;
                         }
-                        idle_check.as_mut().reset(now + (self.idle / 4).max(Duration::from_millis(100)));
+                        let again = (self.idle / 4).max(Duration::from_millis(100));
+                        idle_check.as_mut().reset(now + again);
                     } else {
                         idle_check.as_mut().reset(quiet_since + self.idle);
                     }
