@@ -370,9 +370,24 @@ fn a_closed_tcp_connection_to_the_registrar_refreshes_the_registration() {
         "another peer's connection"
     );
     harness.connection_closed(connection, registrar());
+    let refresh = next_register(&mut harness, secs(1)).expect("refreshed at once");
+
+    // The new connection closes too while that REGISTER waits for its answer: the REGISTER
+    // fails (a transport error, not Timer F), and the one retry follows the backoff.
+    let closed = harness.now;
+    harness.connection_closed(crate::sip::endpoint::ConnectionId(5), registrar());
+    let (at, retry) = harness
+        .next_request("REGISTER", secs(10))
+        .expect("retried before Timer F");
     assert!(
-        next_register(&mut harness, secs(1)).is_some(),
-        "refreshed at once"
+        (secs(4)..=secs(6)).contains(&(at - closed)),
+        "after the first backoff (5 s ± 20 %), once: {:?}",
+        at - closed
+    );
+    assert_eq!(retry.cseq().seq, refresh.cseq().seq + 1);
+    assert!(
+        next_register(&mut harness, secs(5)).is_none(),
+        "no second retry"
     );
 }
 
