@@ -25,7 +25,7 @@
 //! four servers the bytes pick, in that order; no bytes, the lookup failed |
 //! | `%%E` [index] | a request voxgate sent (newest first; index 0–3) could not be sent (TCP
 //! connection refused, name not located) |
-//! | `%%z` | the PBX's TCP connection closed |
+//! | `%%z` | the PBX's TCP connection closed (requests voxgate still waits on over it fail) |
 //! | `%%d` | draining starts (calls hung up after 30 s) |
 //! | `%%L` | after the script, run the clock 4,000 s instead of 40 s |
 //!
