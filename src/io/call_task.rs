@@ -370,9 +370,13 @@ impl MediaTask {
             leg.close("call ended").await;
         }
         self.sample_metrics();
+        let stats = self.jitter.stats();
         tracing::debug!(
             packets_in = self.packets_in,
             packets_out = self.packets_out,
+            concealed_frames = stats.concealed_frames,
+            late = stats.late,
+            lost = stats.lost,
             "media stopped"
         );
     }
