@@ -233,18 +233,16 @@ fn bridged_destination_answers_and_audio_flows_both_ways() {
     standin.assert_no_violations();
 }
 
-/// The destination is busy: the model hears `{"status":"failed","sip_status":486,…}`, its
-/// apology reaches the caller, and voxgate does not hang up.
-#[test]
-fn busy_destination_goes_back_to_the_model() {
-    if common::sipp::skip_without_root("busy_destination_goes_back_to_the_model") {
-        return;
-    }
-    let standin = RealtimeStandIn::start(transferring_model());
-    let agent = Sipp::new("uas_agent_busy.xml", "127.0.0.1:9".parse().unwrap())
-        .deadline(Duration::from_secs(30));
-    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
-    let gateway = gateway(&standin.url(), agent_sip);
+/// Runs a caller through `gateway` while `agent` (a destination that does not answer 2xx)
+/// runs; asserts that the model heard `{"status":"failed","sip_status":sip_status}` during the
+/// call, that its apology reached the caller, that voxgate did not hang up, and that the
+/// transfer counts as failed. Both SIPp scenarios must succeed.
+fn assert_transfer_goes_back_to_the_model(
+    standin: &RealtimeStandIn,
+    gateway: &Gateway,
+    agent: Sipp,
+    sip_status: u16,
+) {
     let agent_run = agent.spawn();
     let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
         .with_audio(250)
@@ -254,14 +252,14 @@ fn busy_destination_goes_back_to_the_model() {
     let agent_outcome = agent_run.wait();
     let to_caller = caller_sink.finish();
     outcome.assert_success(); // the caller's own BYE ends the call
-    agent_outcome.assert_success(); // the 486 was ACKed
+    agent_outcome.assert_success();
     let session = standin.wait_for_session(0, WAIT, "the transfer's failure", |s| {
         !s.function_outputs.is_empty()
     });
     let output: serde_json::Value =
         serde_json::from_str(&session.function_outputs[0].output).expect("JSON output");
     assert_eq!(output["status"], "failed", "{output}");
-    assert_eq!(output["sip_status"], 486, "{output}");
+    assert_eq!(output["sip_status"], sip_status, "{output}");
     assert!(
         to_caller
             .iter()
@@ -275,12 +273,28 @@ fn busy_destination_goes_back_to_the_model() {
             .any(|m| m.first_line().starts_with("BYE ")),
         "voxgate did not hang up"
     );
-    assert_transfers(&gateway, "bridge", "failed");
+    assert_transfers(gateway, "bridge", "failed");
+    standin.assert_no_violations();
+}
+
+/// The destination is busy: the model hears `{"status":"failed","sip_status":486,…}`, its
+/// apology reaches the caller, and voxgate does not hang up.
+#[test]
+fn busy_destination_goes_back_to_the_model() {
+    if common::sipp::skip_without_root("busy_destination_goes_back_to_the_model") {
+        return;
+    }
+    let standin = RealtimeStandIn::start(transferring_model());
+    // Its scenario succeeds once the 486 is ACKed.
+    let agent = Sipp::new("uas_agent_busy.xml", "127.0.0.1:9".parse().unwrap())
+        .deadline(Duration::from_secs(30));
+    let agent_sip: SocketAddr = format!("127.0.0.1:{}", agent.sip_port()).parse().unwrap();
+    let gateway = gateway(&standin.url(), agent_sip);
+    assert_transfer_goes_back_to_the_model(&standin, &gateway, agent, 486);
     assert_eq!(
         gateway.wait_metric("voxgate_bridged_calls_active", &[], WAIT, |v| v == 0.0),
         0.0
     );
-    standin.assert_no_violations();
 }
 
 /// The destination, over TCP, rings and then goes away with its connection (its process
@@ -300,37 +314,7 @@ fn a_ringing_destination_whose_tcp_connection_closes_fails_the_transfer_at_once(
     .deadline(Duration::from_secs(30));
     let agent_sip = format!("sip:agent@127.0.0.1:{};transport=tcp", agent.sip_port());
     let gateway = gateway_at(&standin.url(), &agent_sip, "bridge", "");
-    let agent_run = agent.spawn();
-    let caller = Sipp::new("uac_echo.xml", gateway.sip_addr())
-        .with_audio(250)
-        .pause_ms(4_000);
-    let caller_sink = RtpSink::bind(caller.echo_addr());
-    let outcome = caller.run();
-    agent_run.wait().assert_success();
-    let to_caller = caller_sink.finish();
-    outcome.assert_success(); // the caller's own BYE ends the call
-    let session = standin.wait_for_session(0, WAIT, "the transfer's failure", |s| {
-        !s.function_outputs.is_empty()
-    });
-    let output: serde_json::Value =
-        serde_json::from_str(&session.function_outputs[0].output).expect("JSON output");
-    assert_eq!(output["status"], "failed", "{output}");
-    assert_eq!(output["sip_status"], 503, "{output}");
-    assert!(
-        to_caller
-            .iter()
-            .any(|p| frame_index(&p.payload).is_some_and(|(tag, _)| tag == 3)),
-        "the model's apology reached the caller"
-    );
-    assert!(
-        !outcome
-            .received()
-            .iter()
-            .any(|m| m.first_line().starts_with("BYE ")),
-        "voxgate did not hang up"
-    );
-    assert_transfers(&gateway, "bridge", "failed");
-    standin.assert_no_violations();
+    assert_transfer_goes_back_to_the_model(&standin, &gateway, agent, 503);
 }
 
 /// The destination is a name (`sip:agent@agents.test`, no port): voxgate asks the DNS stub for
