@@ -386,18 +386,17 @@ impl Registrations {
             .any(|trunk| trunk.flow().is_some_and(|flow| flow.rides(id, peer)))
     }
 
-    /// A TCP connection to `peer` closed: a registration over it may be gone with it (registrars
-    /// tie TCP bindings to their connection), so those refresh now.
+    /// TCP connection `id` to `peer` closed: a registration over it may be gone with it
+    /// (registrars tie TCP bindings to their connection), so those refresh now.
     pub fn handle_connection_closed(
         &mut self,
         now: Instant,
         endpoint: &mut Endpoint,
+        id: ConnectionId,
         peer: SocketAddr,
     ) {
         for trunk in &mut self.trunks {
-            let over_it = trunk
-                .flow()
-                .is_some_and(|flow| flow.transport == Transport::Tcp && flow.remote == peer);
+            let over_it = trunk.flow().is_some_and(|flow| flow.rides(id, peer));
             if let (true, Some(machine)) = (over_it, &mut trunk.machine) {
                 tracing::info!(
                     trunk = %trunk.name,

@@ -183,7 +183,7 @@ impl Switchboard {
         self.endpoint.handle_connection_lost(now, id, peer);
         self.dispatch_events(now);
         self.registrations
-            .handle_connection_closed(now, &mut self.endpoint, peer);
+            .handle_connection_closed(now, &mut self.endpoint, id, peer);
     }
 
     /// Every register-mode trunk's registration state, for metrics.
