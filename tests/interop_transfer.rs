@@ -317,6 +317,33 @@ fn a_ringing_destination_whose_tcp_connection_closes_fails_the_transfer_at_once(
     assert_transfer_goes_back_to_the_model(&standin, &gateway, agent, 503);
 }
 
+/// After a fail-over to the destination's next server: the transfer succeeded, audio flowed
+/// both ways by payload (at least 200 of each side's frames), and the model heard nothing of
+/// the server that failed.
+fn assert_bridged_after_a_quiet_fail_over(
+    gateway: &Gateway,
+    standin: &RealtimeStandIn,
+    to_caller: &[RtpPacket],
+    to_agent: &[RtpPacket],
+) {
+    let heard_by_caller = pcap_indices(to_caller, AGENT_AUDIO..AGENT_AUDIO + 250);
+    assert!(
+        heard_by_caller.len() >= 200,
+        "the caller heard {} of the destination's 250 frames",
+        heard_by_caller.len()
+    );
+    assert!(
+        pcap_indices(to_agent, 0..450).len() >= 200,
+        "the destination heard the caller"
+    );
+    assert_transfers(gateway, "bridge", "success");
+    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
+    assert!(
+        session.function_outputs.is_empty(),
+        "the model heard nothing of the failed server"
+    );
+}
+
 /// The destination is a name (`sip:agent@agents.test`, no port): voxgate asks the DNS stub for
 /// `_sip._udp.agents.test` (RFC 3263), INVITEs the preferred server, which answers 503, and at
 /// once the next one, which answers; audio flows both ways through the second.
@@ -374,22 +401,7 @@ fn bridged_destination_by_name_fails_over_from_a_503_to_the_next_server() {
         "queries: {:?}",
         dns.queries()
     );
-    let heard_by_caller = pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250);
-    assert!(
-        heard_by_caller.len() >= 200,
-        "the caller heard {} of the destination's 250 frames",
-        heard_by_caller.len()
-    );
-    assert!(
-        pcap_indices(&to_agent, 0..450).len() >= 200,
-        "the destination heard the caller"
-    );
-    assert_transfers(&gateway, "bridge", "success");
-    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
-    assert!(
-        session.function_outputs.is_empty(),
-        "the model heard nothing of the 503"
-    );
+    assert_bridged_after_a_quiet_fail_over(&gateway, &standin, &to_caller, &to_agent);
     let log = gateway.log();
     assert!(
         log.contains("transfer destination located")
@@ -434,20 +446,7 @@ fn bridged_destination_over_tcp_fails_over_at_once_from_a_server_that_refuses_th
         "queries: {:?}",
         dns.queries()
     );
-    assert!(
-        pcap_indices(&to_caller, AGENT_AUDIO..AGENT_AUDIO + 250).len() >= 200,
-        "the caller heard the destination"
-    );
-    assert!(
-        pcap_indices(&to_agent, 0..450).len() >= 200,
-        "the destination heard the caller"
-    );
-    assert_transfers(&gateway, "bridge", "success");
-    let session = standin.wait_for_session(0, WAIT, "the session to close", |s| s.is_ended());
-    assert!(
-        session.function_outputs.is_empty(),
-        "the model heard nothing of the refused connection"
-    );
+    assert_bridged_after_a_quiet_fail_over(&gateway, &standin, &to_caller, &to_agent);
     let log = gateway.log();
     assert!(
         log.contains("could not open a SIP TCP connection")
