@@ -15,7 +15,11 @@
 #   that is about a fifth of voxgate's measured CPU, SIPp's cost, not voxgate's
 #   (see BENCHMARKS.md). Use it to check the echo, stream to measure.
 # - none: signalling only (uac_basic.xml).
-# Usage: [MEDIA=stream|pcap|none] scripts/load.sh [CALLS] [DURATION_SECS]
+# TRANSPORT selects how SIPp carries SIP:
+# - udp (default);
+# - tcp: every call's SIP over one TCP connection, as a PBX trunk over TCP does (SIPp -t t1);
+# - tcp-per-call: one TCP connection per call (SIPp -t tn).
+# Usage: [MEDIA=stream|pcap|none] [TRANSPORT=udp|tcp|tcp-per-call] scripts/load.sh [CALLS] [DURATION_SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -93,6 +97,16 @@ none) scenario=uac_basic.xml ;;
     exit 2
     ;;
 esac
+TRANSPORT=${TRANSPORT:-udp}
+case $TRANSPORT in
+udp) sipp_transport=u1 ;;
+tcp) sipp_transport=t1 ;;
+tcp-per-call) sipp_transport=tn ;;
+*)
+    echo "load.sh: TRANSPORT must be udp, tcp or tcp-per-call" >&2
+    exit 2
+    ;;
+esac
 
 cat >"$work/voxgate.toml" <<TOML
 [sip]
@@ -127,7 +141,7 @@ for _ in $(seq 150); do
 done
 rss0=$(rss_kb "$vg")
 
-(cd "$work" && exec sipp -sf "$root/tests/sipp/$scenario" -i 127.0.0.1 -mi 127.0.0.1 \
+(cd "$work" && exec sipp -sf "$root/tests/sipp/$scenario" -t "$sipp_transport" -i 127.0.0.1 -mi 127.0.0.1 \
     -p "$SIPP_PORT" -cp $((SIPP_PORT + 1)) -mp "$SIPP_MEDIA" -m "$CALLS" -l "$CALLS" -r "$RATE" \
     -d $((DURATION * 1000)) -timeout $((DURATION + CALLS / RATE + 60))s -timeout_error \
     -max_socket 2000 -nostdin -trace_rtt -rtt_freq 1 -trace_err -error_file "$work/errors.log" \
@@ -147,6 +161,7 @@ t0=$(ticks "$vg")
 sleep "$window"
 t1=$(ticks "$vg")
 active=$(metric voxgate_calls_active)
+tcp_open=$(metric voxgate_sip_tcp_connections)
 rssn=$(rss_kb "$vg")
 
 sipp_rc=0
@@ -173,6 +188,8 @@ cat <<TABLE
 | metric | value |
 |---|---|
 | calls (concurrent, measured) | $CALLS ($active) |
+| SIP transport | $TRANSPORT |
+| SIP TCP connections open at $active calls | ${tcp_open:-n/a} |
 | RTP (MEDIA=$MEDIA) | $([[ $MEDIA != none ]] && echo "PCMU 20 ms, $((DURATION - 1)) s in ${DURATION} s calls: $((CALLS * packets)) packets sent" || echo "none") |
 | SIPp exit code | $sipp_rc (0 = every call succeeded) |
 | voxgate CPU, steady ${window} s | ${cpu_pct} % of one core |
