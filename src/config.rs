@@ -1540,7 +1540,7 @@ mod tests {
             (settings.rtp.port_min, settings.rtp.port_max),
             (10_000, 20_000)
         );
-        assert_eq!(settings.metrics.listen, Some(addr("127.0.0.1:9090")));
+        assert_eq!(settings.metrics.listen, Some(addr("127.0.0.1:9464")));
         assert_eq!(settings.trunks.len(), 1);
         assert_eq!(settings.trunks[0].name, "pbx");
         assert_eq!(

@@ -3,6 +3,8 @@
 //! Machines count into plain stats structs; `io/` copies those figures here. Labels are bounded
 //! (methods, directions, results): never a Call-ID or an address.
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -36,6 +38,19 @@ impl CallResult {
             CallResult::Transferred => "transferred",
         }
     }
+}
+
+/// One metric family as the exposition shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// Its name (`voxgate_calls_total`).
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`, as in the exposition's `# TYPE` line.
+    pub kind: &'static str,
+    /// Its label names, in the order the code gives them.
+    pub labels: Vec<String>,
+    /// The `# HELP` text.
+    pub help: String,
 }
 
 /// The registry and handles to every metric.
@@ -90,8 +105,8 @@ pub struct TransferMetrics {
 }
 
 impl TransferMetrics {
-    fn new(registry: &Registry) -> TransferMetrics {
-        let metrics = TransferMetrics {
+    fn new() -> TransferMetrics {
+        TransferMetrics {
             transfers_total: IntCounterVec::new(
                 Opts::new(
                     "voxgate_transfers_total",
@@ -111,17 +126,7 @@ impl TransferMetrics {
                 &["method"],
             )
             .expect("valid metric definition"),
-        };
-        let collectors: [Box<dyn prometheus::core::Collector>; 2] = [
-            Box::new(metrics.transfers_total.clone()),
-            Box::new(metrics.duration_seconds.clone()),
-        ];
-        for collector in collectors {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
         }
-        metrics
     }
 
     /// Records one attempt's outcome.
@@ -154,8 +159,8 @@ pub struct RegistrationMetrics {
 }
 
 impl RegistrationMetrics {
-    fn new(registry: &Registry) -> RegistrationMetrics {
-        let metrics = RegistrationMetrics {
+    fn new() -> RegistrationMetrics {
+        RegistrationMetrics {
             up: IntGaugeVec::new(
                 Opts::new(
                     "voxgate_registration_up",
@@ -180,18 +185,7 @@ impl RegistrationMetrics {
                 &["trunk"],
             )
             .expect("valid metric definition"),
-        };
-        let collectors: [Box<dyn prometheus::core::Collector>; 3] = [
-            Box::new(metrics.up.clone()),
-            Box::new(metrics.attempts_total.clone()),
-            Box::new(metrics.expires_seconds.clone()),
-        ];
-        for collector in collectors {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
         }
-        metrics
     }
 
     /// Exports zero-valued series for a register-mode trunk, so it shows before its first try.
@@ -247,7 +241,7 @@ pub struct RealtimeMetrics {
 }
 
 impl RealtimeMetrics {
-    fn new(registry: &Registry) -> RealtimeMetrics {
+    fn new() -> RealtimeMetrics {
         let latency_buckets = vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
         let metrics = RealtimeMetrics {
             sessions_active: IntGauge::new(
@@ -311,22 +305,6 @@ impl RealtimeMetrics {
             )
             .expect("valid metric definition"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
-            Box::new(metrics.sessions_active.clone()),
-            Box::new(metrics.session_failures_total.clone()),
-            Box::new(metrics.connect_seconds.clone()),
-            Box::new(metrics.response_latency_seconds.clone()),
-            Box::new(metrics.barge_ins_total.clone()),
-            Box::new(metrics.tool_calls_total.clone()),
-            Box::new(metrics.tokens_total.clone()),
-            Box::new(metrics.errors_total.clone()),
-            Box::new(metrics.session_limit_total.clone()),
-        ];
-        for collector in collectors {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
         for reason in [
             "connect",
             "timeout",
@@ -465,9 +443,9 @@ impl Metrics {
             &["trunk", "result"],
         )
         .expect("valid metric definition");
-        let realtime = RealtimeMetrics::new(&registry);
-        let registration = RegistrationMetrics::new(&registry);
-        let transfer = TransferMetrics::new(&registry);
+        let realtime = RealtimeMetrics::new();
+        let registration = RegistrationMetrics::new();
+        let transfer = TransferMetrics::new();
         let dtmf_digits_total = IntCounterVec::new(
             Opts::new(
                 "voxgate_dtmf_digits_total",
@@ -500,12 +478,13 @@ impl Metrics {
         metrics
     }
 
-    fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
-            Box::new(self.dtmf_digits_total.clone()),
-            Box::new(self.inbound_auth_total.clone()),
+    /// Every metric, in one list: what [`Metrics::new`] registers and [`Metrics::catalogue`]
+    /// describes. A metric missing here is neither exported nor documented.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        let realtime = &self.realtime;
+        let registration = &self.registration;
+        vec![
             Box::new(self.calls_active.clone()),
-            Box::new(self.bridged_calls_active.clone()),
             Box::new(self.calls_total.clone()),
             Box::new(self.sip_messages_total.clone()),
             Box::new(self.sip_parse_errors_total.clone()),
@@ -515,13 +494,62 @@ impl Metrics {
             Box::new(self.rtp_packets_lost_total.clone()),
             Box::new(self.jitter_buffer_delay_seconds.clone()),
             Box::new(self.rtp_interarrival_jitter_seconds.clone()),
-        ];
-        for collector in collectors {
+            Box::new(realtime.sessions_active.clone()),
+            Box::new(realtime.session_failures_total.clone()),
+            Box::new(realtime.connect_seconds.clone()),
+            Box::new(realtime.response_latency_seconds.clone()),
+            Box::new(realtime.barge_ins_total.clone()),
+            Box::new(realtime.tool_calls_total.clone()),
+            Box::new(realtime.tokens_total.clone()),
+            Box::new(realtime.errors_total.clone()),
+            Box::new(realtime.session_limit_total.clone()),
+            Box::new(self.transfer.transfers_total.clone()),
+            Box::new(self.bridged_calls_active.clone()),
+            Box::new(self.transfer.duration_seconds.clone()),
+            Box::new(self.dtmf_digits_total.clone()),
+            Box::new(self.inbound_auth_total.clone()),
+            Box::new(registration.up.clone()),
+            Box::new(registration.attempts_total.clone()),
+            Box::new(registration.expires_seconds.clone()),
+        ]
+    }
+
+    fn register_all(&self) {
+        for collector in self.collectors() {
             // Names are distinct constants in this file, so registration cannot collide.
             self.registry
                 .register(collector)
                 .expect("metric names are unique");
         }
+    }
+
+    /// Every metric family voxgate exports, with its type, label names and help, also those
+    /// that have no series yet (a labelled counter before its first count): what the README's
+    /// metrics table must list.
+    pub fn catalogue(&self) -> Vec<Family> {
+        self.collectors()
+            .iter()
+            .flat_map(|collector| {
+                let descs = collector.desc();
+                let families = collector.collect();
+                descs
+                    .into_iter()
+                    .zip(families)
+                    .map(|(desc, family)| Family {
+                        name: desc.fq_name.clone(),
+                        kind: match family.get_field_type() {
+                            MetricType::COUNTER => "counter",
+                            MetricType::GAUGE => "gauge",
+                            MetricType::HISTOGRAM => "histogram",
+                            MetricType::SUMMARY => "summary",
+                            MetricType::UNTYPED => "untyped",
+                        },
+                        labels: desc.variable_labels.clone(),
+                        help: desc.help.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Exports zero-valued series for the labels dashboards expect, so rates work from start-up.
@@ -613,6 +641,86 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    /// The README's metrics table, as (name, type, sorted label names) per row.
+    fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Metrics\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README.md has a Metrics section");
+        section
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| `")?.split(" | ");
+                let series = cells.next()?.strip_suffix('`')?;
+                let kind = cells.next()?.trim().to_owned();
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let mut labels: Vec<String> = labels
+                    .split(',')
+                    .filter(|label| !label.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                labels.sort();
+                Some((name.to_owned(), kind, labels))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric_with_its_type_and_labels_and_nothing_else() {
+        let mut exported: Vec<(String, String, Vec<String>)> = Metrics::new()
+            .catalogue()
+            .into_iter()
+            .map(|family| {
+                let mut labels = family.labels;
+                labels.sort();
+                (family.name, family.kind.to_owned(), labels)
+            })
+            .collect();
+        let mut documented = readme_metrics();
+        assert_eq!(documented.len(), 27, "README metrics rows: {documented:?}");
+        exported.sort();
+        documented.sort();
+        let missing: Vec<_> = exported
+            .iter()
+            .filter(|family| !documented.contains(family))
+            .collect();
+        let stale: Vec<_> = documented
+            .iter()
+            .filter(|row| !exported.contains(row))
+            .collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "exported but not in README.md (or with another type or labels): {missing:?}\n\
+             in README.md but not exported so: {stale:?}"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_describes_metrics_before_their_first_series() {
+        let metrics = Metrics::new();
+        let catalogue = metrics.catalogue();
+        let errors = catalogue
+            .iter()
+            .find(|family| family.name == "voxgate_realtime_errors_total")
+            .expect("the errors counter is catalogued");
+        assert_eq!(errors.kind, "counter");
+        assert_eq!(errors.labels, ["code"]);
+        assert!(!errors.help.is_empty());
+        assert!(
+            !metrics.render().contains("voxgate_realtime_errors_total"),
+            "no series before the first error event"
+        );
+        let mut names: Vec<_> = catalogue.iter().map(|family| &family.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), catalogue.len(), "one entry per family");
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn check_config_accepts_the_shipped_file() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("1 trunk(s), 2 agent(s), 2 route(s), metrics on 127.0.0.1:9090"),
+        stdout.contains("1 trunk(s), 2 agent(s), 2 route(s), metrics on 127.0.0.1:9464"),
         "{stdout}"
     );
     // A fresh machine has no API key: the assistant's calls go to the echo agent, and it says so.

@@ -13,6 +13,8 @@
 //!   `kamcmd ul.dump`.
 //! - [`dns`]: an authoritative DNS stub on loopback (UDP and TCP): A, AAAA and SRV
 //!   records a test sets and may replace mid-test, NXDOMAIN and NODATA, every query logged.
+//! - [`prometheus`]: a Prometheus server scraping voxgate on loopback, queried over its HTTP
+//!   API; `promtool check metrics`.
 //! - [`realtime`]: a local OpenAI Realtime (GA) stand-in: scripted model, protocol checks,
 //!   recorded sessions.
 //!
@@ -26,6 +28,7 @@ pub mod kamailio;
 pub mod metrics;
 pub mod pcap;
 pub mod ports;
+pub mod prometheus;
 pub mod realtime;
 pub mod rtp;
 pub mod sip;

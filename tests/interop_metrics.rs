@@ -1,0 +1,109 @@
+//! voxgate's metrics as monitoring sees them: a real Prometheus server (Debian's `prometheus`)
+//! scrapes the running binary over loopback and finds a SIPp call counted, with every family's
+//! type as voxgate declares it; and `promtool check metrics` (Prometheus's own linter: naming,
+//! units, `_total` on counters, help texts) finds nothing to say about any family.
+// Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::prometheus::{promtool_check, Prometheus};
+use common::{Gateway, Sipp};
+use voxgate::metrics::Metrics;
+
+/// Long enough for a few 1 s scrapes on a loaded CI machine.
+const SCRAPED: Duration = Duration::from_secs(30);
+
+/// Every family with at least one series: the primed ones as they start, the rest counted once
+/// through the API the gateway uses.
+fn every_family_with_a_series() -> Metrics {
+    let metrics = Metrics::new();
+    metrics.count_sip("INVITE", true);
+    metrics.prime_inbound_auth(["pbx"]);
+    metrics.registration.prime("carrier");
+    metrics
+        .transfer
+        .record("operator", "refer", "success", Duration::from_secs(3));
+    metrics
+        .realtime
+        .tool_calls_total
+        .with_label_values(&["end_call", "ok"])
+        .inc();
+    metrics.realtime.count_error("rate_limit_exceeded");
+    metrics
+}
+
+#[test]
+fn promtool_finds_nothing_to_say_about_any_metric() {
+    let metrics = every_family_with_a_series();
+    let exposition = metrics.render();
+    for family in metrics.catalogue() {
+        assert!(
+            exposition.contains(&format!("# TYPE {} {}\n", family.name, family.kind)),
+            "{} has no series here: count it once in every_family_with_a_series",
+            family.name
+        );
+    }
+    let (passed, printed) = promtool_check(&exposition);
+    assert!(
+        passed && printed.trim().is_empty(),
+        "promtool check metrics:\n{printed}\non:\n{exposition}"
+    );
+}
+
+#[test]
+fn a_prometheus_server_scrapes_voxgate_and_sees_the_call_counted() {
+    let gateway = Gateway::start("");
+    let prometheus = Prometheus::start(gateway.metrics_addr());
+    let up = prometheus.wait_query("up{job=\"voxgate\"}", SCRAPED, |v| v == 1.0);
+    assert_eq!(up, [1.0], "voxgate's target is up:\n{}", prometheus.log());
+
+    let completed = "voxgate_calls_total{job=\"voxgate\",result=\"completed\"}";
+    let before = prometheus.wait_query(completed, SCRAPED, |v| v == 0.0);
+    assert_eq!(
+        before,
+        [0.0],
+        "the primed series is scraped before any call"
+    );
+    Sipp::new("uac_basic.xml", gateway.sip_addr())
+        .pause_ms(500)
+        .run()
+        .assert_success();
+    let after = prometheus.wait_query(completed, SCRAPED, |v| v == 1.0);
+    assert_eq!(after, [1.0], "the call is counted once");
+    let invites = prometheus.wait_query(
+        "voxgate_sip_messages_total{method=\"INVITE\",direction=\"in\"}",
+        SCRAPED,
+        |v| v >= 1.0,
+    );
+    assert_eq!(invites, [1.0], "one INVITE in");
+
+    // Prometheus's view of each family's type is the one voxgate declares.
+    let metadata = prometheus
+        .api("/api/v1/metadata")
+        .expect("the metadata API answers");
+    let scraped = metadata["data"]
+        .as_object()
+        .expect("metadata by metric name");
+    let mut seen = 0;
+    for family in Metrics::new().catalogue() {
+        let Some(entries) = scraped.get(&family.name) else {
+            continue; // no series until it is first counted (a labelled counter)
+        };
+        seen += 1;
+        assert_eq!(
+            entries[0]["type"], family.kind,
+            "{}: Prometheus's metadata {entries}",
+            family.name
+        );
+        assert_eq!(entries[0]["help"], family.help.as_str(), "{}", family.name);
+    }
+    assert!(seen >= 15, "only {seen} families scraped: {metadata}");
+    assert!(
+        !prometheus.log().contains("level=error"),
+        "Prometheus logged errors:\n{}",
+        prometheus.log()
+    );
+}
