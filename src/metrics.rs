@@ -325,6 +325,16 @@ impl RealtimeMetrics {
         metrics
     }
 
+    /// Counts a tool call. A tool the agent does not have (`result` `unknown`) is counted as
+    /// `tool="other"`: its name comes from the service, and labels stay bounded (the name is in
+    /// the call's log and transcript).
+    pub fn count_tool(&self, tool: &str, result: &str) {
+        let tool = if result == "unknown" { "other" } else { tool };
+        self.tool_calls_total
+            .with_label_values(&[tool, result])
+            .inc();
+    }
+
     /// Counts an error event; codes outside `[a-z0-9_]{1,64}` are counted as `other`.
     pub fn count_error(&self, code: &str) {
         let bounded = !code.is_empty()
@@ -721,6 +731,20 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), catalogue.len(), "one entry per family");
+    }
+
+    #[test]
+    fn an_unknown_tool_is_counted_under_one_label_whatever_its_name() {
+        let metrics = Metrics::new();
+        metrics.realtime.count_tool("lookup_order", "ok");
+        metrics.realtime.count_tool("made_up_1", "unknown");
+        metrics
+            .realtime
+            .count_tool("made up 2 \u{1F600}", "unknown");
+        let text = metrics.render();
+        assert!(text.contains("voxgate_tool_calls_total{result=\"ok\",tool=\"lookup_order\"} 1"));
+        assert!(text.contains("voxgate_tool_calls_total{result=\"unknown\",tool=\"other\"} 2"));
+        assert!(!text.contains("made"), "{text}");
     }
 
     #[test]

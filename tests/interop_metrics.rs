@@ -26,11 +26,7 @@ fn every_family_with_a_series() -> Metrics {
     metrics
         .transfer
         .record("operator", "refer", "success", Duration::from_secs(3));
-    metrics
-        .realtime
-        .tool_calls_total
-        .with_label_values(&["end_call", "ok"])
-        .inc();
+    metrics.realtime.count_tool("end_call", "ok");
     metrics.realtime.count_error("rate_limit_exceeded");
     metrics
 }

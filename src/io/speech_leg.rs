@@ -400,11 +400,7 @@ impl SpeechLeg {
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let (result, output) = run_http_tool(&tool, &arguments, &info).await;
-                    metrics
-                        .realtime
-                        .tool_calls_total
-                        .with_label_values(&[&tool.name, result])
-                        .inc();
+                    metrics.realtime.count_tool(&tool.name, result);
                     let _ = results.send((call_id, output)).await;
                 });
             }
@@ -412,10 +408,7 @@ impl SpeechLeg {
                 self.write_transcript(serde_json::json!({
                     "event": "tool_call", "tool": name, "result": result,
                 }));
-                realtime
-                    .tool_calls_total
-                    .with_label_values(&[&name, result])
-                    .inc();
+                realtime.count_tool(&name, result);
             }
             BridgeOutput::Transcript { role, text } => {
                 tracing::info!(role = role.as_str(), "{}: {text}", role.as_str());
