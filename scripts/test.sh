@@ -2,7 +2,8 @@
 # Runs every test: unit, property, bench smoke and the black-box interop suite (voxgate against
 # SIPp over loopback). Installs what the interop tests need when it is missing (Debian/Ubuntu:
 # the `sip-tester` package provides `sipp`, `kamailio` the registrar the registration tests run,
-# `prometheus` the server that scrapes voxgate in interop_metrics and `promtool`).
+# `prometheus` the server that scrapes voxgate in interop_metrics and `promtool`, `baresip-core`
+# the softphone of interop_baresip).
 # The RTP echo checks need root (SIPp plays audio with raw sockets); without root those tests
 # print SKIP and pass.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 # Debian installs kamailio in /usr/sbin, which a normal user's PATH may lack.
 command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]] || need+=(kamailio)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 if ((${#need[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         sudo=()
@@ -29,6 +31,7 @@ fi
 echo "test.sh: $(sipp -v 2>/dev/null | grep -m1 SIPp | sed 's/^ *//')"
 echo "test.sh: kamailio $(PATH="$PATH:/usr/sbin" kamailio -v 2>/dev/null | head -1)"
 echo "test.sh: $(prometheus --version 2>&1 | head -1)"
+echo "test.sh: baresip $(dpkg-query -W -f '${Version}' baresip-core 2>/dev/null)"
 [[ $(id -u) -eq 0 ]] || echo "test.sh: not root: RTP echo checks will be skipped"
 
 echo "test.sh: cargo test --all-targets"

@@ -35,26 +35,6 @@ fn local_socket() -> (UdpSocket, SocketAddr) {
 }
 
 /// (1) PCMU call, ~3 s of RTP played and echoed back, BYE from the caller.
-/// The frames the call's jitter buffer concealed, from voxgate's `media stopped` log line.
-fn wait_concealed_frames(gateway: &Gateway) -> usize {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let log = gateway.log();
-        let counted = log
-            .lines()
-            .filter(|line| line.contains("media stopped"))
-            .find_map(|line| {
-                let value = line.split("concealed_frames=").nth(1)?;
-                value.split_whitespace().next()?.parse().ok()
-            });
-        if let Some(concealed) = counted {
-            return concealed;
-        }
-        assert!(Instant::now() < deadline, "no `media stopped` line:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn echo_call_returns_the_callers_audio_and_is_counted() {
     if common::sipp::skip_without_root("echo_call_returns_the_callers_audio_and_is_counted") {
@@ -75,7 +55,7 @@ fn echo_call_returns_the_callers_audio_and_is_counted() {
     // itself is unit-tested in media/jitter.rs). Every frame that is not the caller's must be
     // one of the concealments voxgate reports for the call (2 % always allowed, never over
     // 10 %); everything else must come back byte-exact and in order.
-    let concealed = wait_concealed_frames(&gateway);
+    let concealed = gateway.wait_concealed_frames(SETTLE);
     let allowed = concealed.clamp(packets * 2 / 100, packets / 10);
     // verify_echo floors ratio × packets: half a frame more gives exactly `allowed`.
     let ratio = (allowed as f64 + 0.5) / packets as f64;

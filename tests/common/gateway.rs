@@ -278,6 +278,27 @@ impl Gateway {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The frames the first call's jitter buffer concealed, from voxgate's `media stopped` log
+    /// line (waits up to `timeout` for the call's media to stop).
+    pub fn wait_concealed_frames(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            let counted = log
+                .lines()
+                .filter(|line| line.contains("media stopped"))
+                .find_map(|line| {
+                    let value = line.split("concealed_frames=").nth(1)?;
+                    value.split_whitespace().next()?.parse().ok()
+                });
+            if let Some(concealed) = counted {
+                return concealed;
+            }
+            assert!(Instant::now() < deadline, "no `media stopped` line:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The config file it runs with.
     pub fn config(&self) -> String {
         fs::read_to_string(self.dir.path().join("voxgate.toml")).unwrap_or_default()

@@ -13,6 +13,8 @@
 //!   `kamcmd ul.dump`.
 //! - [`dns`]: an authoritative DNS stub on loopback (UDP and TCP): A, AAAA and SRV
 //!   records a test sets and may replace mid-test, NXDOMAIN and NODATA, every query logged.
+//! - [`baresip`]: a softphone calling voxgate, its voice from a WAV file, both directions of
+//!   the call's audio recorded.
 //! - [`prometheus`]: a Prometheus server scraping voxgate on loopback, queried over its HTTP
 //!   API; `promtool check metrics`.
 //! - [`realtime`]: a local OpenAI Realtime (GA) stand-in: scripted model, protocol checks,
@@ -22,6 +24,7 @@
 //! assertion never leaves voxgate or SIPp running.
 #![allow(dead_code, unused_imports)]
 
+pub mod baresip;
 pub mod dns;
 pub mod gateway;
 pub mod kamailio;
