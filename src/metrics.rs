@@ -10,7 +10,50 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::call::transfer::{TransferOutcome, TRANSFER_TOOL};
+use crate::config::transfer::TransferMethod;
+use crate::config::{AgentKind, AgentSettings};
+use crate::realtime::session::END_CALL_TOOL;
 use crate::sip::registration::AttemptResult;
+
+/// How a tool call went, as the `result` label of `voxgate_tool_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolResult {
+    /// The tool ran (an HTTP tool answered 2xx; `end_call` and `transfer_call` were accepted).
+    Ok,
+    /// The agent has no tool by that name (counted as `tool="other"`).
+    Unknown,
+    /// `transfer_call` refused at once: no such destination, or a transfer already under way.
+    Refused,
+    /// The HTTP tool answered with a status other than 2xx.
+    HttpError,
+    /// The HTTP tool did not answer within its timeout.
+    Timeout,
+    /// The HTTP tool could not be reached, or its answer could not be read.
+    Error,
+}
+
+impl ToolResult {
+    /// What an HTTP tool's call can end as.
+    pub const HTTP: [ToolResult; 4] = [
+        ToolResult::Ok,
+        ToolResult::HttpError,
+        ToolResult::Timeout,
+        ToolResult::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolResult::Ok => "ok",
+            ToolResult::Unknown => "unknown",
+            ToolResult::Refused => "refused",
+            ToolResult::HttpError => "http_error",
+            ToolResult::Timeout => "timeout",
+            ToolResult::Error => "error",
+        }
+    }
+}
 
 /// How a call ended, as the `result` label of `voxgate_calls_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +169,22 @@ impl TransferMetrics {
                 &["method"],
             )
             .expect("valid metric definition"),
+        }
+    }
+
+    /// Exports at 0 every series a destination reached by `method` can be counted in.
+    pub fn prime(&self, destination: &str, method: TransferMethod) {
+        let attempts: &[&str] = match method {
+            TransferMethod::Refer => &["refer"],
+            TransferMethod::Bridge => &["bridge"],
+            TransferMethod::ReferThenBridge => &["refer", "bridge"],
+        };
+        for method in attempts {
+            for result in TransferOutcome::results_of(method) {
+                self.transfers_total
+                    .with_label_values(&[destination, method, result]);
+            }
+            self.duration_seconds.with_label_values(&[method]);
         }
     }
 
@@ -328,11 +387,18 @@ impl RealtimeMetrics {
     /// Counts a tool call. A tool the agent does not have (`result` `unknown`) is counted as
     /// `tool="other"`: its name comes from the service, and labels stay bounded (the name is in
     /// the call's log and transcript).
-    pub fn count_tool(&self, tool: &str, result: &str) {
-        let tool = if result == "unknown" { "other" } else { tool };
+    pub fn count_tool(&self, tool: &str, result: ToolResult) {
+        self.tool_series(tool, result).inc();
+    }
+
+    fn tool_series(&self, tool: &str, result: ToolResult) -> IntCounter {
+        let tool = if result == ToolResult::Unknown {
+            "other"
+        } else {
+            tool
+        };
         self.tool_calls_total
-            .with_label_values(&[tool, result])
-            .inc();
+            .with_label_values(&[tool, result.as_str()])
     }
 
     /// Counts an error event; codes outside `[a-z0-9_]{1,64}` are counted as `other`.
@@ -602,6 +668,34 @@ impl Metrics {
         }
     }
 
+    /// Exports at 0 the tool-call and transfer series a speech agent can be counted in, so
+    /// `rate()` works from its first call: its built-in tools' results, each HTTP tool's
+    /// results, unknown tools, and each transfer destination's outcomes for the methods it
+    /// uses. Other agents have no tools.
+    pub fn prime_agent(&self, agent: &AgentSettings) {
+        if agent.kind != AgentKind::Openai {
+            return;
+        }
+        let realtime = &self.realtime;
+        realtime.tool_series("other", ToolResult::Unknown);
+        if agent.end_call_tool {
+            realtime.tool_series(END_CALL_TOOL, ToolResult::Ok);
+        }
+        if !agent.transfers.is_empty() {
+            for result in [ToolResult::Ok, ToolResult::Refused] {
+                realtime.tool_series(TRANSFER_TOOL, result);
+            }
+        }
+        for tool in &agent.tools {
+            for result in ToolResult::HTTP {
+                realtime.tool_series(&tool.name, result);
+            }
+        }
+        for destination in &agent.transfers {
+            self.transfer.prime(&destination.name, destination.method);
+        }
+    }
+
     /// Counts an ended call.
     pub fn count_call(&self, result: CallResult) {
         self.calls_total.with_label_values(&[result.as_str()]).inc();
@@ -741,15 +835,123 @@ mod tests {
     #[test]
     fn an_unknown_tool_is_counted_under_one_label_whatever_its_name() {
         let metrics = Metrics::new();
-        metrics.realtime.count_tool("lookup_order", "ok");
-        metrics.realtime.count_tool("made_up_1", "unknown");
+        metrics.realtime.count_tool("lookup_order", ToolResult::Ok);
         metrics
             .realtime
-            .count_tool("made up 2 \u{1F600}", "unknown");
+            .count_tool("made_up_1", ToolResult::Unknown);
+        metrics
+            .realtime
+            .count_tool("made up 2 \u{1F600}", ToolResult::Unknown);
         let text = metrics.render();
         assert!(text.contains("voxgate_tool_calls_total{result=\"ok\",tool=\"lookup_order\"} 1"));
         assert!(text.contains("voxgate_tool_calls_total{result=\"unknown\",tool=\"other\"} 2"));
         assert!(!text.contains("made"), "{text}");
+    }
+
+    fn speech_agent(settings: serde_json::Value) -> AgentSettings {
+        serde_json::from_value(settings).expect("valid agent settings")
+    }
+
+    #[test]
+    fn a_speech_agents_tools_and_transfer_destinations_are_primed_with_their_possible_results() {
+        let metrics = Metrics::new();
+        metrics.prime_agent(&speech_agent(serde_json::json!({
+            "name": "assistant", "kind": "openai",
+            "tools": [{"name": "lookup_order", "description": "Finds an order",
+                       "url": "http://127.0.0.1:1/orders"}],
+            "transfers": [
+                {"name": "sales", "extension": "2001", "description": "Sales"},
+                {"name": "support", "extension": "2002", "description": "Support",
+                 "method": "refer_then_bridge"},
+                {"name": "billing", "extension": "2003", "description": "Billing",
+                 "method": "bridge"},
+            ],
+        })));
+        metrics.prime_agent(&speech_agent(serde_json::json!({
+            "name": "quiet", "kind": "openai", "end_call_tool": false,
+            "tools": [{"name": "weather", "description": "Weather",
+                       "url": "http://127.0.0.1:1/weather"}],
+        })));
+        metrics.prime_agent(&speech_agent(
+            serde_json::json!({"name": "parrot", "kind": "echo"}),
+        ));
+        let text = metrics.render();
+        let series = |family: &str| -> Vec<String> {
+            text.lines()
+                .filter(|line| line.starts_with(&format!("{family}{{")))
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut tools = series("voxgate_tool_calls_total");
+        tools.sort();
+        let tool = |tool: &str, result: &str| {
+            format!("voxgate_tool_calls_total{{result=\"{result}\",tool=\"{tool}\"}} 0")
+        };
+        let mut expected = vec![
+            tool("end_call", "ok"),
+            tool("transfer_call", "ok"),
+            tool("transfer_call", "refused"),
+            tool("other", "unknown"),
+        ];
+        for name in ["lookup_order", "weather"] {
+            for result in ["ok", "http_error", "timeout", "error"] {
+                expected.push(tool(name, result));
+            }
+        }
+        expected.sort();
+        assert_eq!(tools, expected);
+
+        let transfers = series("voxgate_transfers_total");
+        let mut attempts: Vec<(&str, &str, &str)> = transfers
+            .iter()
+            .map(|line| {
+                let label = |name: &str| {
+                    let start = line.find(&format!("{name}=\"")).expect("label") + name.len() + 2;
+                    let end = start + line[start..].find('"').expect("closing quote");
+                    &line[start..end]
+                };
+                assert!(line.ends_with("} 0"), "{line}");
+                (label("destination"), label("method"), label("result"))
+            })
+            .collect();
+        attempts.sort();
+        let mut expected = Vec::new();
+        for (destination, method) in [
+            ("sales", "refer"),
+            ("support", "refer"),
+            ("support", "bridge"),
+            ("billing", "bridge"),
+        ] {
+            for result in TransferOutcome::results_of(method) {
+                expected.push((destination, method, *result));
+            }
+        }
+        expected.sort();
+        assert_eq!(attempts, expected);
+        for method in ["refer", "bridge"] {
+            assert!(
+                text.contains(&format!(
+                    "voxgate_transfer_duration_seconds_count{{method=\"{method}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+
+        // Counting afterwards adds to the primed series.
+        metrics
+            .realtime
+            .count_tool("lookup_order", ToolResult::Timeout);
+        metrics.transfer.record(
+            "support",
+            "bridge",
+            "abandoned",
+            std::time::Duration::from_secs(4),
+        );
+        let text = metrics.render();
+        assert!(text.contains(&tool("lookup_order", "timeout").replace(" 0", " 1")));
+        assert!(text.contains(
+            "voxgate_transfers_total{destination=\"support\",method=\"bridge\",result=\"abandoned\"} 1"
+        ));
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::prometheus::{promtool_check, Prometheus};
-use common::{Gateway, Sipp};
-use voxgate::metrics::Metrics;
+use common::{Gateway, GatewayConfig, Sipp};
+use voxgate::metrics::{Metrics, ToolResult};
 
 /// Long enough for a few 1 s scrapes on a loaded CI machine.
 const SCRAPED: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ fn every_family_with_a_series() -> Metrics {
     metrics
         .transfer
         .record("operator", "refer", "success", Duration::from_secs(3));
-    metrics.realtime.count_tool("end_call", "ok");
+    metrics.realtime.count_tool("end_call", ToolResult::Ok);
     metrics.realtime.count_error("rate_limit_exceeded");
     metrics
 }
@@ -51,7 +51,19 @@ fn promtool_finds_nothing_to_say_about_any_metric() {
 
 #[test]
 fn a_prometheus_server_scrapes_voxgate_and_sees_the_call_counted() {
-    let gateway = Gateway::start("");
+    // A speech agent no call is routed to: its tool's and destination's series are exported
+    // at 0 from start-up all the same.
+    let gateway = Gateway::start_with(GatewayConfig {
+        extra: "[[agents]]\nname = \"assistant\"\nkind = \"openai\"\nmodel = \"gpt-realtime\"\n\
+                [[agents.tools]]\nname = \"lookup_order\"\ndescription = \"Finds an order\"\n\
+                url = \"http://127.0.0.1:9/orders\"\n\
+                [[agents.transfers]]\nname = \"sales\"\nuri = \"sip:sales@127.0.0.1\"\n\
+                description = \"Sales\"\nmethod = \"refer_then_bridge\"\n\n\
+                [realtime]\nurl = \"ws://127.0.0.1:9/v1/realtime\"\n"
+            .into(),
+        env: vec![("OPENAI_API_KEY".to_owned(), "sk-test-key".to_owned())],
+        ..GatewayConfig::default()
+    });
     let prometheus = Prometheus::start(gateway.metrics_addr());
     let up = prometheus.wait_query("up{job=\"voxgate\"}", SCRAPED, |v| v == 1.0);
     assert_eq!(up, [1.0], "voxgate's target is up:\n{}", prometheus.log());
@@ -63,6 +75,15 @@ fn a_prometheus_server_scrapes_voxgate_and_sees_the_call_counted() {
         [0.0],
         "the primed series is scraped before any call"
     );
+    for (query, series) in [
+        // ok, http_error, timeout, error
+        ("voxgate_tool_calls_total{tool=\"lookup_order\"} == 0", 4.0),
+        // REFER: 5 outcomes, then the bridge: 4
+        ("voxgate_transfers_total{destination=\"sales\"} == 0", 9.0),
+    ] {
+        let counted = prometheus.wait_query(&format!("count({query})"), SCRAPED, |v| v == series);
+        assert_eq!(counted, [series], "{query}");
+    }
     Sipp::new("uac_basic.xml", gateway.sip_addr())
         .pause_ms(500)
         .run()

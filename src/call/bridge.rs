@@ -26,6 +26,7 @@ use crate::config::ToolSettings;
 use crate::media::g711::Codec;
 use crate::media::playout::{PlayoutFrame, PlayoutQueue};
 use crate::media::G711;
+use crate::metrics::ToolResult;
 use crate::realtime::END_CALL_TOOL;
 
 /// Why the call ends after the time-limit goodbye (also how `io/` recognises that hang-up).
@@ -91,12 +92,12 @@ pub enum BridgeOutput {
         /// The tool.
         tool: ToolSettings,
     },
-    /// A tool was called (`result`: `ok`, `unknown`; HTTP tools report their own outcome).
+    /// A built-in or unknown tool was called (HTTP tools report their own outcome).
     ToolCalled {
         /// The tool.
         name: String,
-        /// The outcome label.
-        result: &'static str,
+        /// How it went.
+        result: ToolResult,
     },
     /// A transcript line.
     Transcript {
@@ -563,8 +564,10 @@ impl<S: SpeechSession> Bridge<S> {
     fn dispatch_tool(&mut self, now: Instant, call_id: String, name: String, arguments: String) {
         if name == END_CALL_TOOL {
             tracing::info!("the agent ends the call (end_call) after its last words");
-            self.outputs
-                .push_back(BridgeOutput::ToolCalled { name, result: "ok" });
+            self.outputs.push_back(BridgeOutput::ToolCalled {
+                name,
+                result: ToolResult::Ok,
+            });
             self.hangup.get_or_insert(PendingHangup {
                 why: "the agent ended the call".to_owned(),
                 since: now,
@@ -593,7 +596,7 @@ impl<S: SpeechSession> Bridge<S> {
                 .to_string();
                 self.outputs.push_back(BridgeOutput::ToolCalled {
                     name,
-                    result: "unknown",
+                    result: ToolResult::Unknown,
                 });
                 self.session.tool_output(&call_id, &output, true);
             }
@@ -624,7 +627,7 @@ impl<S: SpeechSession> Bridge<S> {
             tracing::warn!(%destination, "transfer_call refused: {error}");
             self.outputs.push_back(BridgeOutput::ToolCalled {
                 name: TRANSFER_TOOL.to_owned(),
-                result: "refused",
+                result: ToolResult::Refused,
             });
             let output = serde_json::json!({"status": "error", "error": error}).to_string();
             self.session.tool_output(&call_id, &output, true);
@@ -643,7 +646,7 @@ impl<S: SpeechSession> Bridge<S> {
         );
         self.outputs.push_back(BridgeOutput::ToolCalled {
             name: TRANSFER_TOOL.to_owned(),
-            result: "ok",
+            result: ToolResult::Ok,
         });
         self.pending_transfer = Some((request, now));
     }

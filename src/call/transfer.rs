@@ -56,6 +56,22 @@ pub enum TransferOutcome {
 }
 
 impl TransferOutcome {
+    /// Every outcome label a REFER attempt can be counted with.
+    pub const REFER_RESULTS: [&'static str; 5] =
+        ["success", "failed", "timeout", "abandoned", "handed_over"];
+    /// Every outcome label a bridged attempt can be counted with (voxgate keeps the caller
+    /// throughout, so it is never handed over).
+    pub const BRIDGE_RESULTS: [&'static str; 4] = ["success", "failed", "timeout", "abandoned"];
+
+    /// The outcome labels an attempt by `method` (`refer`, `bridge`) can be counted with.
+    pub fn results_of(method: &str) -> &'static [&'static str] {
+        if method == "refer" {
+            &TransferOutcome::REFER_RESULTS
+        } else {
+            &TransferOutcome::BRIDGE_RESULTS
+        }
+    }
+
     /// The metric label.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -516,9 +532,16 @@ impl Call {
         let Some(transfer) = self.transfer.as_ref() else {
             return;
         };
+        let method = transfer.method_label();
+        // The metrics export these series at 0 from start-up (`TransferMetrics::prime`).
+        debug_assert!(
+            TransferOutcome::results_of(method).contains(&outcome.as_str()),
+            "{method} attempts are never {}",
+            outcome.as_str()
+        );
         ctx.outputs.push_back(Output::TransferFinished {
             destination: transfer.destination.name.clone(),
-            method: transfer.method_label(),
+            method,
             result: outcome.as_str(),
             duration: ctx.now.saturating_duration_since(transfer.started),
         });

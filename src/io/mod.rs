@@ -191,6 +191,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .filter(|t| t.has_users())
             .map(|t| t.name.as_str()),
     );
+    for agent in &settings.agents {
+        metrics.prime_agent(agent);
+    }
     let families = (
         transports.local_addresses().iter().any(SocketAddr::is_ipv4),
         transports.local_addresses().iter().any(SocketAddr::is_ipv6),

@@ -24,7 +24,7 @@ use crate::call::CallKey;
 use crate::config::{AgentSettings, RealtimeSettings, ToolSettings};
 use crate::media::playout::PlayoutFrame;
 use crate::media::G711;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ToolResult};
 use crate::realtime::RealtimeSession;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Box<RealtimeSocket>, String>> + Send>>;
@@ -406,7 +406,7 @@ impl SpeechLeg {
             }
             BridgeOutput::ToolCalled { name, result } => {
                 self.write_transcript(serde_json::json!({
-                    "event": "tool_call", "tool": name, "result": result,
+                    "event": "tool_call", "tool": name, "result": result.as_str(),
                 }));
                 realtime.count_tool(&name, result);
             }
@@ -566,7 +566,7 @@ async fn run_http_tool(
     tool: &ToolSettings,
     arguments: &str,
     info: &CallInfo,
-) -> (&'static str, String) {
+) -> (ToolResult, String) {
     let arguments: serde_json::Value = serde_json::from_str(arguments)
         .unwrap_or_else(|_| serde_json::Value::String(arguments.to_owned()));
     let body = serde_json::json!({
@@ -586,7 +586,7 @@ async fn run_http_tool(
         Err(e) if e.is_timeout() => {
             tracing::warn!(tool = %tool.name, "tool timed out after {} ms", tool.timeout_ms);
             return (
-                "timeout",
+                ToolResult::Timeout,
                 error(format!(
                     "the tool did not answer within {} ms",
                     tool.timeout_ms
@@ -595,7 +595,10 @@ async fn run_http_tool(
         }
         Err(e) => {
             tracing::warn!(tool = %tool.name, error = %e, "tool request failed");
-            return ("error", error("the tool could not be reached".to_owned()));
+            return (
+                ToolResult::Error,
+                error("the tool could not be reached".to_owned()),
+            );
         }
     };
     let status = response.status();
@@ -603,7 +606,7 @@ async fn run_http_tool(
         Ok(text) => text,
         Err(_) => {
             return (
-                "error",
+                ToolResult::Error,
                 error("the tool's answer could not be read".to_owned()),
             )
         }
@@ -611,12 +614,15 @@ async fn run_http_tool(
     if !status.is_success() {
         tracing::warn!(tool = %tool.name, status = status.as_u16(), "tool answered with an error");
         return (
-            "http_error",
+            ToolResult::HttpError,
             error(format!("the tool answered HTTP {}", status.as_u16())),
         );
     }
     match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(value) => ("ok", value.to_string()),
-        Err(_) => ("ok", serde_json::json!({ "result": text }).to_string()),
+        Ok(value) => (ToolResult::Ok, value.to_string()),
+        Err(_) => (
+            ToolResult::Ok,
+            serde_json::json!({ "result": text }).to_string(),
+        ),
     }
 }

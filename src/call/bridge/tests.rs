@@ -278,7 +278,7 @@ fn end_call_hangs_up_after_the_goodbye_has_played() {
         h.outputs(),
         vec![BridgeOutput::ToolCalled {
             name: END_CALL_TOOL.into(),
-            result: "ok"
+            result: ToolResult::Ok
         }]
     );
     for _ in 0..3 {
@@ -478,7 +478,7 @@ fn transfer_call_waits_for_the_hand_off_sentence_then_asks_the_call_to_transfer(
         h.outputs(),
         vec![BridgeOutput::ToolCalled {
             name: TRANSFER_TOOL.into(),
-            result: "ok"
+            result: ToolResult::Ok
         }]
     );
     for _ in 0..2 {
