@@ -70,6 +70,7 @@ pub fn config() -> BridgeConfig {
         transfers: Vec::new(),
         dtmf_rules: Vec::new(),
         dtmf_to_model: true,
+        last_words_grace: Duration::from_millis(500),
     }
 }
 

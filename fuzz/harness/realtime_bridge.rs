@@ -61,6 +61,7 @@ fn config() -> BridgeConfig {
         transfers: vec!["sales".into()],
         dtmf_rules: vec![('0', "sales".into())],
         dtmf_to_model: true,
+        last_words_grace: Duration::from_millis(500),
     }
 }
 

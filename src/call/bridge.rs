@@ -64,6 +64,9 @@ pub struct BridgeConfig {
     pub dtmf_rules: Vec<(char, String)>,
     /// Tell the model which keys the caller pressed.
     pub dtmf_to_model: bool,
+    /// How long after the agent's last words went out the call is ended or handed over, so
+    /// the far end plays them out of its jitter buffer instead of dropping them with the call.
+    pub last_words_grace: Duration,
 }
 
 /// What the bridge asks `io/` to do or to record.
@@ -162,6 +165,8 @@ pub struct Bridge<S: SpeechSession> {
     next_tag: u64,
     /// The tag of the last real frame sent.
     playing: Option<u64>,
+    /// When the last real frame was sent.
+    last_words_at: Option<Instant>,
     caller_turn_ended_at: Option<Instant>,
     hangup: Option<PendingHangup>,
     /// `transfer_call` waiting for the hand-off sentence to finish playing.
@@ -191,6 +196,7 @@ impl<S: SpeechSession> Bridge<S> {
             utterances: VecDeque::new(),
             next_tag: 1,
             playing: None,
+            last_words_at: None,
             caller_turn_ended_at: None,
             hangup: None,
             pending_transfer: None,
@@ -346,7 +352,7 @@ impl<S: SpeechSession> Bridge<S> {
             let heard = heard.filter(|_| !self.held);
             self.session.send_audio(heard.unwrap_or(&self.silence));
         }
-        // Before popping: a hangup waits one tick after the last frame went out.
+        // Before popping: a hangup waits at least one tick after the last frame went out.
         self.check_time(now);
         let frame = if self.held {
             self.playout.pause()
@@ -358,6 +364,7 @@ impl<S: SpeechSession> Bridge<S> {
                 utterance.played += frame.audio;
             }
             self.playing = Some(frame.tag);
+            self.last_words_at = Some(now);
             if frame.marker {
                 if let Some(ended) = self.caller_turn_ended_at.take() {
                     self.outputs.push_back(BridgeOutput::ResponseLatency(
@@ -372,7 +379,9 @@ impl<S: SpeechSession> Bridge<S> {
     fn check_time(&mut self, now: Instant) {
         if let Some((_, _, since)) = &mut self.apologizing {
             let since = *since.get_or_insert(now);
-            if self.playout.is_empty() || now.saturating_duration_since(since) >= HANGUP_WAIT_MAX {
+            if (self.playout.is_empty() && self.words_heard(now))
+                || now.saturating_duration_since(since) >= HANGUP_WAIT_MAX
+            {
                 if let Some((reason, detail, _)) = self.apologizing.take() {
                     self.outputs
                         .push_back(BridgeOutput::Failed { reason, detail });
@@ -396,7 +405,7 @@ impl<S: SpeechSession> Bridge<S> {
             });
         }
         if let Some((_, since)) = &self.pending_transfer {
-            let finished = self.playout.is_empty() && !self.session.responding();
+            let finished = self.finished_speaking(now);
             if finished || now.saturating_duration_since(*since) >= HANGUP_WAIT_MAX {
                 if let Some((request, _)) = self.pending_transfer.take() {
                     tracing::info!(
@@ -409,13 +418,24 @@ impl<S: SpeechSession> Bridge<S> {
             }
         }
         let Some(hangup) = &self.hangup else { return };
-        let finished = self.playout.is_empty() && !self.session.responding();
+        let finished = self.finished_speaking(now);
         if finished || now.saturating_duration_since(hangup.since) >= HANGUP_WAIT_MAX {
             let why = hangup.why.clone();
             self.hangup = None;
             self.failed = true; // nothing more goes to the session
             self.outputs.push_back(BridgeOutput::Hangup { why });
         }
+    }
+
+    /// Nothing left to play or still coming, and the last words have had their grace.
+    fn finished_speaking(&self, now: Instant) -> bool {
+        self.playout.is_empty() && !self.session.responding() && self.words_heard(now)
+    }
+
+    /// The last real frame went out `last_words_grace` ago or more (or none ever did).
+    fn words_heard(&self, now: Instant) -> bool {
+        self.last_words_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.config.last_words_grace)
     }
 
     /// The next text frame for the backend.

@@ -36,6 +36,11 @@ pub struct RealtimeSettings {
     /// The service's session lifetime, seconds (OpenAI: 3600); the agent says goodbye shortly
     /// before it and the call ends.
     pub session_limit_secs: u64,
+    /// After the agent's last words (`end_call`, the goodbye at the session limit, the apology,
+    /// a transfer's hand-off sentence), voxgate sends silence this long before the BYE or the
+    /// transfer, so the caller's phone or PBX plays the words out of its jitter buffer instead
+    /// of dropping them with the call, milliseconds.
+    pub last_words_grace_ms: u64,
     /// A short recording (raw G.711 µ-law, 8 kHz mono, e.g. `sox in.wav -r 8000 -c 1 -e u-law
     /// apology.ul`) played to the caller when the session drops mid-call, before the BYE.
     pub apology_file: Option<PathBuf>,
@@ -94,6 +99,7 @@ impl Default for RealtimeSettings {
             connect_timeout_ms: 5_000,
             transcripts_dir: None,
             session_limit_secs: 3_600,
+            last_words_grace_ms: 500,
             apology_file: None,
             api_key: None,
             apology: None,
@@ -133,6 +139,15 @@ impl RealtimeSettings {
             return Err(Problem::new(
                 "realtime.session_limit_secs",
                 format!("{} is outside 10..=86400", self.session_limit_secs),
+            ));
+        }
+        if self.last_words_grace_ms > 5_000 {
+            return Err(Problem::new(
+                "realtime.last_words_grace_ms",
+                format!(
+                    "{} is above 5000 (the caller would wait in silence for the hang-up)",
+                    self.last_words_grace_ms
+                ),
             ));
         }
         if let Some(dir) = &self.transcripts_dir {
@@ -618,6 +633,11 @@ parameters = { type = "object", properties = { order = { type = "string" } } }
                 ASSISTANT.to_owned(),
                 "[realtime]\nconnect_timeout_ms = 0\n",
                 "realtime.connect_timeout_ms",
+            ),
+            (
+                ASSISTANT.to_owned(),
+                "[realtime]\nlast_words_grace_ms = 60000\n",
+                "realtime.last_words_grace_ms",
             ),
         ];
         for (agent, extra, expected) in cases {

@@ -113,6 +113,7 @@ impl SpeechLeg {
                     .filter_map(|rule| Some((rule.digit_char()?, rule.transfer.clone())))
                     .collect(),
                 dtmf_to_model: agent.dtmf_to_model,
+                last_words_grace: Duration::from_millis(realtime.last_words_grace_ms),
             },
         );
         let transcript = realtime

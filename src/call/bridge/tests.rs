@@ -75,6 +75,7 @@ fn config() -> BridgeConfig {
         transfers: vec!["sales".into()],
         dtmf_rules: vec![('0', "sales".into())],
         dtmf_to_model: true,
+        last_words_grace: ms(60),
         apology: None,
     }
 }
@@ -119,6 +120,20 @@ impl Harness {
 
     fn outputs(&mut self) -> Vec<BridgeOutput> {
         std::iter::from_fn(|| self.bridge.poll_output()).collect()
+    }
+
+    /// The ticks after the last real frame within `last_words_grace` (60 ms: the third tick
+    /// after that frame is the first past it): silence goes out, and the call is neither
+    /// ended nor handed over yet.
+    fn sit_out_the_grace(&mut self) {
+        let ticks = config().last_words_grace.as_millis() / 20 - 1;
+        for _ in 0..ticks {
+            assert!(self.tick().is_silence, "the agent has nothing more to say");
+            assert!(
+                self.outputs().is_empty(),
+                "not within the grace after the last words"
+            );
+        }
     }
 }
 
@@ -285,6 +300,7 @@ fn end_call_hangs_up_after_the_goodbye_has_played() {
         assert!(!h.tick().is_silence);
         assert!(h.outputs().is_empty(), "not before the last frame is sent");
     }
+    h.sit_out_the_grace();
     h.tick();
     assert_eq!(
         h.outputs(),
@@ -350,6 +366,7 @@ fn near_the_session_limit_the_agent_says_goodbye_then_the_call_ends() {
     h.tick();
     h.tick();
     assert!(h.outputs().is_empty());
+    h.sit_out_the_grace();
     h.tick();
     assert_eq!(
         h.outputs(),
@@ -439,6 +456,7 @@ fn a_session_failing_after_answer_plays_the_apology_then_reports_the_failure() {
     assert!(frames[0].marker);
     assert_eq!(frames[2].audio, ms(10), "the last frame is padded");
     assert!(h.outputs().is_empty());
+    h.sit_out_the_grace();
     h.tick();
     assert_eq!(
         h.outputs(),
@@ -485,6 +503,7 @@ fn transfer_call_waits_for_the_hand_off_sentence_then_asks_the_call_to_transfer(
         assert!(!h.tick().is_silence);
         assert!(h.outputs().is_empty(), "not before the sentence has played");
     }
+    h.sit_out_the_grace();
     h.tick();
     assert_eq!(
         h.outputs(),
