@@ -140,7 +140,32 @@ fn find_frames(said: &[i32], heard: &[i32], slack: i32) -> Found {
 #[test]
 fn a_softphone_hears_its_own_voice_back_frame_for_frame() {
     let gateway = Gateway::start("");
-    let mut caller = Baresip::call(gateway.sip_addr(), &voice());
+    let caller = Baresip::call(gateway.sip_addr(), &voice());
+    hears_its_own_voice_back(&gateway, caller);
+}
+
+#[test]
+fn a_softphone_over_sip_tcp_hears_its_own_voice_back_frame_for_frame() {
+    let gateway = Gateway::start("");
+    let caller = Baresip::call_over(gateway.sip_addr(), &voice(), true);
+    let connections = gateway.wait_metric(
+        "voxgate_sip_tcp_connections",
+        &[("direction", "inbound")],
+        SETTLE,
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        connections,
+        1.0,
+        "baresip's TCP connection:\n{}",
+        caller.log()
+    );
+    hears_its_own_voice_back(&gateway, caller);
+}
+
+/// `caller` has dialled the echo agent of `gateway`: it is answered, hangs up when it has
+/// spoken, and hears what it said.
+fn hears_its_own_voice_back(gateway: &Gateway, mut caller: Baresip) {
     caller.wait(Duration::from_secs(20));
     let log = caller.log();
     assert!(log.contains("Call established"), "not answered:\n{log}");

@@ -64,9 +64,14 @@ pub struct Baresip {
 }
 
 impl Baresip {
-    /// Dials `sip:echo@{target}` at once, speaking `voice` (8 kHz samples), and hangs up when
-    /// it has played it all.
+    /// Dials `sip:echo@{target}` over UDP at once, speaking `voice` (8 kHz samples), and hangs
+    /// up when it has played it all.
     pub fn call(target: SocketAddr, voice: &[i16]) -> Baresip {
+        Baresip::call_over(target, voice, false)
+    }
+
+    /// The same, with its SIP over TCP when `tcp` (one connection it opens to voxgate).
+    pub fn call_over(target: SocketAddr, voice: &[i16], tcp: bool) -> Baresip {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = PortBlock::reserve(12);
         let path = dir.path();
@@ -77,7 +82,7 @@ impl Baresip {
             format!(
                 "poll_method epoll\n\
                  sip_listen 127.0.0.1:{sip}\n\
-                 sip_transports udp\n\
+                 sip_transports {transports}\n\
                  audio_source aufile,{voice}\n\
                  audio_player alsa,null\n\
                  audio_alert aufile,/dev/null\n\
@@ -90,6 +95,7 @@ impl Baresip {
                  snd_path {rec}\n\
                  module_app account.so\nmodule_app menu.so\n",
                 sip = ports.port(0),
+                transports = if tcp { "udp,tcp" } else { "udp" },
                 voice = path.join("voice.wav").display(),
                 rtp_min = ports.port(2),
                 rtp_max = ports.port(11),
@@ -107,7 +113,10 @@ impl Baresip {
             .arg("-f")
             .arg(path)
             .arg("-e")
-            .arg(format!("/dial sip:echo@{target}"))
+            .arg(format!(
+                "/dial sip:echo@{target}{}",
+                if tcp { ";transport=tcp" } else { "" }
+            ))
             // Quits this long after it started, whatever happens (it has no "quit when the
             // call ends"); the call itself ends with the voice, after about 3 s.
             .args(["-t", "10"])
