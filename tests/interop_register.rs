@@ -5,6 +5,9 @@
 //! The registrar may also be a domain whose servers DNS lists (RFC 3263, SRV records from a
 //! local stub, `common::dns`): voxgate fails over from one server to the next.
 //!
+//! Calls through Kamailio are record-routed: voxgate's BYE (at shutdown) must follow the route
+//! set back through it.
+//!
 //! In every test the static trunk allows no loopback source, so a call voxgate answers came
 //! over the registration (to the registered Contact, or from the registrar).
 // Integration tests measure deadlines with the wall clock; the sans-IO rule is for src/.
@@ -232,12 +235,30 @@ fn registers_with_kamailio_takes_calls_for_the_aor_and_registers_again_after_a_r
     call_the_aor_through(&kamailio);
     assert_metric(&gateway, CALLS, &[("result", "completed")], |v| v == 3.0);
 
-    // Shutdown removes the binding before voxgate exits.
+    // Shutdown hangs up a call that came through the proxy. Kamailio record-routed its
+    // INVITE, so voxgate's BYE follows that route set: to Kamailio, which relays it to the
+    // caller (the scenario checks it has Kamailio's Via above voxgate's).
+    let through_proxy = Sipp::new("uac_via_registrar_bye_from_gateway.xml", kamailio.addr())
+        .arg("-s")
+        .arg("voxgate")
+        .spawn();
+    assert_metric(&gateway, "voxgate_calls_active", &[], |v| v == 1.0);
+    // Then removes the binding before it exits.
     gateway.terminate();
     let status = gateway
         .wait_exit(Duration::from_secs(15))
         .expect("voxgate exits");
     assert!(status.success(), "exit status {status}");
+    through_proxy.wait().assert_success();
+    let relayed_bye = kamailio.log().lines().any(|line| {
+        line.contains("BYE sip:sipp@")
+            && line.ends_with(&format!("from 127.0.0.1:{}", gateway.sip_addr().port()))
+    });
+    assert!(
+        relayed_bye,
+        "Kamailio never saw voxgate's BYE:\n{}",
+        kamailio.log()
+    );
     let bindings = kamailio.bindings().expect("Kamailio is up");
     assert!(
         !holds_binding(&bindings, &gateway),
