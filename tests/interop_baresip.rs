@@ -64,6 +64,30 @@ fn wire_level(byte: u8) -> i32 {
     }
 }
 
+/// Waits for `caller` to quit; asserts voxgate answered its call and counted it completed.
+/// Its log.
+fn completed_call(gateway: &Gateway, caller: &mut Baresip) -> String {
+    caller.wait(Duration::from_secs(20));
+    let log = caller.log();
+    assert!(log.contains("Call established"), "not answered:\n{log}");
+    let completed = gateway.wait_metric(
+        "voxgate_calls_total",
+        &[("result", "completed")],
+        SETTLE,
+        |v| v == 1.0,
+    );
+    assert_eq!(completed, 1.0, "one completed call:\n{}", gateway.log());
+    log
+}
+
+/// The μ-law levels of baresip's recording ending in `suffix`.
+fn recorded_levels(caller: &Baresip, suffix: &str) -> Vec<i32> {
+    common::baresip::read_wav(&caller.recording(suffix))
+        .into_iter()
+        .map(level)
+        .collect()
+}
+
 /// Where the frames of one recording turned up in another.
 struct Found {
     /// Frames looked for.
@@ -166,33 +190,18 @@ fn a_softphone_over_sip_tcp_hears_its_own_voice_back_frame_for_frame() {
 /// `caller` has dialled the echo agent of `gateway`: it is answered, hangs up when it has
 /// spoken, and hears what it said.
 fn hears_its_own_voice_back(gateway: &Gateway, mut caller: Baresip) {
-    caller.wait(Duration::from_secs(20));
-    let log = caller.log();
-    assert!(log.contains("Call established"), "not answered:\n{log}");
+    let log = completed_call(gateway, &mut caller);
     assert!(
         log.contains("terminated"),
         "the call did not end with the caller's BYE:\n{log}"
     );
-    let completed = gateway.wait_metric(
-        "voxgate_calls_total",
-        &[("result", "completed")],
-        SETTLE,
-        |v| v == 1.0,
-    );
-    assert_eq!(completed, 1.0, "one completed call:\n{}", gateway.log());
 
     // What baresip sent (before its PCMU encoder) and heard (after its decoder). voxgate's echo
     // returns the caller's PCMU bytes untouched, so each frame heard is the frame said, through
     // one G.711 round trip, some 40–100 ms later (voxgate's jitter buffer, then baresip's).
     // Compared as μ-law levels: what was heard are exact levels.
-    let said: Vec<i32> = common::baresip::read_wav(&caller.recording("-enc.wav"))
-        .into_iter()
-        .map(level)
-        .collect();
-    let heard: Vec<i32> = common::baresip::read_wav(&caller.recording("-dec.wav"))
-        .into_iter()
-        .map(level)
-        .collect();
+    let said: Vec<i32> = recorded_levels(&caller, "-enc.wav");
+    let heard: Vec<i32> = recorded_levels(&caller, "-dec.wav");
     let frames = said.len() / FRAME;
     assert!(frames >= 140, "baresip said only {frames} frames:\n{log}");
     // Each frame heard some 40–100 ms after it was said (voxgate's jitter buffer, then
@@ -241,16 +250,7 @@ fn a_softphone_talks_with_a_realtime_agent_that_ends_the_call() {
         ..GatewayConfig::default()
     });
     let mut caller = Baresip::call(gateway.sip_addr(), &voice());
-    caller.wait(Duration::from_secs(20));
-    let log = caller.log();
-    assert!(log.contains("Call established"), "not answered:\n{log}");
-    let completed = gateway.wait_metric(
-        "voxgate_calls_total",
-        &[("result", "completed")],
-        SETTLE,
-        |v| v == 1.0,
-    );
-    assert_eq!(completed, 1.0, "one completed call:\n{}", gateway.log());
+    let log = completed_call(&gateway, &mut caller);
     assert!(
         gateway.log().contains("the agent ended the call"),
         "voxgate did not hang up for the agent:\n{}",
@@ -279,10 +279,7 @@ fn a_softphone_talks_with_a_realtime_agent_that_ends_the_call() {
     // `realtime.last_words_grace_ms` after the last frame before its BYE, so baresip has played
     // what its jitter buffer held (without the grace, its last 4 frames were lost).
     let said: Vec<i32> = greeting.iter().map(|&byte| wire_level(byte)).collect();
-    let heard: Vec<i32> = common::baresip::read_wav(&caller.recording("-dec.wav"))
-        .into_iter()
-        .map(level)
-        .collect();
+    let heard: Vec<i32> = recorded_levels(&caller, "-dec.wav");
     let greeted = find_frames(&said, &heard, 0);
     greeted.report("greeting");
     greeted.assert_tail_at_most(0, "the greeting");
@@ -296,10 +293,7 @@ fn a_softphone_talks_with_a_realtime_agent_that_ends_the_call() {
     // Up: what the caller said reached the service, frame by frame and in order (one level of
     // slack, as in the echo test), up to the voxgate's BYE.
     let session = standin.session(0);
-    let said: Vec<i32> = common::baresip::read_wav(&caller.recording("-enc.wav"))
-        .into_iter()
-        .map(level)
-        .collect();
+    let said: Vec<i32> = recorded_levels(&caller, "-enc.wav");
     let appended: Vec<i32> = session.input_audio.iter().map(|&b| wire_level(b)).collect();
     assert!(
         said.len() / FRAME >= 60,
