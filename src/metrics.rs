@@ -16,6 +16,10 @@ use crate::config::{AgentKind, AgentSettings};
 use crate::realtime::session::END_CALL_TOOL;
 use crate::sip::registration::AttemptResult;
 
+mod process;
+
+pub use process::ProcessCollector;
+
 /// How a tool call went, as the `result` label of `voxgate_tool_calls_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolResult {
@@ -134,6 +138,10 @@ pub struct Metrics {
     pub transfer: TransferMetrics,
     /// Keys callers pressed, by how they were signalled (`rfc4733`, `info`).
     pub dtmf_digits_total: IntCounterVec,
+    /// 1, labelled with the running version (`voxgate_build_info{version}`).
+    pub build_info: IntGaugeVec,
+    /// The process's CPU, memory, descriptors, threads and start time (`process_*`).
+    pub process: ProcessCollector,
 }
 
 /// Metrics of transfers to people, labelled by destination name (bounded: the configured
@@ -530,9 +538,22 @@ impl Metrics {
             &["source"],
         )
         .expect("valid metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "voxgate_build_info",
+                "Always 1; the version label says which voxgate is running",
+            ),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let metrics = Metrics {
             transfer,
             dtmf_digits_total,
+            build_info,
+            process: ProcessCollector::for_self(),
             inbound_auth_total,
             realtime,
             registration,
@@ -583,6 +604,8 @@ impl Metrics {
             Box::new(self.bridged_calls_active.clone()),
             Box::new(self.transfer.duration_seconds.clone()),
             Box::new(self.dtmf_digits_total.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.process.clone()),
             Box::new(self.inbound_auth_total.clone()),
             Box::new(registration.up.clone()),
             Box::new(registration.attempts_total.clone()),

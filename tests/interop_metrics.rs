@@ -97,6 +97,56 @@ fn a_prometheus_server_scrapes_voxgate_and_sees_the_call_counted() {
     );
     assert_eq!(invites, [1.0], "one INVITE in");
 
+    // The process's own figures, as every client library names them: what the usual
+    // dashboards graph. CPU time is finer than whole seconds (the call took a fraction of one),
+    // and the start time is this gateway's.
+    let version = format!(
+        "voxgate_build_info{{job=\"voxgate\",version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        prometheus.wait_query(&version, SCRAPED, |v| v == 1.0),
+        [1.0]
+    );
+    let cpu = prometheus.wait_query("process_cpu_seconds_total{job=\"voxgate\"}", SCRAPED, |v| {
+        v > 0.0
+    });
+    assert!(
+        cpu.len() == 1 && cpu[0] > 0.0 && cpu[0].fract() != 0.0,
+        "CPU seconds {cpu:?}"
+    );
+    let descriptors = prometheus.wait_query(
+        "process_open_fds{job=\"voxgate\"} < process_max_fds{job=\"voxgate\"}",
+        SCRAPED,
+        |v| v > 0.0,
+    );
+    assert_eq!(descriptors.len(), 1, "open descriptors below the limit");
+    let age = prometheus.wait_query(
+        "time() - process_start_time_seconds{job=\"voxgate\"}",
+        SCRAPED,
+        |v| v >= 0.0,
+    );
+    assert!(
+        age.len() == 1 && (0.0..120.0).contains(&age[0]),
+        "started {age:?} s ago"
+    );
+    let resident = prometheus.wait_query(
+        "process_resident_memory_bytes{job=\"voxgate\"}",
+        SCRAPED,
+        |v| v > 0.0,
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gateway.pid()))
+        .expect("the gateway's status");
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    assert!(
+        resident.len() == 1 && (resident[0] / 1024.0 / rss_kb - 1.0).abs() < 0.5,
+        "resident {resident:?} bytes, the kernel says {rss_kb} kB"
+    );
+
     // Prometheus's view of each family's type is the one voxgate declares.
     let metadata = prometheus
         .api("/api/v1/metadata")
