@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     /// The agent the catch-all route sends calls to (`echo` unless a test adds another agent
     /// in `extra`).
     pub route_agent: String,
+    /// `[[routes]]` tables placed before the catch-all route (routes match in order).
+    pub routes: String,
     /// Environment variables for the process (e.g. `OPENAI_API_KEY`).
     pub env: Vec<(String, String)>,
     /// Extra `key = value` lines inside `[sip]` (e.g. `session_expires_secs = 90`).
@@ -64,6 +66,7 @@ impl Default for GatewayConfig {
             rtp_extra: String::new(),
             extra: String::new(),
             route_agent: "echo".into(),
+            routes: String::new(),
             env: Vec::new(),
             sip_extra: String::new(),
             open_files: None,
@@ -91,7 +94,7 @@ impl GatewayConfig {
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [[trunks]]\nname = \"pbx\"\nallow_from = [{}]\n{}\n\n\
              [[agents]]\nname = \"echo\"\nkind = \"echo\"\n{}\n\n\
-             [[routes]]\nagent = \"{}\"\n\n{}\n",
+             {}\n\n[[routes]]\nagent = \"{}\"\n\n{}\n",
             self.sip_extra,
             rtp.base,
             rtp.base + rtp.len - 1,
@@ -102,6 +105,7 @@ impl GatewayConfig {
             allow.join(", "),
             self.trunk_extra,
             self.agent_extra,
+            self.routes,
             self.route_agent,
             self.extra,
         )

@@ -168,6 +168,20 @@ impl Sipp {
         self
     }
 
+    /// Calls `user` instead of the scenario's `echo` (Request-URI and To), through a copy of
+    /// the scenario in the run's directory: lets one gateway route the same scenario to
+    /// another agent (`[[routes]] user`).
+    pub fn dialling(mut self, user: &str) -> Sipp {
+        let text = std::fs::read_to_string(&self.scenario)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.scenario.display()));
+        assert!(text.contains("sip:echo@"), "the scenario dials echo");
+        let copy = self.dir.path().join("dialling.xml");
+        std::fs::write(&copy, text.replace("sip:echo@", &format!("sip:{user}@")))
+            .unwrap_or_else(|e| panic!("write {}: {e}", copy.display()));
+        self.scenario = copy;
+        self
+    }
+
     /// Any other SIPp argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Sipp {
         self.extra.push(arg.into());
