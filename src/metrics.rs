@@ -138,6 +138,8 @@ pub struct Metrics {
     pub transfer: TransferMetrics,
     /// Keys callers pressed, by how they were signalled (`rfc4733`, `info`).
     pub dtmf_digits_total: IntCounterVec,
+    /// INVITEs refused (403) because no trunk allows their source.
+    pub unknown_source_invites_total: IntCounter,
     /// 1, labelled with the running version (`voxgate_build_info{version}`).
     pub build_info: IntGaugeVec,
     /// The process's CPU, memory, descriptors, threads and start time (`process_*`).
@@ -538,6 +540,11 @@ impl Metrics {
             &["source"],
         )
         .expect("valid metric definition");
+        let unknown_source_invites_total = IntCounter::new(
+            "voxgate_unknown_source_invites_total",
+            "INVITEs refused with 403 because no trunk allows their source",
+        )
+        .expect("valid metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "voxgate_build_info",
@@ -552,6 +559,7 @@ impl Metrics {
         let metrics = Metrics {
             transfer,
             dtmf_digits_total,
+            unknown_source_invites_total,
             build_info,
             process: ProcessCollector::for_self(),
             inbound_auth_total,
@@ -604,6 +612,7 @@ impl Metrics {
             Box::new(self.bridged_calls_active.clone()),
             Box::new(self.transfer.duration_seconds.clone()),
             Box::new(self.dtmf_digits_total.clone()),
+            Box::new(self.unknown_source_invites_total.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.process.clone()),
             Box::new(self.inbound_auth_total.clone()),

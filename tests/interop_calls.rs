@@ -257,6 +257,55 @@ fn invite_from_outside_allow_from_gets_403() {
     );
 }
 
+/// A scanner, or a forged source, INVITEs from outside every trunk's allow_from and never
+/// ACKs: each INVITE gets its 403 once (SIPp with -nr fails on a repeated one), the refusals
+/// are counted, and the log names the source once, not once per INVITE.
+#[test]
+fn a_scanner_gets_each_403_once_and_one_log_line() {
+    let gateway = Gateway::start_with(GatewayConfig {
+        allow_from: vec!["127.0.0.2/32".into()],
+        ..GatewayConfig::default()
+    });
+    let scans = 20;
+    Sipp::new("uac_forbidden_no_ack.xml", gateway.sip_addr())
+        .no_retransmissions()
+        .calls(scans, scans, 50)
+        .run()
+        .assert_success();
+    assert_eq!(
+        gateway.wait_metric(
+            "voxgate_unknown_source_invites_total",
+            &[],
+            Duration::from_secs(5),
+            |v| v >= f64::from(scans)
+        ),
+        f64::from(scans)
+    );
+    let log = gateway.log();
+    // The test gateways log at debug level, where every refusal has its line.
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains(" WARN ") && line.contains("refused new call (403)"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for {scans} refusals:\n{log}");
+    assert!(
+        log.contains("source 127.0.0.1 is not allowed by any trunk"),
+        "{log}"
+    );
+    let sent = gateway.metrics();
+    let out = sent
+        .get(
+            "voxgate_sip_messages_total",
+            &[("method", "INVITE"), ("direction", "out")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(
+        out,
+        f64::from(2 * scans),
+        "a 100 and a 403 per INVITE, nothing more"
+    );
+}
+
 /// (5) An offer with only G.729 gets 488; the ACK is absorbed.
 #[test]
 fn g729_only_offer_gets_488() {

@@ -28,6 +28,7 @@ mod tests;
 pub mod transfer;
 #[cfg(test)]
 mod transfer_tests;
+pub mod unknown_sources;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

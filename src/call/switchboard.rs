@@ -31,6 +31,7 @@ use bytes::Bytes;
 use crate::call::inbound_auth::{AuthResult, Checked, InboundAuth, InboundAuthStats};
 use crate::call::registrations::{NextHop, RegistrationStatus, Registrations};
 use crate::call::route::{RouteError, Router};
+use crate::call::unknown_sources::{Report, UnknownSources};
 use crate::call::{Call, CallConfig, CallKey, Ctx, NewCall, Output};
 use crate::config::Settings;
 use crate::metrics::CallResult;
@@ -69,6 +70,8 @@ pub struct Switchboard {
     /// The calls left at the drain deadline were hung up; the deadline is no longer a timer.
     drain_hung_up: bool,
     drained_reported: bool,
+    /// INVITEs refused for their source: counted, and logged sparingly.
+    unknown_sources: UnknownSources,
 }
 
 impl Switchboard {
@@ -127,6 +130,7 @@ impl Switchboard {
             drain_deadline: None,
             drain_hung_up: false,
             drained_reported: false,
+            unknown_sources: UnknownSources::default(),
         }
     }
 
@@ -533,8 +537,27 @@ impl Switchboard {
             }
             None => {
                 let error = RouteError::UnknownSource { source_ip: source };
-                tracing::warn!(peer = %flow.remote, %error, "refused new call");
-                self.reply(now, tx, &request, 403, "Forbidden", &[]);
+                match self.unknown_sources.refused(now, source) {
+                    Report::First => tracing::warn!(
+                        peer = %flow.remote,
+                        %error,
+                        "refused new call (403); further refusals of this source are logged \
+                         at most once a minute, all are counted in \
+                         voxgate_unknown_source_invites_total"
+                    ),
+                    Report::Again { more, over } => tracing::warn!(
+                        peer = %flow.remote,
+                        %error,
+                        "refused new call (403), and {more} more from this source in the last \
+                         {} s",
+                        over.as_secs()
+                    ),
+                    Report::Quiet => {
+                        tracing::debug!(peer = %flow.remote, %error, "refused new call (403)")
+                    }
+                }
+                // Once, without a transaction: a forged source is not sent the 403 ten times.
+                self.reply_once(now, tx, &request, 403, "Forbidden");
                 return;
             }
         };
@@ -722,6 +745,30 @@ impl Switchboard {
         reason: &str,
         headers: &[(&str, &str)],
     ) {
+        let bytes = self.response_bytes(request, status, reason, headers);
+        self.endpoint.respond(now, tx, status, bytes);
+    }
+
+    /// A final response sent once, its transaction ended at once ([`Endpoint::respond_once`]).
+    fn reply_once(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        reason: &str,
+    ) {
+        let bytes = self.response_bytes(request, status, reason, &[]);
+        self.endpoint.respond_once(now, tx, status, bytes);
+    }
+
+    fn response_bytes(
+        &self,
+        request: &Request,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) -> Bytes {
         let mut builder =
             message::response(request, status).header("Server", &self.config.user_agent);
         if !reason.is_empty() {
@@ -734,8 +781,12 @@ impl Switchboard {
         for (name, value) in headers {
             builder = builder.header(name, *value);
         }
-        let bytes: Bytes = builder.build();
-        self.endpoint.respond(now, tx, status, bytes);
+        builder.build()
+    }
+
+    /// INVITEs refused since start-up because no trunk allows their source.
+    pub fn unknown_source_invites(&self) -> u64 {
+        self.unknown_sources.total()
     }
 
     fn check_drained(&mut self, _now: Instant) {

@@ -422,6 +422,25 @@ fn invite_from_outside_allow_from_gets_403_and_no_call() {
     );
     assert!(h.take_outputs().is_empty(), "no media, no call");
     assert_eq!(h.switchboard.active_calls(), 0);
+    // Sent once, with no transaction left: the source may be forged (it never ACKs), and
+    // Timer G would send it the 403 ten times over 32 s.
+    assert_eq!(h.switchboard.endpoint().transaction_counts(), (0, 0));
+    h.advance(secs(40));
+    assert!(h.take().is_empty(), "the 403 is not repeated");
+    assert_eq!(h.switchboard.unknown_source_invites(), 1);
+    // A scanner's next INVITEs: each answered once and counted.
+    for _ in 0..5 {
+        let mut scanner = Caller::new("100");
+        h.send_from(stranger, &scanner.invite(&[], Some(&offer(1, "sendrecv"))));
+    }
+    let finals = h
+        .take()
+        .iter()
+        .filter_map(|s| s.response().map(|r| r.status()))
+        .filter(|status| *status >= 200)
+        .collect::<Vec<_>>();
+    assert_eq!(finals, [403; 5]);
+    assert_eq!(h.switchboard.unknown_source_invites(), 6);
 }
 
 #[test]

@@ -531,6 +531,13 @@ impl Core {
             .sip_parse_errors_total
             .inc_by(parse_errors - self.last_parse_errors);
         self.last_parse_errors = parse_errors;
+        let unknown = self.switchboard.unknown_source_invites();
+        let counted = self.metrics.unknown_source_invites_total.get();
+        if unknown > counted {
+            self.metrics
+                .unknown_source_invites_total
+                .inc_by(unknown - counted);
+        }
         if let Some(stats) = self.switchboard.inbound_auth_stats() {
             if *stats != self.last_inbound_auth {
                 for (trunk, result, count) in stats.iter() {

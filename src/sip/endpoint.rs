@@ -509,6 +509,25 @@ impl Endpoint {
         self.drain_server(&key);
     }
 
+    /// Sends final response `bytes` on server transaction `tx` and ends the transaction at
+    /// once, as a stateless UAS would (RFC 3261 §8.2.7): the response is not retransmitted
+    /// (no Timer G), and a retransmission of the request is a new request, answered afresh.
+    /// For refusing requests no trunk asked for: a forged source gets one response per request
+    /// sent in its name, not the ten an INVITE transaction retransmits over 32 s, and a flood of
+    /// them leaves no transaction state behind. A provisional `status` is sent as [`respond`]
+    /// sends it.
+    ///
+    /// [`respond`]: Endpoint::respond
+    pub fn respond_once(&mut self, now: Instant, tx: ServerTxId, status: u16, bytes: Bytes) {
+        self.respond(now, tx, status, bytes);
+        if status < 200 {
+            return;
+        }
+        if let Some(key) = self.server_keys.get(&tx).cloned() {
+            self.forget_server(&key);
+        }
+    }
+
     /// The ACK for the 2xx sent on INVITE transaction `invite` arrived (matched by dialog):
     /// stop retransmitting the 2xx (RFC 6026 Accepted state).
     pub fn handle_2xx_ack(&mut self, now: Instant, invite: ServerTxId) {
@@ -844,11 +863,16 @@ impl Endpoint {
             }
         }
         if terminated {
-            if let Some(entry) = self.servers.remove(key) {
-                self.server_keys.remove(&entry.id);
-                if let Some(merge) = entry.merge_key {
-                    self.merge_index.remove(&merge);
-                }
+            self.forget_server(key);
+        }
+    }
+
+    /// Drops a server transaction and its indexes.
+    fn forget_server(&mut self, key: &TransactionKey) {
+        if let Some(entry) = self.servers.remove(key) {
+            self.server_keys.remove(&entry.id);
+            if let Some(merge) = entry.merge_key {
+                self.merge_index.remove(&merge);
             }
         }
     }
@@ -1091,6 +1115,46 @@ mod tests {
         let busy = message::response(&original, 486).to_tag("x").build();
         endpoint.respond(now, tus[0].0, 486, busy);
         assert_eq!(sent(&mut endpoint), [(486, "INVITE".into())]);
+    }
+
+    #[test]
+    fn a_response_sent_once_is_never_repeated_and_leaves_no_transaction() {
+        let t0 = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut caller = Caller::new("echo");
+        let invite = caller.invite(&[], Some(&offer(1, "sendrecv")));
+        endpoint.handle_inbound(t0, invite.as_bytes(), udp());
+        let tus = requests(&mut endpoint);
+        let forbidden = message::response(&parse_request(&invite), 403)
+            .to_tag("x")
+            .build();
+        endpoint.respond_once(t0, tus[0].0, 403, forbidden.clone());
+        assert_eq!(
+            sent(&mut endpoint),
+            [(100, "INVITE".into()), (403, "INVITE".into())]
+        );
+        assert_eq!(endpoint.transaction_counts(), (0, 0));
+        // No ACK comes (a forged source): Timer G would repeat the 403 ten times in 32 s.
+        let mut now = t0;
+        for _ in 0..40 {
+            now += secs(1);
+            endpoint.handle_timeout(now);
+        }
+        assert!(sent(&mut endpoint).is_empty(), "the 403 went out once");
+        assert_eq!(endpoint.poll_timeout(), None, "no timer left");
+        // The request retransmitted (the 403 was lost): a new request, answered afresh; its
+        // late ACK matches nothing and is dropped.
+        endpoint.handle_inbound(now, invite.as_bytes(), udp());
+        let again = requests(&mut endpoint);
+        assert_eq!(again.len(), 1);
+        assert_eq!(sent(&mut endpoint), [(100, "INVITE".into())]);
+        let Ok(Message::Response(forbidden)) = message::parse(&forbidden, Transport::Udp, 65_535)
+        else {
+            panic!("the 403 parses");
+        };
+        let ack = caller.ack_failure(&forbidden);
+        endpoint.handle_inbound(now, ack.as_bytes(), udp());
+        assert!(sent(&mut endpoint).is_empty());
     }
 
     #[test]
