@@ -46,8 +46,8 @@ fn behaviour(session: usize) -> Behaviour {
     }
 }
 
-/// The gateway's open descriptors once its metrics say `done`, read by scraping (the scrape's
-/// own connection is open while it is counted, the same in every scrape).
+/// The gateway's open descriptors, read by scraping (the scrape's own connection is open while
+/// it is counted, the same in every scrape).
 fn open_fds(gateway: &Gateway) -> f64 {
     gateway
         .metrics()

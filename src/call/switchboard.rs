@@ -536,28 +536,7 @@ impl Switchboard {
                 }
             }
             None => {
-                let error = RouteError::UnknownSource { source_ip: source };
-                match self.unknown_sources.refused(now, source) {
-                    Report::First => tracing::warn!(
-                        peer = %flow.remote,
-                        %error,
-                        "refused new call (403); further refusals of this source are logged \
-                         at most once a minute, all are counted in \
-                         voxgate_unknown_source_invites_total"
-                    ),
-                    Report::Again { more, over } => tracing::warn!(
-                        peer = %flow.remote,
-                        %error,
-                        "refused new call (403), and {more} more from this source in the last \
-                         {} s",
-                        over.as_secs()
-                    ),
-                    Report::Quiet => {
-                        tracing::debug!(peer = %flow.remote, %error, "refused new call (403)")
-                    }
-                }
-                // Once, without a transaction: a forged source is not sent the 403 ten times.
-                self.reply_once(now, tx, &request, 403, "Forbidden");
+                self.refuse_unknown_source(now, tx, &request, flow);
                 return;
             }
         };
@@ -749,17 +728,35 @@ impl Switchboard {
         self.endpoint.respond(now, tx, status, bytes);
     }
 
-    /// A final response sent once, its transaction ended at once ([`Endpoint::respond_once`]).
-    fn reply_once(
+    /// An INVITE from a source no trunk admits: 403, counted, and logged sparingly
+    /// ([`UnknownSources`]). Sent once, its transaction ended at once
+    /// ([`Endpoint::respond_once`]): a forged source is not sent the 403 ten times.
+    fn refuse_unknown_source(
         &mut self,
         now: Instant,
         tx: ServerTxId,
         request: &Request,
-        status: u16,
-        reason: &str,
+        flow: Flow,
     ) {
-        let bytes = self.response_bytes(request, status, reason, &[]);
-        self.endpoint.respond_once(now, tx, status, bytes);
+        let source = flow.remote.ip();
+        let error = RouteError::UnknownSource { source_ip: source };
+        match self.unknown_sources.refused(now, source) {
+            Report::First => tracing::warn!(
+                peer = %flow.remote,
+                %error,
+                "refused new call (403); further refusals of this source are logged at most \
+                 once a minute, all are counted in voxgate_unknown_source_invites_total"
+            ),
+            Report::Again { more, over } => tracing::warn!(
+                peer = %flow.remote,
+                %error,
+                "refused new call (403), and {more} more from this source in the last {} s",
+                over.as_secs()
+            ),
+            Report::Quiet => tracing::debug!(peer = %flow.remote, %error, "refused new call (403)"),
+        }
+        let bytes = self.response_bytes(request, 403, "Forbidden", &[]);
+        self.endpoint.respond_once(now, tx, 403, bytes);
     }
 
     fn response_bytes(
