@@ -405,7 +405,10 @@ mod tests {
             panic!("not on the grid");
         };
         GRIDS.with_borrow(|grids| {
-            let grid = grids.iter().find(|grid| grid.key == *key).expect("its grid");
+            let grid = grids
+                .iter()
+                .find(|grid| grid.key == *key)
+                .expect("its grid");
             grid.ticks - seen
         })
     }
@@ -413,7 +416,10 @@ mod tests {
     /// Each tick `ticker` is behind completes at once, then none does.
     fn takes_every_tick_due_without_waiting(ticker: &mut GridTicker) {
         for _ in 0..behind(ticker) {
-            assert!(ticker.tick().now_or_never().is_some(), "a due tick is ready");
+            assert!(
+                ticker.tick().now_or_never().is_some(),
+                "a due tick is ready"
+            );
         }
         assert_eq!(behind(ticker), 0);
         assert!(

@@ -13,7 +13,7 @@
 //! [`Endpoint::poll_transmit`]; [`Endpoint::poll_timeout`] says when to call
 //! [`Endpoint::handle_timeout`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -178,6 +178,8 @@ struct ServerEntry {
     reply_target: Target,
     /// Set when this transaction is the one `merge_index` points to.
     merge_key: Option<MergeKey>,
+    /// Its entry in [`Endpoint::deadlines`].
+    armed: Option<Instant>,
 }
 
 /// What makes two requests without a To tag "the same request" (RFC 3261 §8.2.2.2): From tag,
@@ -205,6 +207,15 @@ struct ClientEntry {
     routes: Vec<String>,
     /// An INVITE's branch and headers, for its CANCEL (§9.1); `None` for other methods.
     invite: Option<(String, Vec<(&'static str, String)>)>,
+    /// Its entry in [`Endpoint::deadlines`].
+    armed: Option<Instant>,
+}
+
+/// A transaction in [`Endpoint::deadlines`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timed {
+    Server(ServerTxId),
+    Client(ClientTxId),
 }
 
 /// The SIP endpoint: transaction tables and message routing.
@@ -215,6 +226,11 @@ pub struct Endpoint {
     /// Server transactions of requests without a To tag, for merged-request detection.
     merge_index: HashMap<MergeKey, TransactionKey>,
     clients: HashMap<TransactionKey, ClientEntry>,
+    client_keys: HashMap<ClientTxId, TransactionKey>,
+    /// Every transaction's next timer, earliest first: finding the next wake-up and the due
+    /// transactions costs O(log n), not a scan of the tables (a flood of requests leaves tens of
+    /// thousands of transactions in their 32 s wait for retransmissions).
+    deadlines: BTreeSet<(Instant, Timed)>,
     next_id: u64,
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
@@ -230,6 +246,8 @@ impl Endpoint {
             server_keys: HashMap::new(),
             merge_index: HashMap::new(),
             clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            deadlines: BTreeSet::new(),
             next_id: 1,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -360,9 +378,11 @@ impl Endpoint {
                 reply: flow,
                 reply_target,
                 merge_key: merge_key.clone(),
+                armed: None,
             },
         );
         self.server_keys.insert(id, key.clone());
+        self.rearm_server(&key);
         if let Some(merge) = merge_key {
             self.merge_index.insert(merge, key.clone());
         }
@@ -656,8 +676,10 @@ impl Endpoint {
             request_uri: request.request_uri.clone(),
             routes,
             invite: (request.method == "INVITE").then(|| (branch.clone(), request.headers.clone())),
+            armed: None,
         };
         self.clients.insert(key.clone(), entry);
+        self.client_keys.insert(id, key.clone());
         self.drain_client(&key);
         id
     }
@@ -729,9 +751,13 @@ impl Endpoint {
     /// never answered at all, so no CANCEL may be sent (RFC 3261 §9.1), when the request goes
     /// to another server instead (RFC 3263 §4.3). False when it is gone already.
     pub fn abandon_client(&mut self, tx: ClientTxId) -> bool {
-        let before = self.clients.len();
-        self.clients.retain(|_, entry| entry.id != tx);
-        self.clients.len() < before
+        match self.client_keys.get(&tx).cloned() {
+            Some(key) => {
+                self.forget_client(&key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// `io/` could not send a message of client transaction `tx` (RFC 3261 §17.1.4: its TCP
@@ -742,14 +768,16 @@ impl Endpoint {
     /// been delivered (a lost ACK for a non-2xx), the transaction only ends. Ignored when `tx`
     /// is gone.
     pub fn handle_transport_error(&mut self, now: Instant, tx: ClientTxId) {
-        let Some((key, entry)) = self.clients.iter_mut().find(|(_, entry)| entry.id == tx) else {
+        let Some(key) = self.client_keys.get(&tx).cloned() else {
+            return;
+        };
+        let Some(entry) = self.clients.get_mut(&key) else {
             return;
         };
         match &mut entry.machine {
             ClientMachine::Invite(machine) => machine.handle_transport_error(now),
             ClientMachine::NonInvite(machine) => machine.handle_transport_error(now),
         }
-        let key = key.clone();
         self.drain_client(&key);
     }
 
@@ -773,49 +801,80 @@ impl Endpoint {
 
     /// Feeds expired timers to every transaction and drops terminated ones.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due_servers: Vec<TransactionKey> = self
-            .servers
-            .iter()
-            .filter(|(_, entry)| server_deadline(&entry.machine).is_some_and(|at| at <= now))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due_servers {
-            if let Some(entry) = self.servers.get_mut(&key) {
-                match &mut entry.machine {
-                    ServerMachine::Invite(machine) => machine.handle_timeout(now),
-                    ServerMachine::NonInvite(machine) => machine.handle_timeout(now),
-                }
+        let mut due = Vec::new();
+        while let Some(&(at, timed)) = self.deadlines.first() {
+            if at > now {
+                break;
             }
-            self.drain_server(&key);
+            self.deadlines.pop_first();
+            due.push(timed);
         }
-        let due_clients: Vec<TransactionKey> = self
-            .clients
-            .iter()
-            .filter(|(_, entry)| client_deadline(&entry.machine).is_some_and(|at| at <= now))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due_clients {
-            if let Some(entry) = self.clients.get_mut(&key) {
-                match &mut entry.machine {
-                    ClientMachine::Invite(machine) => machine.handle_timeout(now),
-                    ClientMachine::NonInvite(machine) => machine.handle_timeout(now),
+        for timed in due {
+            match timed {
+                Timed::Server(id) => {
+                    let Some(key) = self.server_keys.get(&id).cloned() else {
+                        continue;
+                    };
+                    if let Some(entry) = self.servers.get_mut(&key) {
+                        entry.armed = None;
+                        match &mut entry.machine {
+                            ServerMachine::Invite(machine) => machine.handle_timeout(now),
+                            ServerMachine::NonInvite(machine) => machine.handle_timeout(now),
+                        }
+                    }
+                    self.drain_server(&key);
+                }
+                Timed::Client(id) => {
+                    let Some(key) = self.client_keys.get(&id).cloned() else {
+                        continue;
+                    };
+                    if let Some(entry) = self.clients.get_mut(&key) {
+                        entry.armed = None;
+                        match &mut entry.machine {
+                            ClientMachine::Invite(machine) => machine.handle_timeout(now),
+                            ClientMachine::NonInvite(machine) => machine.handle_timeout(now),
+                        }
+                    }
+                    self.drain_client(&key);
                 }
             }
-            self.drain_client(&key);
         }
     }
 
-    /// The earliest transaction timer.
+    /// When [`handle_timeout`](Endpoint::handle_timeout) has work next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let servers = self
-            .servers
-            .values()
-            .filter_map(|entry| server_deadline(&entry.machine));
-        let clients = self
-            .clients
-            .values()
-            .filter_map(|entry| client_deadline(&entry.machine));
-        servers.chain(clients).min()
+        #[cfg(debug_assertions)]
+        self.check_deadlines();
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Debug builds (every test) check that the index holds each transaction's deadline, and
+    /// only those.
+    #[cfg(debug_assertions)]
+    fn check_deadlines(&self) {
+        let servers = self.servers.values().filter_map(|entry| {
+            assert_eq!(
+                entry.armed,
+                server_deadline(&entry.machine),
+                "{:?}",
+                entry.id
+            );
+            entry.armed.map(|at| (at, Timed::Server(entry.id)))
+        });
+        let clients = self.clients.values().filter_map(|entry| {
+            assert_eq!(
+                entry.armed,
+                client_deadline(&entry.machine),
+                "{:?}",
+                entry.id
+            );
+            entry.armed.map(|at| (at, Timed::Client(entry.id)))
+        });
+        let expected: BTreeSet<(Instant, Timed)> = servers.chain(clients).collect();
+        assert_eq!(
+            self.deadlines, expected,
+            "transaction deadline index out of step"
+        );
     }
 
     /// The next event for the transaction user.
@@ -864,13 +923,35 @@ impl Endpoint {
         }
         if terminated {
             self.forget_server(key);
+        } else {
+            self.rearm_server(key);
         }
+    }
+
+    /// Files server transaction `key` under its machine's next deadline.
+    fn rearm_server(&mut self, key: &TransactionKey) {
+        let Some(entry) = self.servers.get_mut(key) else {
+            return;
+        };
+        let next = server_deadline(&entry.machine);
+        rearm(
+            &mut self.deadlines,
+            &mut entry.armed,
+            next,
+            Timed::Server(entry.id),
+        );
     }
 
     /// Drops a server transaction and its indexes.
     fn forget_server(&mut self, key: &TransactionKey) {
-        if let Some(entry) = self.servers.remove(key) {
+        if let Some(mut entry) = self.servers.remove(key) {
             self.server_keys.remove(&entry.id);
+            rearm(
+                &mut self.deadlines,
+                &mut entry.armed,
+                None,
+                Timed::Server(entry.id),
+            );
             if let Some(merge) = entry.merge_key {
                 self.merge_index.remove(&merge);
             }
@@ -910,9 +991,49 @@ impl Endpoint {
             }
         }
         if terminated {
-            self.clients.remove(key);
+            self.forget_client(key);
+        } else if let Some(entry) = self.clients.get_mut(key) {
+            let next = client_deadline(&entry.machine);
+            rearm(
+                &mut self.deadlines,
+                &mut entry.armed,
+                next,
+                Timed::Client(entry.id),
+            );
         }
     }
+
+    /// Drops a client transaction and its indexes.
+    fn forget_client(&mut self, key: &TransactionKey) {
+        if let Some(mut entry) = self.clients.remove(key) {
+            self.client_keys.remove(&entry.id);
+            rearm(
+                &mut self.deadlines,
+                &mut entry.armed,
+                None,
+                Timed::Client(entry.id),
+            );
+        }
+    }
+}
+
+/// Moves a transaction's entry in `deadlines` from `*armed` to `next`.
+fn rearm(
+    deadlines: &mut BTreeSet<(Instant, Timed)>,
+    armed: &mut Option<Instant>,
+    next: Option<Instant>,
+    timed: Timed,
+) {
+    if *armed == next {
+        return;
+    }
+    if let Some(at) = armed.take() {
+        deadlines.remove(&(at, timed));
+    }
+    if let Some(at) = next {
+        deadlines.insert((at, timed));
+    }
+    *armed = next;
 }
 
 fn server_deadline(machine: &ServerMachine) -> Option<Instant> {
@@ -1040,7 +1161,7 @@ pub fn host_literal(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{self, offer, pbx_addr, secs, voxgate_addr, Caller};
+    use crate::testkit::{self, ms, offer, pbx_addr, secs, voxgate_addr, Caller};
 
     fn endpoint() -> Endpoint {
         Endpoint::new(EndpointConfig {
@@ -1201,6 +1322,51 @@ mod tests {
             1,
             "no transaction left to merge with"
         );
+    }
+
+    #[test]
+    fn thousands_of_transactions_wake_the_endpoint_at_each_ones_own_deadline() {
+        // poll_timeout and handle_timeout use the deadline index; debug builds check it against
+        // every transaction's machine on each poll_timeout (`check_deadlines`).
+        let t0 = testkit::t0();
+        let mut endpoint = endpoint();
+        let mut caller = Caller::new("echo");
+        // 2,000 OPTIONS, one per millisecond, each answered at once: each transaction's
+        // Timer J (32 s on UDP) ends it 32 s after its own answer.
+        for n in 0..2_000u64 {
+            let now = t0 + ms(n);
+            let options = caller.out_of_dialog("OPTIONS");
+            endpoint.handle_inbound(now, options.as_bytes(), udp());
+            for (tx, _) in requests(&mut endpoint) {
+                let ok = message::response(&parse_request(&options), 200);
+                endpoint.respond(now, tx, 200, ok.build());
+            }
+        }
+        // And a client transaction whose Timer E repeats the request from 500 ms.
+        let client = endpoint.send_request(t0, &udp(), &options_request(), None);
+        sent(&mut endpoint);
+        endpoint.poll_transmit();
+        assert_eq!(endpoint.transaction_counts(), (2_000, 1));
+        assert_eq!(endpoint.poll_timeout(), Some(t0 + ms(500)));
+        endpoint.handle_timeout(t0 + ms(500));
+        assert!(
+            endpoint.poll_transmit().is_some(),
+            "Timer E repeats the OPTIONS"
+        );
+        assert_eq!(endpoint.poll_timeout(), Some(t0 + ms(1_500)));
+        // Half the server transactions end at their Timer J, none early.
+        let half = t0 + secs(32) + ms(999);
+        endpoint.handle_timeout(half);
+        let (servers, _) = endpoint.transaction_counts();
+        assert_eq!(servers, 1_000);
+        // The client transaction gives up at Timer F (32 s) and says so.
+        assert!(client_events(&mut endpoint)
+            .iter()
+            .any(|(tx, what)| *tx == client && what == "timed out"));
+        assert_eq!(endpoint.poll_timeout(), Some(t0 + secs(32) + ms(1_000)));
+        endpoint.handle_timeout(t0 + secs(40));
+        assert_eq!(endpoint.transaction_counts(), (0, 0));
+        assert_eq!(endpoint.poll_timeout(), None);
     }
 
     #[test]
