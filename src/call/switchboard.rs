@@ -22,6 +22,7 @@
 //! [`UNREGISTER_TIMEOUT`](crate::call::registrations::UNREGISTER_TIMEOUT)), active calls go on
 //! until the drain deadline, then get BYE; when none is left, [`Output::Drained`].
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -72,6 +73,8 @@ pub struct Switchboard {
     drained_reported: bool,
     /// INVITEs refused for their source: counted, and logged sparingly.
     unknown_sources: UnknownSources,
+    /// The key of the To tags of stateless responses ([`Request::stateless_tag`]).
+    tag_key: RandomState,
 }
 
 impl Switchboard {
@@ -131,6 +134,7 @@ impl Switchboard {
             drain_hung_up: false,
             drained_reported: false,
             unknown_sources: UnknownSources::default(),
+            tag_key: RandomState::new(),
         }
     }
 
@@ -438,6 +442,10 @@ impl Switchboard {
         self.check_drained(now);
     }
 
+    /// A request outside any call's transactions. Everything but a new INVITE is answered at
+    /// once with a response that depends only on the request, so it is answered statelessly
+    /// ([`Switchboard::reply_stateless`]): a flood of OPTIONS (`sipvicious svmap`) or of stray
+    /// BYEs leaves no transaction waiting 32 s for retransmissions.
     fn handle_request(&mut self, now: Instant, tx: ServerTxId, request: Box<Request>, flow: Flow) {
         let method = request.method().to_string();
         if request.to_tag().is_some() {
@@ -448,7 +456,7 @@ impl Switchboard {
                     }
                     self.with_call(now, key, |call, ctx| call.handle_request(ctx, tx, &request))
                 }
-                None => self.reply(
+                None => self.reply_stateless(
                     now,
                     tx,
                     &request,
@@ -474,9 +482,9 @@ impl Switchboard {
                     ("Accept", "application/sdp"),
                     ("Supported", SUPPORTED),
                 ];
-                self.reply(now, tx, &request, status, "", &headers);
+                self.reply_stateless(now, tx, &request, status, "", &headers);
             }
-            "BYE" | "INFO" | "UPDATE" | "PRACK" | "NOTIFY" => self.reply(
+            "BYE" | "INFO" | "UPDATE" | "PRACK" | "NOTIFY" => self.reply_stateless(
                 now,
                 tx,
                 &request,
@@ -484,7 +492,7 @@ impl Switchboard {
                 "Call/Transaction Does Not Exist",
                 &[],
             ),
-            _ => self.reply(
+            _ => self.reply_stateless(
                 now,
                 tx,
                 &request,
@@ -724,13 +732,32 @@ impl Switchboard {
         reason: &str,
         headers: &[(&str, &str)],
     ) {
-        let bytes = self.response_bytes(request, status, reason, headers);
+        let tag = message::new_tag();
+        let bytes = self.response_bytes(request, status, reason, headers, &tag);
         self.endpoint.respond(now, tx, status, bytes);
     }
 
+    /// Answers `request` with final response `status` as a stateless UAS (RFC 3261 §8.2.7):
+    /// sent once ([`Endpoint::respond_once`]), no transaction kept, and a To tag derived from
+    /// the request ([`Request::stateless_tag`]), so a retransmission of the request is simply
+    /// answered again, identically.
+    fn reply_stateless(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) {
+        let tag = request.stateless_tag(&self.tag_key);
+        let bytes = self.response_bytes(request, status, reason, headers, &tag);
+        self.endpoint.respond_once(now, tx, status, bytes);
+    }
+
     /// An INVITE from a source no trunk admits: 403, counted, and logged sparingly
-    /// ([`UnknownSources`]). Sent once, its transaction ended at once
-    /// ([`Endpoint::respond_once`]): a forged source is not sent the 403 ten times.
+    /// ([`UnknownSources`]). Answered statelessly ([`Switchboard::reply_stateless`]): a forged
+    /// source is not sent the 403 ten times, and a flood leaves no state behind.
     fn refuse_unknown_source(
         &mut self,
         now: Instant,
@@ -755,8 +782,7 @@ impl Switchboard {
             ),
             Report::Quiet => tracing::debug!(peer = %flow.remote, %error, "refused new call (403)"),
         }
-        let bytes = self.response_bytes(request, 403, "Forbidden", &[]);
-        self.endpoint.respond_once(now, tx, 403, bytes);
+        self.reply_stateless(now, tx, request, 403, "Forbidden", &[]);
     }
 
     fn response_bytes(
@@ -765,6 +791,7 @@ impl Switchboard {
         status: u16,
         reason: &str,
         headers: &[(&str, &str)],
+        tag: &str,
     ) -> Bytes {
         let mut builder =
             message::response(request, status).header("Server", &self.config.user_agent);
@@ -773,7 +800,7 @@ impl Switchboard {
         }
         if status >= 200 && request.to_tag().is_none() {
             // §8.2.6.2: a final response outside a dialog carries a To-tag.
-            builder = builder.to_tag(&message::new_tag());
+            builder = builder.to_tag(tag);
         }
         for (name, value) in headers {
             builder = builder.header(name, *value);

@@ -631,6 +631,67 @@ fn options_outside_a_dialog_gets_200_with_allow_accept_and_supported() {
 }
 
 #[test]
+fn requests_answered_at_once_are_answered_statelessly_with_the_same_tag_each_time() {
+    // RFC 3261 §8.2.7: a stateless UAS keeps no transaction, and gives every retransmission of
+    // a request the same To tag (a flood of OPTIONS or stray BYEs leaves nothing for 32 s).
+    let mut h = harness();
+    let stranger: SocketAddr = "198.51.100.7:5060".parse().unwrap();
+    let mut pbx = Caller::new("echo");
+    let options = pbx.out_of_dialog("OPTIONS");
+    let stray_bye = pbx.out_of_dialog("BYE");
+    let message = pbx.out_of_dialog("MESSAGE");
+    pbx.to_tag = Some("gone".into());
+    let in_dead_dialog = pbx.request("INFO", &[], None);
+    let mut scanner = Caller::new("100");
+    let invite = scanner.invite(&[], Some(&offer(1, "sendrecv")));
+    let cases = [
+        (&options, "OPTIONS", 200),
+        (&stray_bye, "BYE", 481),
+        (&message, "MESSAGE", 405),
+        (&in_dead_dialog, "INFO", 481),
+        (&invite, "INVITE", 403),
+    ];
+    let mut tags = Vec::new();
+    for (request, method, status) in cases {
+        h.send_from(stranger, request);
+        let first = h.final_response(method);
+        assert_eq!(first.status(), status, "{method}");
+        assert_eq!(
+            h.switchboard.endpoint().transaction_counts(),
+            (0, 0),
+            "{method}: no transaction kept"
+        );
+        let tag = first.to_tag().map(str::to_owned);
+        if method == "INFO" {
+            assert_eq!(tag.as_deref(), Some("gone"), "the request's own To tag");
+        } else {
+            assert!(tag.as_ref().is_some_and(|tag| tag.len() == 16), "{tag:?}");
+            tags.push(tag.clone());
+        }
+        // The request again (its answer was lost): answered again, identically.
+        h.send_from(stranger, request);
+        let again = h.final_response(method);
+        assert_eq!(again.status(), status);
+        assert_eq!(again.to_tag().map(str::to_owned), tag, "{method}: same tag");
+        assert_eq!(h.switchboard.endpoint().transaction_counts(), (0, 0));
+    }
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 4, "each request its own tag");
+    h.advance(secs(40));
+    assert!(h.take().is_empty(), "nothing repeated");
+    // Another switchboard (another process) makes another tag for the same request: the tag
+    // is keyed, not guessable from the request.
+    h.send_from(stranger, &options);
+    let ours = h.final_response("OPTIONS").to_tag().map(str::to_owned);
+    let mut other = harness();
+    other.send_from(stranger, &options);
+    let theirs = other.final_response("OPTIONS").to_tag().map(str::to_owned);
+    assert!(ours.is_some() && theirs.is_some());
+    assert_ne!(ours, theirs);
+}
+
+#[test]
 fn unknown_method_outside_a_dialog_gets_405_with_allow() {
     let mut h = harness();
     let mut pbx = Caller::new("echo");

@@ -744,6 +744,27 @@ impl Request {
         &self.uri
     }
 
+    /// The To tag a stateless UAS gives its response to this request (RFC 3261 §8.2.7): the
+    /// same for every retransmission of the request, different for any other request, and
+    /// unpredictable without `key` (a per-process random key; §19.3 asks for 32 random bits or
+    /// more). A keyed hash of the request's To, From tag, Call-ID, Request-URI, top Via branch
+    /// and sent-by, and CSeq, as §19.3 suggests: 16 hex digits.
+    pub fn stateless_tag(&self, key: &impl std::hash::BuildHasher) -> String {
+        let via = self.top_via();
+        let cseq = self.cseq();
+        let hash = key.hash_one((
+            self.to(),
+            self.from_tag(),
+            self.call_id(),
+            self.request_uri(),
+            via.branch.as_deref(),
+            via.sent_by(),
+            cseq.seq,
+            cseq.method.to_string(),
+        ));
+        format!("{hash:016x}")
+    }
+
     /// The Request-URI scheme, lower-cased (`sip`, `sips`, `tel`, …): anything but sip/sips
     /// gets 416 Unsupported URI Scheme (RFC 3261 §8.2.2.1).
     pub fn uri_scheme(&self) -> String {
