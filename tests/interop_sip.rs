@@ -48,6 +48,47 @@ fn options_advertises_allow_accept_and_supported() {
     assert!(raw.header("Supported").is_some(), "{}", raw.text);
 }
 
+/// Requests answered at once are answered statelessly (RFC 3261 §8.2.7): a retransmission
+/// gets the same response, To tag included, and another request another tag. (A stateful
+/// answer would repeat the tag too; the switchboard's unit tests check no transaction is kept,
+/// and BENCHMARKS.md's OPTIONS flood that memory stays flat.)
+#[test]
+fn a_retransmitted_options_or_stray_bye_gets_the_same_stateless_answer() {
+    let gateway = Gateway::start("");
+    let target = gateway.sip_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = socket.local_addr().expect("local");
+    let final_of = |text: &str| {
+        sip::exchange(&socket, text.as_bytes(), target, Duration::from_secs(3))
+            .into_iter()
+            .find(Response::is_final)
+            .expect("a final response")
+    };
+    let to_tag = |response: &Response| {
+        let to = response.header("To").unwrap_or_default();
+        to.split(";tag=")
+            .nth(1)
+            .map(|tag| tag.split(';').next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no To tag: {}", response.text))
+    };
+    let mut tags = Vec::new();
+    for (method, status) in [("OPTIONS", 200), ("BYE", 481), ("MESSAGE", 405)] {
+        let request = sip::request(method, target, local, "").text;
+        let first = final_of(&request);
+        let again = final_of(&request);
+        assert_eq!((first.status, again.status), (status, status), "{method}");
+        assert_eq!(to_tag(&first), to_tag(&again), "{method}: the same tag");
+        assert_eq!(
+            first.text, again.text,
+            "{method}: the same response, byte for byte"
+        );
+        tags.push(to_tag(&first));
+    }
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 3, "each request its own tag");
+}
+
 /// (7) Missing Call-ID and a bad CSeq get 400 with a reason phrase; random bytes, and what is
 /// not recognisably a request with a Via, get nothing but are counted; the gateway still answers OPTIONS and takes a call.
 #[test]
