@@ -118,6 +118,8 @@ pub struct Metrics {
     /// TCP connections from peers closed as they were accepted: `sip.tcp_max_connections` was
     /// reached.
     pub sip_tcp_connections_refused_total: IntCounter,
+    /// SIP transactions held now, by role (`server`: a peer's request, `client`: voxgate's).
+    pub sip_transactions: IntGaugeVec,
     /// RTP packets, by direction (`in`, `out`).
     pub rtp_packets_total: IntCounterVec,
     /// RTP packets the far end sent that never arrived (RFC 3550 cumulative loss).
@@ -491,6 +493,14 @@ impl Metrics {
             "TCP connections from peers closed at once: sip.tcp_max_connections reached",
         )
         .expect("valid metric definition");
+        let sip_transactions = IntGaugeVec::new(
+            Opts::new(
+                "voxgate_sip_transactions",
+                "SIP transactions held now, by role (server: a peer's request; client: voxgate's)",
+            ),
+            &["role"],
+        )
+        .expect("valid metric definition");
         let rtp_packets_total = IntCounterVec::new(
             Opts::new("voxgate_rtp_packets_total", "RTP packets by direction"),
             &["direction"],
@@ -573,6 +583,7 @@ impl Metrics {
             sip_parse_errors_total,
             sip_tcp_connections,
             sip_tcp_connections_refused_total,
+            sip_transactions,
             rtp_packets_total,
             rtp_packets_lost_total,
             jitter_buffer_delay_seconds,
@@ -595,6 +606,7 @@ impl Metrics {
             Box::new(self.sip_parse_errors_total.clone()),
             Box::new(self.sip_tcp_connections.clone()),
             Box::new(self.sip_tcp_connections_refused_total.clone()),
+            Box::new(self.sip_transactions.clone()),
             Box::new(self.rtp_packets_total.clone()),
             Box::new(self.rtp_packets_lost_total.clone()),
             Box::new(self.jitter_buffer_delay_seconds.clone()),
@@ -676,6 +688,9 @@ impl Metrics {
         }
         for direction in ["inbound", "outbound"] {
             self.sip_tcp_connections.with_label_values(&[direction]);
+        }
+        for role in ["server", "client"] {
+            self.sip_transactions.with_label_values(&[role]);
         }
         for source in ["rfc4733", "info"] {
             self.dtmf_digits_total.with_label_values(&[source]);

@@ -259,9 +259,10 @@ fn invite_from_outside_allow_from_gets_403() {
 
 /// A scanner, or a forged source, INVITEs from outside every trunk's allow_from and never
 /// ACKs: each INVITE gets its 403 once (SIPp with -nr fails on a repeated one), the refusals
-/// are counted, and the log names the source once, not once per INVITE.
+/// are counted, and the log names the source once, not once per INVITE. Its OPTIONS get their
+/// 200s, and neither leaves a transaction behind (RFC 3261 §8.2.7).
 #[test]
-fn a_scanner_gets_each_403_once_and_one_log_line() {
+fn a_scanner_gets_each_answer_once_one_log_line_and_no_transaction() {
     let gateway = Gateway::start_with(GatewayConfig {
         allow_from: vec!["127.0.0.2/32".into()],
         ..GatewayConfig::default()
@@ -303,6 +304,35 @@ fn a_scanner_gets_each_403_once_and_one_log_line() {
         out,
         f64::from(2 * scans),
         "a 100 and a 403 per INVITE, nothing more"
+    );
+    // Its OPTIONS probes (`sipvicious svmap`) are answered statelessly too. (The harness's
+    // readiness check sent OPTIONS of its own.)
+    let options_out = || {
+        gateway
+            .metrics()
+            .get(
+                "voxgate_sip_messages_total",
+                &[("method", "OPTIONS"), ("direction", "out")],
+            )
+            .unwrap_or(0.0)
+    };
+    let before = options_out();
+    Sipp::new("uac_options.xml", gateway.sip_addr())
+        .no_retransmissions()
+        .calls(scans, scans, 50)
+        .run()
+        .assert_success();
+    assert_eq!(
+        options_out() - before,
+        f64::from(scans),
+        "a 200 per OPTIONS"
+    );
+    assert_eq!(
+        gateway
+            .metrics()
+            .get("voxgate_sip_transactions", &[("role", "server")]),
+        Some(0.0),
+        "no transaction held for a refused INVITE or an OPTIONS"
     );
 }
 

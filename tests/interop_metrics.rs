@@ -96,6 +96,17 @@ fn a_prometheus_server_scrapes_voxgate_and_sees_the_call_counted() {
         |v| v >= 1.0,
     );
     assert_eq!(invites, [1.0], "one INVITE in");
+    // The call's INVITE and BYE transactions wait 32 s for retransmissions (UDP); the scrape
+    // comes well within that.
+    let held = prometheus.wait_query(
+        "voxgate_sip_transactions{job=\"voxgate\",role=\"server\"}",
+        SCRAPED,
+        |v| v >= 1.0,
+    );
+    assert!(
+        held.len() == 1 && held[0] >= 1.0,
+        "server transactions {held:?}"
+    );
 
     // The process's own figures, as every client library names them: what the usual
     // dashboards graph. CPU time is finer than whole seconds (the call took a fraction of one),

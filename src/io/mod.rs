@@ -229,6 +229,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         locator,
         settings: settings.clone(),
         last_parse_errors: 0,
+        last_transactions: (0, 0),
     };
     let result = core.run(core_rx, draining).await;
     shutdown.cancel();
@@ -247,6 +248,8 @@ struct Core {
     locator: locate::Locator,
     settings: Settings,
     last_parse_errors: u64,
+    /// (server, client) transactions last exported.
+    last_transactions: (usize, usize),
     /// The inbound digest counts already exported.
     last_inbound_auth: InboundAuthStats,
     /// Attempt counts already exported, per register-mode trunk (in status order) and result.
@@ -526,6 +529,14 @@ impl Core {
         self.metrics
             .calls_active
             .set(self.switchboard.active_calls() as i64);
+        let counts = self.switchboard.endpoint().transaction_counts();
+        if counts != self.last_transactions {
+            let transactions = &self.metrics.sip_transactions;
+            for (role, count) in [("server", counts.0), ("client", counts.1)] {
+                transactions.with_label_values(&[role]).set(count as i64);
+            }
+            self.last_transactions = counts;
+        }
         let parse_errors = self.switchboard.endpoint().stats().parse_errors;
         self.metrics
             .sip_parse_errors_total
