@@ -83,8 +83,22 @@ fn challenged(h: &mut Harness, caller: &mut Caller) -> Vec<String> {
     assert_eq!(unauthorized.status(), 401, "{unauthorized:?}");
     assert!(targets.iter().all(|t| *t == Target::Addr(stranger())));
     assert!(unauthorized.to_tag().is_some(), "§8.2.6.2: a To tag");
+    assert_stateless(h);
     h.send_from(stranger(), &caller.ack_failure(&unauthorized));
     challenges(&unauthorized)
+}
+
+/// The last answer was sent statelessly (RFC 3261 §8.2.7): no transaction kept, nothing
+/// repeated while no ACK comes (the source may be forged).
+fn assert_stateless(h: &mut Harness) {
+    assert_eq!(
+        h.switchboard.endpoint().transaction_counts(),
+        (0, 0),
+        "no transaction kept"
+    );
+    assert!(h.take().is_empty());
+    h.advance(secs(40));
+    assert!(h.take().is_empty(), "not repeated on Timer G");
 }
 
 fn pbx1(password: &str) -> DigestClient {
@@ -165,6 +179,7 @@ fn wrong_password_and_unknown_user_get_403_and_no_call() {
             "no hint which part was wrong"
         );
         assert!(challenges(&forbidden).is_empty());
+        assert_stateless(&mut h);
         h.send_from(stranger(), &caller.ack_failure(&forbidden));
         assert!(trunk_of(&h.take_outputs()).is_none());
         assert_eq!(auth_count(&h, "remote", result), 1, "{user}");
@@ -247,6 +262,7 @@ fn malformed_authorization_gets_400() {
     assert_eq!(bad.status(), 400);
     assert!(bad.reason().contains("Authorization"), "{}", bad.reason());
     assert_eq!(auth_count(&h, "remote", AuthResult::Malformed), 1);
+    assert_stateless(&mut h);
 }
 
 #[test]

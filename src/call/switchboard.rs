@@ -681,7 +681,11 @@ impl Switchboard {
             .iter()
             .map(|header| (header.name, header.value.as_str()))
             .collect();
-        self.reply(now, tx, request, status, reason, &headers);
+        // Stateless, like the 403 to an unknown source: the challenge or refusal is not repeated
+        // on Timer G to a source that never ACKs (it may be forged), and a password-guessing
+        // flood holds no transactions. A real client ACKs (the ACK is dropped) and sends the
+        // INVITE again with credentials, or again without when the 401 was lost.
+        self.reply_stateless(now, tx, request, status, reason, &headers);
         None
     }
 
