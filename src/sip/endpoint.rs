@@ -226,6 +226,7 @@ pub struct Endpoint {
     /// Server transactions of requests without a To tag, for merged-request detection.
     merge_index: HashMap<MergeKey, TransactionKey>,
     clients: HashMap<TransactionKey, ClientEntry>,
+    /// Client transactions by id, as `server_keys` for servers (timers, transport errors).
     client_keys: HashMap<ClientTxId, TransactionKey>,
     /// Every transaction's next timer, earliest first: finding the next wake-up and the due
     /// transactions costs O(log n), not a scan of the tables (a flood of requests leaves tens of
