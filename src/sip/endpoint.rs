@@ -802,14 +802,13 @@ impl Endpoint {
 
     /// Feeds expired timers to every transaction and drops terminated ones.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        while let Some(&(at, timed)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop_first();
-            due.push(timed);
-        }
+        // Each drain below moves its transaction's entry to the machine's next deadline.
+        let due: Vec<Timed> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, timed)| *timed)
+            .collect();
         for timed in due {
             match timed {
                 Timed::Server(id) => {
@@ -817,7 +816,6 @@ impl Endpoint {
                         continue;
                     };
                     if let Some(entry) = self.servers.get_mut(&key) {
-                        entry.armed = None;
                         match &mut entry.machine {
                             ServerMachine::Invite(machine) => machine.handle_timeout(now),
                             ServerMachine::NonInvite(machine) => machine.handle_timeout(now),
@@ -830,7 +828,6 @@ impl Endpoint {
                         continue;
                     };
                     if let Some(entry) = self.clients.get_mut(&key) {
-                        entry.armed = None;
                         match &mut entry.machine {
                             ClientMachine::Invite(machine) => machine.handle_timeout(now),
                             ClientMachine::NonInvite(machine) => machine.handle_timeout(now),
@@ -993,15 +990,23 @@ impl Endpoint {
         }
         if terminated {
             self.forget_client(key);
-        } else if let Some(entry) = self.clients.get_mut(key) {
-            let next = client_deadline(&entry.machine);
-            rearm(
-                &mut self.deadlines,
-                &mut entry.armed,
-                next,
-                Timed::Client(entry.id),
-            );
+        } else {
+            self.rearm_client(key);
         }
+    }
+
+    /// Files client transaction `key` under its machine's next deadline.
+    fn rearm_client(&mut self, key: &TransactionKey) {
+        let Some(entry) = self.clients.get_mut(key) else {
+            return;
+        };
+        let next = client_deadline(&entry.machine);
+        rearm(
+            &mut self.deadlines,
+            &mut entry.armed,
+            next,
+            Timed::Client(entry.id),
+        );
     }
 
     /// Drops a client transaction and its indexes.
